@@ -1,0 +1,220 @@
+//! `AWSWindowsMachine` and `AWSWindowsMachineTemplate` (`infrastructure.cluster.x-k8s.io/v1alpha1`).
+//!
+//! Subnets and security groups default to the cluster's CAPA `AWSCluster`. There is deliberately
+//! no `spec.failureDomain` (CAPI would overwrite `Machine.spec.failureDomain` with it): the
+//! availability zone comes from `Machine.spec.failureDomain`.
+
+use std::collections::BTreeMap;
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{InfraMachineStatus, InfraMachineTemplateStatus, TemplateObjectMeta};
+
+/// Desired state of one EC2 Windows instance.
+#[derive(CustomResource, JsonSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "infrastructure.cluster.x-k8s.io",
+    version = "v1alpha1",
+    kind = "AWSWindowsMachine",
+    plural = "awswindowsmachines",
+    namespaced,
+    status = "InfraMachineStatus",
+    category = "cluster-api",
+    shortname = "awswm",
+    label("cluster.x-k8s.io/v1beta2", "v1alpha1"),
+    printcolumn = r#"{"name":"Cluster","type":"string","jsonPath":".metadata.labels['cluster\\.x-k8s\\.io/cluster-name']"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type=='Ready')].status"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type=='Ready')].reason"}"#,
+    printcolumn = r#"{"name":"State","type":"string","jsonPath":".status.instanceState"}"#,
+    printcolumn = r#"{"name":"Instance","type":"string","jsonPath":".spec.instanceID"}"#,
+    printcolumn = r#"{"name":"Type","type":"string","priority":1,"jsonPath":".spec.instanceType"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AWSWindowsMachineSpec {
+    /// Set by the controller: `aws:///<availability-zone>/<instance-id>`.
+    #[serde(default, rename = "providerID", skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub provider_id: Option<String>,
+    /// Set by the controller once the instance exists, so `clusterctl move` keeps it.
+    #[serde(default, rename = "instanceID", skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^i-[0-9a-f]{8,17}$"))]
+    pub instance_id: Option<String>,
+    /// EC2 instance type, e.g. `m6i.xlarge`.
+    #[schemars(length(min = 2, max = 64), regex(pattern = r"^[a-z0-9-]+\.[a-z0-9-]+$"))]
+    pub instance_type: String,
+    /// The AMI: an explicit ID or a look-up.
+    #[serde(default)]
+    pub ami: AwsAmi,
+    /// Subnet. Default: the `AWSCluster`'s private subnet in the Machine's failure domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet: Option<AwsResourceRef>,
+    /// Security groups. Default: the `AWSCluster`'s node security group.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub security_groups: Vec<AwsResourceRef>,
+    /// IAM instance profile name (e.g. `nodes.cluster-api-provider-aws.sigs.k8s.io`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub iam_instance_profile: Option<String>,
+    #[serde(default)]
+    pub root_volume: AwsRootVolume,
+    /// EC2 key pair name (for `GetPasswordData` / RDP); optional.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub ssh_key_name: Option<String>,
+    #[serde(default)]
+    pub instance_metadata_options: InstanceMetadataOptions,
+    /// Credentials. Default: the manager's AWS credential chain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_ref: Option<AwsIdentityRef>,
+    /// Extra tags on the instance and its volumes (capwin's ownership tags are always added).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub additional_tags: BTreeMap<String, String>,
+}
+
+/// An AMI by ID or by look-up. Exactly one is set; default is a look-up of the CAPI reference
+/// Windows AMIs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!(has(self.id) && has(self.lookup))").message("set either id or lookup, not both"))]
+pub struct AwsAmi {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^ami-[0-9a-f]{8,17}$"))]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookup: Option<AmiLookup>,
+}
+
+/// Find the newest AMI whose name matches a pattern.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AmiLookup {
+    /// AWS account owning the images.
+    #[schemars(length(min = 1, max = 64))]
+    pub owner: String,
+    /// Name pattern with `*`/`?` wildcards; `{{.WindowsVersion}}` (2019, 2022, 2025) and
+    /// `{{.K8sVersion}}` (e.g. `1.34.1`) are substituted.
+    #[schemars(length(min = 1, max = 256))]
+    pub name_pattern: String,
+}
+
+/// A resource by ID or by filters. Exactly one is set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.id) != has(self.filters)").message("exactly one of id and filters must be set"))]
+pub struct AwsResourceRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 16))]
+    pub filters: Option<Vec<AwsFilter>>,
+}
+
+/// An EC2 `Describe*` filter.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsFilter {
+    #[schemars(length(min = 1, max = 255))]
+    pub name: String,
+    #[schemars(length(min = 1, max = 32))]
+    pub values: Vec<String>,
+}
+
+/// The root EBS volume.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsRootVolume {
+    /// Size in GiB (default 128; Windows AMIs need at least 50).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 50, max = 16384))]
+    pub size: Option<u32>,
+    /// Volume type (default `gp3`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r#type: Option<AwsVolumeType>,
+    /// Encrypt the volume (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypted: Option<bool>,
+    /// KMS key for encryption (default: the account's EBS key).
+    #[serde(default, rename = "kmsKeyID", skip_serializing_if = "Option::is_none")]
+    pub kms_key_id: Option<String>,
+}
+
+/// EBS volume types suitable for a root volume.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum AwsVolumeType {
+    Gp2,
+    Gp3,
+    Io1,
+    Io2,
+}
+
+/// Instance metadata service options.
+///
+/// Default `httpTokens: optional`: cloudbase-init's EC2 metadata service cannot fetch IMDSv2
+/// tokens, so with `required` it never sees the user data and the node never joins. The
+/// trade-off: IMDSv1 answers unauthenticated GETs, which SSRF bugs in workloads can abuse; the hop
+/// limit of 1 keeps pods behind NAT from reaching it. Set `required` only with an image whose
+/// first-boot agent speaks IMDSv2.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceMetadataOptions {
+    #[serde(default)]
+    pub http_tokens: HttpTokens,
+    /// Default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 64))]
+    pub http_put_response_hop_limit: Option<u8>,
+}
+
+/// IMDS token mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpTokens {
+    #[default]
+    Optional,
+    Required,
+}
+
+/// A per-cluster AWS identity: a Secret with `AccessKeyID`/`SecretAccessKey` (and optional
+/// `SessionToken`) in the manager's namespace, usable only from the namespaces its
+/// `capwin.cluster.x-k8s.io/allowed-namespaces` annotation lists.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AwsIdentityRef {
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
+}
+
+/// A template MachineDeployments clone into one `AWSWindowsMachine` per Machine.
+#[derive(CustomResource, JsonSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "infrastructure.cluster.x-k8s.io",
+    version = "v1alpha1",
+    kind = "AWSWindowsMachineTemplate",
+    plural = "awswindowsmachinetemplates",
+    namespaced,
+    status = "InfraMachineTemplateStatus",
+    category = "cluster-api",
+    shortname = "awswmt",
+    label("cluster.x-k8s.io/v1beta2", "v1alpha1"),
+    printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.template.spec.instanceType"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct AWSWindowsMachineTemplateSpec {
+    pub template: AWSWindowsMachineTemplateResource,
+}
+
+/// The object an AWS template stamps out.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AWSWindowsMachineTemplateResource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<TemplateObjectMeta>,
+    pub spec: AWSWindowsMachineSpec,
+}

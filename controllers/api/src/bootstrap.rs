@@ -1,0 +1,666 @@
+//! `WindowsKubeadmConfig` and `WindowsKubeadmConfigTemplate` (`bootstrap.cluster.x-k8s.io/v1alpha1`).
+//!
+//! The spec mirrors the parts of CABPK's `KubeadmConfig` (v1beta2) that a Windows worker join
+//! needs, and adds typed Windows settings so that a standard node needs no PowerShell at all.
+//! Deliberate differences from `KubeadmConfig`, and why:
+//! - no `initConfiguration`/`clusterConfiguration`/`joinConfiguration.controlPlane`: Windows only
+//!   ever joins as a worker;
+//! - no `discovery.bootstrapToken.token`: the controller mints a short-lived token in the
+//!   workload cluster and keeps it in a Secret, never in a spec;
+//! - no `files[].owner`, `bootCommands`, `diskSetup`, `mounts`: cloudbase-init ignores them on
+//!   Windows, and silently ignored fields are worse than absent ones;
+//! - no `users[].passwd`: a password in user data lands in cloudbase-init's log; SSH keys only.
+
+use std::collections::BTreeMap;
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{Condition, SecretKeyRef, TemplateObjectMeta};
+
+/// Desired state of a Windows worker's bootstrap configuration.
+#[derive(CustomResource, JsonSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[kube(
+    group = "bootstrap.cluster.x-k8s.io",
+    version = "v1alpha1",
+    kind = "WindowsKubeadmConfig",
+    plural = "windowskubeadmconfigs",
+    namespaced,
+    status = "WindowsKubeadmConfigStatus",
+    category = "cluster-api",
+    shortname = "wkc",
+    label("cluster.x-k8s.io/v1beta2", "v1alpha1"),
+    printcolumn = r#"{"name":"Cluster","type":"string","jsonPath":".metadata.labels['cluster\\.x-k8s\\.io/cluster-name']","description":"Cluster this config belongs to"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type=='Ready')].status","description":"Bootstrap data is ready"}"#,
+    printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type=='Ready')].reason","description":"Why the config is (not) ready"}"#,
+    printcolumn = r#"{"name":"Data Secret","type":"string","jsonPath":".status.dataSecretName","description":"Secret holding the payload"}"#,
+    printcolumn = r#"{"name":"CNI","type":"string","priority":1,"jsonPath":".spec.windows.cni.flavour","description":"CNI flavour"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WindowsKubeadmConfigSpec {
+    /// The kubeadm join settings for this worker.
+    #[serde(default)]
+    pub join_configuration: JoinConfiguration,
+    /// Files written to the node before the join, with cloudbase-init `write_files`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub files: Vec<File>,
+    /// PowerShell commands run, in order, before `kubeadm join`. Each entry is one script
+    /// block; the first that fails stops the bootstrap with a failure report.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub pre_kubeadm_commands: Vec<String>,
+    /// PowerShell commands run, in order, after a successful `kubeadm join`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub post_kubeadm_commands: Vec<String>,
+    /// Local users to create, with SSH keys and groups.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub users: Vec<User>,
+    /// Time synchronisation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ntp: Option<Ntp>,
+    /// kubeadm log verbosity (`-v`), 0 to 10. Defaults to 5 so a failed join explains itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 10))]
+    pub verbosity: Option<u8>,
+    /// Windows node settings.
+    #[serde(default)]
+    pub windows: WindowsSettings,
+}
+
+/// kubeadm `JoinConfiguration` fields a Windows worker uses (rendered as `kubeadm.k8s.io/v1beta4`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JoinConfiguration {
+    #[serde(default)]
+    pub node_registration: NodeRegistration,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub discovery: Option<Discovery>,
+}
+
+/// How the node registers itself.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRegistration {
+    /// Node name. Empty means: on AWS the instance's private DNS name (what the AWS cloud
+    /// controller expects), elsewhere the Windows computer name, lower-cased.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$"))]
+    pub name: Option<String>,
+    /// Extra kubelet flags (without the leading `--`), in the v1beta2 list form.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub kubelet_extra_args: Vec<Arg>,
+    /// Taints the Node registers with, in addition to CAPI's
+    /// `node.cluster.x-k8s.io/uninitialized:NoSchedule` which capwin always adds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100))]
+    pub taints: Vec<Taint>,
+    /// kubeadm preflight errors to ignore (e.g. `SystemVerification`), or `all`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 50))]
+    pub ignore_preflight_errors: Vec<String>,
+}
+
+/// A command-line argument `--name=value`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Arg {
+    /// Flag name without leading dashes, e.g. `node-ip`.
+    #[schemars(length(min = 1, max = 256), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// Flag value.
+    #[schemars(length(max = 4096))]
+    pub value: String,
+}
+
+/// A Node taint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Taint {
+    #[schemars(length(min = 1, max = 316))]
+    pub key: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    pub value: Option<String>,
+    pub effect: TaintEffect,
+}
+
+/// What a taint does to pods that do not tolerate it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum TaintEffect {
+    #[default]
+    NoSchedule,
+    PreferNoSchedule,
+    NoExecute,
+}
+
+/// Discovery settings. The token itself is minted by the controller.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Discovery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap_token: Option<BootstrapTokenDiscovery>,
+}
+
+/// Token discovery overrides.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapTokenDiscovery {
+    /// `host:port` of the API server. Defaults to `Cluster.spec.controlPlaneEndpoint`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512))]
+    pub api_server_endpoint: Option<String>,
+    /// `sha256:<hex>` hashes of the CA's public key. Default: computed from `<cluster>-ca`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub ca_cert_hashes: Vec<CaCertHash>,
+    /// Join without pinning the CA. Only honoured when no hash is known at all.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unsafe_skip_ca_verification: bool,
+}
+
+/// `sha256:` followed by 64 lower-case hex digits.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
+#[serde(transparent)]
+pub struct CaCertHash(#[schemars(regex(pattern = r"^sha256:[0-9a-f]{64}$"))] pub String);
+
+/// A file written to the node. Exactly one of `content` and `contentFrom` is set.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.content) != has(self.contentFrom)").message("exactly one of content and contentFrom must be set"))]
+pub struct File {
+    /// Absolute Windows path, e.g. `C:\k\extra.conf` (forward slashes are accepted; `/x` means
+    /// `C:\x`, as CABPK's Linux paths resolve on Windows).
+    #[schemars(length(min = 1, max = 260))]
+    pub path: String,
+    /// Octal mode as for Linux. On Windows only two things follow from it: without the owner
+    /// write bit the file is read-only, and without any group/other read bit the file's ACL is
+    /// reduced to SYSTEM and Administrators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^0?[0-7]{3}$"))]
+    pub permissions: Option<String>,
+    /// How `content` (or the Secret's bytes) is encoded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encoding: Option<FileEncoding>,
+    /// Append instead of overwrite.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub append: bool,
+    /// Inline content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1048576))]
+    pub content: Option<String>,
+    /// Content read from a Secret in the config's namespace when the payload is rendered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_from: Option<FileSource>,
+}
+
+/// Encodings of file content (the KubeadmConfig values).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum FileEncoding {
+    #[serde(rename = "base64")]
+    Base64,
+    #[serde(rename = "gzip")]
+    Gzip,
+    #[serde(rename = "gzip+base64")]
+    GzipBase64,
+}
+
+/// Where file content comes from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FileSource {
+    pub secret: SecretKeyRef,
+}
+
+/// A local Windows user.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct User {
+    /// Windows user name (no `"/\[]:;|=,+*?<>@` and at most 20 characters).
+    #[schemars(length(min = 1, max = 20), regex(pattern = r#"^[^"/\\\[\]:;|=,+*?<>@]+$"#))]
+    pub name: String,
+    /// Full name / description.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub gecos: Option<String>,
+    /// Local groups to add the user to, e.g. `Administrators`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub groups: Vec<String>,
+    /// OpenSSH public keys. For members of `Administrators` they are also written to
+    /// `C:\ProgramData\ssh\administrators_authorized_keys`, which is the file Windows OpenSSH
+    /// reads for administrators.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub ssh_authorized_keys: Vec<String>,
+}
+
+/// NTP settings (cloudbase-init `ntp` module; configures w32time).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Ntp {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// NTP servers (host names or IPs).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub servers: Vec<String>,
+}
+
+/// Windows Server release of the node image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum WindowsServerVersion {
+    /// Windows Server 2019 (build 17763): best effort, Kubernetes no longer lists it as supported.
+    #[serde(rename = "2019")]
+    Ws2019,
+    /// Windows Server 2022 (build 20348).
+    #[serde(rename = "2022")]
+    Ws2022,
+    /// Windows Server 2025 (build 26100), the default.
+    #[default]
+    #[serde(rename = "2025")]
+    Ws2025,
+}
+
+impl WindowsServerVersion {
+    pub const ALL: [Self; 3] = [Self::Ws2019, Self::Ws2022, Self::Ws2025];
+    /// The build number Windows reports for this release.
+    pub fn build(self) -> u32 {
+        match self {
+            Self::Ws2019 => 17763,
+            Self::Ws2022 => 20348,
+            Self::Ws2025 => 26100,
+        }
+    }
+    /// `2019`, `2022` or `2025`.
+    pub fn year(self) -> &'static str {
+        match self {
+            Self::Ws2019 => "2019",
+            Self::Ws2022 => "2022",
+            Self::Ws2025 => "2025",
+        }
+    }
+}
+
+/// Typed Windows node settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WindowsSettings {
+    /// Windows Server release of the image (2025 by default; 2019 is best effort).
+    #[serde(default)]
+    pub version: WindowsServerVersion,
+    #[serde(default)]
+    pub containerd: Containerd,
+    /// Replacement Kubernetes binaries, downloaded with retries and checked before use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 4))]
+    pub binaries: Vec<BinaryOverride>,
+    #[serde(default)]
+    pub cni: Cni,
+    #[serde(default)]
+    pub kube_proxy: KubeProxy,
+    #[serde(default)]
+    pub kubelet: Kubelet,
+    #[serde(default)]
+    pub node: NodeSettings,
+    #[serde(default)]
+    pub defender: Defender,
+    /// Hyper-V isolated containers (opt-in; needs nested virtualisation and a hypervisor-capable image).
+    #[serde(default)]
+    pub hyper_v: HyperV,
+    /// gMSA node prerequisites (opt-in).
+    #[serde(default)]
+    pub gmsa: Gmsa,
+    #[serde(default)]
+    pub diagnostics: Diagnostics,
+}
+
+/// containerd on the node.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.download) || self.source == 'Download'").message("download is only allowed with source Download"))]
+#[x_kube(validation = Rule::new("self.source != 'Download' || has(self.download)").message("source Download needs download"))]
+pub struct Containerd {
+    /// `Image` uses the containerd the image ships; `Download` replaces it.
+    #[serde(default)]
+    pub source: ContainerdSource,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub download: Option<ContainerdDownload>,
+    /// TOML drop-ins written to `C:\Program Files\containerd\conf.d\<name>.toml` (the image's
+    /// config imports that folder): registry mirrors, sandbox image, runtime handlers.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub config_drop_ins: Vec<ContainerdDropIn>,
+    /// HTTP(S) proxy for the containerd service only (not machine-wide).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<Proxy>,
+}
+
+/// Where containerd comes from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum ContainerdSource {
+    #[default]
+    Image,
+    Download,
+}
+
+/// A containerd release to install over the image's.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerdDownload {
+    /// containerd version, e.g. `2.1.4` (for logs and the post-install check).
+    #[schemars(regex(pattern = r"^[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.]+)?$"))]
+    pub version: String,
+    /// HTTPS URL of the Windows amd64 release tarball.
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https://[^\s]+$"))]
+    pub url: String,
+    /// SHA-256 of the tarball, lower-case hex.
+    #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
+    pub sha256: String,
+}
+
+/// A containerd config drop-in.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ContainerdDropIn {
+    /// File name without `.toml`.
+    #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"))]
+    pub name: String,
+    /// TOML content.
+    #[schemars(length(min = 1, max = 65536))]
+    pub content: String,
+}
+
+/// Proxy settings scoped to one service.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Proxy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
+    pub http_proxy: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
+    pub https_proxy: Option<String>,
+    /// Hosts, domains and CIDRs that bypass the proxy. capwin always adds the API server host,
+    /// the cluster's pod and service CIDRs, `localhost`, `127.0.0.1` and `169.254.169.254`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub no_proxy: Vec<String>,
+}
+
+/// A Kubernetes binary replacement.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BinaryOverride {
+    pub name: KubeBinary,
+    /// HTTPS URL of the `.exe`.
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https://[^\s]+$"))]
+    pub url: String,
+    /// SHA-256 of the file, lower-case hex.
+    #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
+    pub sha256: String,
+}
+
+/// Kubernetes binaries in `C:\k` that can be replaced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KubeBinary {
+    #[default]
+    Kubelet,
+    Kubeadm,
+    Kubectl,
+}
+
+/// CNI flavour and its parameters.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.vxlan) || self.flavour in ['calico-vxlan', 'flannel-vxlan']").message("vxlan settings apply only to calico-vxlan and flannel-vxlan"))]
+pub struct Cni {
+    #[serde(default)]
+    pub flavour: CniFlavour,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vxlan: Option<Vxlan>,
+}
+
+/// The CNI the cluster runs on Windows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+pub enum CniFlavour {
+    /// Calico with the HNS dataplane and VXLAN (as CAPZ's default).
+    #[default]
+    #[serde(rename = "calico-vxlan")]
+    CalicoVxlan,
+    /// flannel VXLAN overlay (network `flannel.<vni>`).
+    #[serde(rename = "flannel-vxlan")]
+    FlannelVxlan,
+    /// flannel host-gw (L2Bridge network `cbr0`), for L2-adjacent nodes.
+    #[serde(rename = "flannel-host-gw")]
+    FlannelHostGw,
+    /// No CNI preparation on the node.
+    #[serde(rename = "none")]
+    None,
+}
+
+impl CniFlavour {
+    pub const ALL: [Self; 4] = [Self::CalicoVxlan, Self::FlannelVxlan, Self::FlannelHostGw, Self::None];
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::CalicoVxlan => "calico-vxlan",
+            Self::FlannelVxlan => "flannel-vxlan",
+            Self::FlannelHostGw => "flannel-host-gw",
+            Self::None => "none",
+        }
+    }
+}
+
+/// VXLAN parameters. Windows supports only UDP port 4789 and VNIs from 4096.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Vxlan {
+    /// VXLAN network identifier, at least 4096 on Windows (default 4096).
+    #[serde(default = "default_vni")]
+    #[schemars(range(min = 4096, max = 16777215))]
+    pub vni: u32,
+    /// UDP port; Windows HNS accepts only 4789.
+    #[serde(default = "default_vxlan_port")]
+    #[schemars(range(min = 4789, max = 4789))]
+    pub port: u16,
+}
+
+impl Default for Vxlan {
+    fn default() -> Self {
+        Self { vni: default_vni(), port: default_vxlan_port() }
+    }
+}
+fn default_vni() -> u32 {
+    4096
+}
+fn default_vxlan_port() -> u16 {
+    4789
+}
+
+/// kube-proxy on Windows.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeProxy {
+    /// `daemonset`: kube-proxy runs as a HostProcess DaemonSet from the cluster's addons (the
+    /// node only gets its prerequisites); `none`: no kube-proxy (e.g. a CNI that replaces it).
+    #[serde(default)]
+    pub mode: KubeProxyMode,
+}
+
+/// How kube-proxy runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum KubeProxyMode {
+    #[default]
+    Daemonset,
+    None,
+}
+
+/// kubelet settings with Windows-aware defaults.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Kubelet {
+    /// `External` (default): `--cloud-provider=external` and the cloud taint, for the cloud
+    /// controller manager and node manager of the cluster. `None`: no cloud provider.
+    #[serde(default)]
+    pub cloud_provider: CloudProviderMode,
+    /// Set `--provider-id` from the instance metadata service so CAPI can match the Node before
+    /// any cloud controller runs (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub set_provider_id: Option<bool>,
+}
+
+/// kubelet cloud provider mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub enum CloudProviderMode {
+    #[default]
+    External,
+    None,
+}
+
+/// Node labels and taints.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeSettings {
+    /// Labels the kubelet registers the Node with. Only labels the kubelet may set itself
+    /// (NodeRestriction) are accepted; `node-role.kubernetes.io/*` is rejected.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Add the `os=windows:NoSchedule` taint so Linux-only workloads stay off Windows nodes.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub os_taint: bool,
+}
+
+/// Microsoft Defender settings.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Defender {
+    /// Add capwin's default exclusions (containerd, kubelet, kube-proxy, CNI binaries and data
+    /// folders). Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_exclusions: Option<bool>,
+    /// Extra excluded processes (full paths).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub exclude_processes: Vec<String>,
+    /// Extra excluded paths.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub exclude_paths: Vec<String>,
+}
+
+/// Hyper-V isolation runtime handler.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HyperV {
+    /// Register the `runhcs-wcow-hypervisor` runtime handler in containerd (RuntimeClass
+    /// handler of the same name). Needs nested virtualisation and containerd >= 1.7.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub enabled: bool,
+}
+
+/// gMSA prerequisites on the node.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.ccgPlugin) || self.enabled").message("ccgPlugin needs enabled: true"))]
+pub struct Gmsa {
+    /// Check (and, with `ccgPlugin`, install) a Container Credential Guard plugin so pods can use
+    /// gMSA without domain-joining the node.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub enabled: bool,
+    /// A CCG plugin DLL to install and register (e.g. a vendor's Key Vault plugin). Without it the
+    /// image must already have one registered; the bootstrap fails otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ccg_plugin: Option<CcgPlugin>,
+}
+
+/// A Container Credential Guard plugin.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CcgPlugin {
+    /// HTTPS URL of the plugin DLL.
+    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https://[^\s]+$"))]
+    pub url: String,
+    /// SHA-256 of the DLL, lower-case hex.
+    #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
+    pub sha256: String,
+    /// COM class id the plugin registers, e.g. `{CCC2A336-D7F3-4818-A213-272B7924213E}`.
+    #[schemars(regex(pattern = r"^\{[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}\}$"))]
+    pub clsid: String,
+}
+
+/// Where the bootstrap reports progress before the Node exists.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Diagnostics {
+    /// Serial port the bootstrap writes `CAPWIN` progress lines to (read through EC2
+    /// `GetConsoleOutput` or Azure boot diagnostics). Default `COM1`; `none` disables.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^(COM[1-4]|none)$"))]
+    pub serial_port: Option<String>,
+}
+
+/// Observed state of a `WindowsKubeadmConfig`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WindowsKubeadmConfigStatus {
+    /// Name of the Secret holding the payload (key `value`), published per the CAPI contract.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub data_secret_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initialization: Option<BootstrapInitialization>,
+    /// `Ready` (mirrored by CAPI to the Machine's `BootstrapConfigReady`), `DataSecretAvailable`,
+    /// `Paused`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub conditions: Vec<Condition>,
+    /// Last `metadata.generation` the controller acted on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// `status.initialization` of a bootstrap config (CAPI v1beta2 contract).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapInitialization {
+    /// True once `status.dataSecretName` names a complete Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_secret_created: Option<bool>,
+}
+
+/// A template MachineDeployments and MachineSets clone into one `WindowsKubeadmConfig` per Machine.
+#[derive(CustomResource, Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "bootstrap.cluster.x-k8s.io",
+    version = "v1alpha1",
+    kind = "WindowsKubeadmConfigTemplate",
+    plural = "windowskubeadmconfigtemplates",
+    namespaced,
+    category = "cluster-api",
+    shortname = "wkct",
+    label("cluster.x-k8s.io/v1beta2", "v1alpha1"),
+    printcolumn = r#"{"name":"CNI","type":"string","jsonPath":".spec.template.spec.windows.cni.flavour"}"#,
+    printcolumn = r#"{"name":"Windows","type":"string","jsonPath":".spec.template.spec.windows.version"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct WindowsKubeadmConfigTemplateSpec {
+    pub template: WindowsKubeadmConfigTemplateResource,
+}
+
+/// The object a template stamps out.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WindowsKubeadmConfigTemplateResource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<TemplateObjectMeta>,
+    #[serde(default)]
+    pub spec: WindowsKubeadmConfigSpec,
+}

@@ -1,0 +1,60 @@
+//! `capwin`: one binary, several subcommands.
+//!
+//! - `capwin crds [--out-dir DIR]`: print (or write) every CRD generated from the Rust types.
+//! - `capwin render --config FILE ...`: render a `WindowsKubeadmConfig` into the payload bytes.
+
+mod render;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "capwin", version, about = "Cluster API provider for Windows worker nodes")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print every capwin CRD as a multi-document YAML stream.
+    Crds {
+        /// Write one file per CRD into this folder instead (the layout of `crds/`).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+    },
+    /// Render a WindowsKubeadmConfig into its cloudbase-init payload, printed to stdout.
+    Render(render::RenderArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Crds { out_dir } => crds(out_dir),
+        Command::Render(args) => render::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("capwin: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
+    use std::io::Write;
+    match out_dir {
+        None => std::io::stdout().write_all(capwin_api::crds::all_yaml().as_bytes())?,
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)?;
+            for crd in capwin_api::crds::all() {
+                let path = dir.join(capwin_api::crds::file_name(&crd));
+                std::fs::write(&path, capwin_api::crds::to_yaml(&crd))?;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,2 @@
+#ps1_sysnative
+Write-Host "capwin ps1 payload"
