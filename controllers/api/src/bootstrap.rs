@@ -160,7 +160,7 @@ pub struct BootstrapTokenDiscovery {
     #[schemars(length(max = 16))]
     pub ca_cert_hashes: Vec<CaCertHash>,
     /// Join without pinning the CA. Only honoured when no hash is known at all.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(default, rename = "unsafeSkipCAVerification", skip_serializing_if = "std::ops::Not::not")]
     pub unsafe_skip_ca_verification: bool,
 }
 

@@ -2,9 +2,14 @@
 //! `write_files` (always with `permissions`), `users`, `ntp` and one `runcmd` line. No
 //! `set_hostname` (it reboots and re-runs everything) and no Jinja header (nothing to template,
 //! so `{{` in user content stays literal).
+//!
+//! Written by hand rather than by a YAML library: cloudbase-init parses with PyYAML, a YAML 1.1
+//! parser, which reads unquoted `yes`, `on`, `0644` or `1:20` as booleans and numbers (a
+//! YAML 1.2 emitter leaves those unquoted; the property tests caught it). Every scalar here is
+//! therefore double-quoted with ASCII escapes, except text carried in a literal block, where
+//! nothing is interpreted.
 
 use base64::Engine;
-use serde::Serialize;
 
 use crate::validate::Checked;
 use crate::{JOIN_CONFIG_PATH, PARAMS_PATH, RUNCMD, RenderInput, SCRIPT_PATH};
@@ -12,7 +17,7 @@ use crate::{JOIN_CONFIG_PATH, PARAMS_PATH, RUNCMD, RenderInput, SCRIPT_PATH};
 /// How a file's content is carried in the document.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Carry {
-    /// As YAML text: readable, used for UTF-8 text without control characters but `\n`/`\t`.
+    /// In a literal block: readable; only for [`is_block_safe`] text.
     Text,
     /// `encoding: b64`, for anything else.
     Base64,
@@ -39,69 +44,51 @@ pub struct Document {
     ntp: Option<Ntp>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 struct User {
     name: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
     gecos: Option<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     groups: Vec<String>,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     ssh_authorized_keys: Vec<String>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 struct Ntp {
     enabled: bool,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
     servers: Vec<String>,
-}
-
-#[derive(Serialize)]
-struct CloudConfig<'a> {
-    write_files: Vec<WriteFile<'a>>,
-    #[serde(skip_serializing_if = "<[User]>::is_empty")]
-    users: &'a [User],
-    #[serde(skip_serializing_if = "Option::is_none")]
-    ntp: Option<&'a Ntp>,
-    runcmd: [&'static str; 1],
-}
-
-#[derive(Serialize)]
-struct WriteFile<'a> {
-    path: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    encoding: Option<&'static str>,
-    content: String,
-    permissions: &'a str,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
-    append: bool,
 }
 
 impl Document {
     pub fn build(input: &RenderInput<'_>, c: &Checked, join: String, params: String) -> Self {
+        let file = |label: &str, path: &str, bytes: Vec<u8>, permissions: &str| FileEntry {
+            label: label.into(),
+            path: path.into(),
+            bytes,
+            permissions: permissions.into(),
+            append: false,
+        };
         let mut files = vec![
-            FileEntry { label: "join configuration".into(), path: JOIN_CONFIG_PATH.into(), bytes: join.into_bytes(), permissions: "0600".into(), append: false },
-            FileEntry { label: "parameters".into(), path: PARAMS_PATH.into(), bytes: params.into_bytes(), permissions: "0644".into(), append: false },
-            FileEntry { label: "bootstrap script".into(), path: SCRIPT_PATH.into(), bytes: crate::BOOTSTRAP_SCRIPT.as_bytes().to_vec(), permissions: "0644".into(), append: false },
+            file("join configuration", JOIN_CONFIG_PATH, join.into_bytes(), "0600"),
+            file("parameters", PARAMS_PATH, params.into_bytes(), "0644"),
+            file("bootstrap script", SCRIPT_PATH, crate::BOOTSTRAP_SCRIPT.as_bytes().to_vec(), "0644"),
         ];
         for d in &input.spec.windows.containerd.config_drop_ins {
-            files.push(FileEntry {
-                label: format!("containerd drop-in {}", d.name),
-                path: format!(r"C:\run\capwin\containerd-{}.toml", d.name),
-                bytes: d.content.as_bytes().to_vec(),
-                permissions: "0644".into(),
-                append: false,
-            });
+            let path = format!(r"C:\run\capwin\containerd-{}.toml", d.name);
+            files.push(file(&format!("containerd drop-in {}", d.name), &path, d.content.as_bytes().to_vec(), "0644"));
         }
         for f in &c.files {
-            files.push(FileEntry { label: format!("file {}", f.path), path: f.path.clone(), bytes: f.bytes.clone(), permissions: f.permissions.clone(), append: f.append });
+            files.push(FileEntry { append: f.append, ..file(&format!("file {}", f.path), &f.path, f.bytes.clone(), &f.permissions) });
         }
         let users = input
             .spec
             .users
             .iter()
-            .map(|u| User { name: u.name.clone(), gecos: u.gecos.clone(), groups: u.groups.clone(), ssh_authorized_keys: u.ssh_authorized_keys.clone() })
+            .map(|u| User {
+                name: u.name.clone(),
+                gecos: u.gecos.clone(),
+                groups: u.groups.clone(),
+                ssh_authorized_keys: u.ssh_authorized_keys.clone(),
+            })
             .collect();
         let ntp = input.spec.ntp.as_ref().map(|n| Ntp { enabled: n.enabled.unwrap_or(true), servers: n.servers.clone() });
         Self { files, users, ntp }
@@ -109,17 +96,44 @@ impl Document {
 
     /// The document text with each file carried as `carry` decides.
     pub fn to_text(&self, carry: impl Fn(&FileEntry) -> Carry) -> String {
-        let write_files = self
-            .files
-            .iter()
-            .map(|f| {
-                let (encoding, content) = encode(&f.bytes, carry(f));
-                WriteFile { path: &f.path, encoding, content, permissions: &f.permissions, append: f.append }
-            })
-            .collect();
-        let doc = CloudConfig { write_files, users: &self.users, ntp: self.ntp.as_ref(), runcmd: [RUNCMD] };
-        let yaml = serde_yaml_ng::to_string(&doc).expect("the cloud-config always serialises");
-        format!("#cloud-config\n{yaml}")
+        let mut y = String::from("#cloud-config\nwrite_files:\n");
+        for f in &self.files {
+            y += &format!("- path: {}\n", quoted(&f.path));
+            match encode(&f.bytes, carry(f)) {
+                (None, block) => y += &format!("  content: {block}"),
+                (Some(encoding), text) => y += &format!("  encoding: {}\n  content: {}\n", quoted(encoding), quoted(&text)),
+            }
+            y += &format!("  permissions: {}\n", quoted(&f.permissions));
+            if f.append {
+                y += "  append: true\n";
+            }
+        }
+        if !self.users.is_empty() {
+            y += "users:\n";
+            for u in &self.users {
+                y += &format!("- name: {}\n", quoted(&u.name));
+                if let Some(g) = &u.gecos {
+                    y += &format!("  gecos: {}\n", quoted(g));
+                }
+                if !u.groups.is_empty() {
+                    y += &format!("  groups: {}\n", flow_list(&u.groups));
+                }
+                if !u.ssh_authorized_keys.is_empty() {
+                    y += "  ssh_authorized_keys:\n";
+                    for k in &u.ssh_authorized_keys {
+                        y += &format!("  - {}\n", quoted(k));
+                    }
+                }
+            }
+        }
+        if let Some(n) = &self.ntp {
+            y += &format!("ntp:\n  enabled: {}\n", n.enabled);
+            if !n.servers.is_empty() {
+                y += &format!("  servers: {}\n", flow_list(&n.servers));
+            }
+        }
+        y += &format!("runcmd:\n- {}\n", quoted(RUNCMD));
+        y
     }
 
     /// Bytes a part takes in a document, for size reports.
@@ -133,16 +147,94 @@ impl Document {
     }
 }
 
-/// Whether bytes can travel as YAML text unchanged.
+/// Whether bytes can travel in a literal block unchanged.
 pub fn is_plain_text(bytes: &[u8]) -> bool {
-    std::str::from_utf8(bytes).is_ok_and(|s| s.chars().all(|c| c == '\n' || c == '\t' || !c.is_control()) && !s.contains('\u{feff}'))
+    std::str::from_utf8(bytes).is_ok_and(is_block_safe)
 }
 
+/// Printable ASCII, tabs and `\n` line breaks (a `\r` would be normalised away), with at least
+/// one character that is not a line break.
+pub fn is_block_safe(text: &str) -> bool {
+    text.chars().all(|c| c == '\n' || c == '\t' || (' '..='~').contains(&c)) && text.chars().any(|c| c != '\n')
+}
+
+fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+/// The encoding key (if any) and the YAML for the content: a literal block for text, the
+/// encoded string otherwise.
 fn encode(bytes: &[u8], carry: Carry) -> (Option<&'static str>, String) {
-    let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     match carry {
-        Carry::Text => (None, String::from_utf8(bytes.to_vec()).expect("only text is carried as text")),
+        Carry::Text => (None, literal_block(std::str::from_utf8(bytes).expect("only text is carried as text"), 4)),
         Carry::Base64 => (Some("b64"), b64(bytes)),
         Carry::GzipBase64 => (Some("gz+b64"), b64(&crate::budget::gzip(bytes))),
+    }
+}
+
+/// A YAML double-quoted scalar in plain ASCII: `"` and `\` escaped, everything outside printable
+/// ASCII as `\xXX`, `\uXXXX` or `\UXXXXXXXX` (all YAML 1.1 escapes).
+pub fn quoted(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            ' '..='~' => out.push(c),
+            c if (c as u32) <= 0xff => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c if (c as u32) <= 0xffff => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push_str(&format!("\\U{:08x}", c as u32)),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn flow_list(items: &[String]) -> String {
+    format!("[{}]", items.iter().map(|i| quoted(i)).collect::<Vec<_>>().join(", "))
+}
+
+/// A literal block scalar indented by `indent`, with an explicit indentation indicator (leading
+/// spaces survive) and the chomping indicator that keeps the trailing newlines exactly.
+fn literal_block(text: &str, indent: usize) -> String {
+    let trailing = text.len() - text.trim_end_matches('\n').len();
+    let chomp = match trailing {
+        0 => "-",
+        1 => "",
+        _ => "+",
+    };
+    let mut out = format!("|{}{}\n", indent - 2, chomp);
+    for line in text.trim_end_matches('\n').split('\n') {
+        if !line.is_empty() {
+            out.push_str(&" ".repeat(indent));
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    for _ in 1..trailing {
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_is_ascii_and_yaml_1_1_safe() {
+        assert_eq!(quoted("yes"), "\"yes\"");
+        assert_eq!(quoted(r#"a"b\c"#), r#""a\"b\\c""#);
+        assert_eq!(quoted("é\u{7f}\n☃𝄞"), r#""\xe9\x7f\x0a\u2603\U0001d11e""#);
+    }
+
+    #[test]
+    fn literal_blocks_keep_trailing_newlines() {
+        assert_eq!(literal_block("a\n", 4), "|2\n    a\n");
+        assert_eq!(literal_block("a", 4), "|2-\n    a\n");
+        assert_eq!(literal_block("  a\n\n\n", 4), "|2+\n      a\n\n\n");
+        assert_eq!(literal_block("a\n\nb\n", 4), "|2\n    a\n\n    b\n");
+        assert!(!is_block_safe("\n\n") && !is_block_safe("a\r\n") && !is_block_safe("é") && is_block_safe("a\tb\n"));
     }
 }

@@ -27,7 +27,7 @@ struct BootstrapToken {
     token: String,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     ca_cert_hashes: Vec<String>,
-    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    #[serde(rename = "unsafeSkipCAVerification", skip_serializing_if = "std::ops::Not::not")]
     unsafe_skip_ca_verification: bool,
 }
 
@@ -59,7 +59,11 @@ struct Taint<'a> {
 /// The containerd named pipe kubeadm and kubelet talk to.
 pub const CRI_SOCKET: &str = "npipe:////./pipe/containerd-containerd";
 
-/// The join configuration YAML, with the node-side placeholders left in.
+/// The join configuration, with the node-side placeholders left in.
+///
+/// Written as JSON (which every YAML parser reads): kubeadm decodes with a YAML 1.1 parser that
+/// turns an unquoted `yes`, `on` or `1:20` into a boolean or a number, and YAML 1.2 emitters
+/// leave those unquoted. JSON quotes every string.
 pub fn join_configuration(input: &RenderInput<'_>, c: &Checked) -> String {
     let doc = JoinConfiguration {
         api_version: "kubeadm.k8s.io/v1beta4",
@@ -84,7 +88,7 @@ pub fn join_configuration(input: &RenderInput<'_>, c: &Checked) -> String {
             ignore_preflight_errors: &input.spec.join_configuration.node_registration.ignore_preflight_errors,
         },
     };
-    serde_yaml_ng::to_string(&doc).expect("the join configuration always serialises")
+    serde_json::to_string_pretty(&doc).expect("the join configuration always serialises") + "\n"
 }
 
 fn effect(t: &capwin_api::bootstrap::Taint) -> &'static str {

@@ -145,6 +145,11 @@ pub fn validate(input: &RenderInput<'_>) -> Result<Checked, Vec<FieldError>> {
     let admin_authorized_keys = users(&mut e, spec);
     ntp(&mut e, spec);
     let (defender_processes, defender_paths) = defender(&mut e, spec);
+    for (i, p) in spec.join_configuration.node_registration.ignore_preflight_errors.iter().enumerate() {
+        if p.is_empty() || p.len() > 64 || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
+            e.push(format!("spec.joinConfiguration.nodeRegistration.ignorePreflightErrors[{i}]"), "must be a kubeadm preflight check name such as SystemVerification, or all");
+        }
+    }
     commands(&mut e, &spec.pre_kubeadm_commands, "spec.preKubeadmCommands");
     commands(&mut e, &spec.post_kubeadm_commands, "spec.postKubeadmCommands");
     let serial_port = spec.windows.diagnostics.serial_port.clone().unwrap_or_else(|| "COM1".into());
