@@ -21,10 +21,14 @@ fn crds_folder_matches_the_types() {
             std::fs::write(&path, &yaml).unwrap();
         }
         let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
-        assert!(on_disk == yaml, "{name} drifted from the Rust types; regenerate with CAPWIN_UPDATE_CRDS=1 or `capwin crds --out-dir crds`");
+        assert!(
+            on_disk == yaml,
+            "{name} drifted from the Rust types; regenerate with CAPWIN_UPDATE_CRDS=1 or `capwin crds --out-dir crds`"
+        );
         want_files.push(name);
     }
-    let mut have: Vec<String> = std::fs::read_dir(crds_dir()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut have: Vec<String> =
+        std::fs::read_dir(crds_dir()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     have.sort();
     want_files.sort();
     assert_eq!(have, want_files, "crds/ holds files no type generates");
@@ -56,14 +60,21 @@ fn names_are_what_capi_computes() {
 fn every_crd_carries_the_v1beta2_contract_label() {
     for c in crds::all() {
         let labels = c.metadata.labels.clone().unwrap_or_default();
-        assert_eq!(labels.get(capwin_api::CONTRACT_LABEL).map(String::as_str), Some("v1alpha1"), "{}", c.spec.names.kind);
+        assert_eq!(
+            labels.get(capwin_api::CONTRACT_LABEL).map(String::as_str),
+            Some("v1alpha1"),
+            "{}",
+            c.spec.names.kind
+        );
         assert!(!labels.contains_key("cluster.x-k8s.io/v1beta1"), "v1beta1 contract fields are not maintained");
         let versions: Vec<&str> = c.spec.versions.iter().map(|v| v.name.as_str()).collect();
         assert_eq!(versions, ["v1alpha1"]);
     }
 }
 
-fn schema(c: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition) -> serde_json::Value {
+fn schema(
+    c: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
+) -> serde_json::Value {
     serde_json::to_value(c.spec.versions[0].schema.as_ref().unwrap().open_api_v3_schema.as_ref().unwrap()).unwrap()
 }
 
@@ -88,9 +99,17 @@ fn status_subresources_follow_the_contract() {
 fn infra_machines_have_no_failure_domain_in_spec() {
     for c in crds::all().into_iter().filter(|c| c.spec.group.starts_with("infrastructure")) {
         let s = schema(&c);
-        let spec = if c.spec.names.kind.ends_with("Template") { &s["properties"]["spec"]["properties"]["template"]["properties"]["spec"] } else { &s["properties"]["spec"] };
+        let spec = if c.spec.names.kind.ends_with("Template") {
+            &s["properties"]["spec"]["properties"]["template"]["properties"]["spec"]
+        } else {
+            &s["properties"]["spec"]
+        };
         assert!(spec["properties"].is_object(), "{}", c.spec.names.kind);
-        assert!(spec["properties"].get("failureDomain").is_none(), "{} must not define spec.failureDomain (CAPI would overwrite the Machine's)", c.spec.names.kind);
+        assert!(
+            spec["properties"].get("failureDomain").is_none(),
+            "{} must not define spec.failureDomain (CAPI would overwrite the Machine's)",
+            c.spec.names.kind
+        );
         if !c.spec.names.kind.ends_with("Template") {
             assert!(spec["properties"].get("providerID").is_some(), "spec.providerID");
             let status = &s["properties"]["status"]["properties"];
@@ -106,7 +125,10 @@ fn bootstrap_config_status_has_the_contract_fields() {
     let status = &schema(c)["properties"]["status"]["properties"];
     assert_eq!(status["dataSecretName"]["type"], "string");
     assert_eq!(status["initialization"]["properties"]["dataSecretCreated"]["type"], "boolean");
-    assert_eq!(status["conditions"]["items"]["required"], serde_json::json!(["lastTransitionTime", "reason", "status", "type"]));
+    assert_eq!(
+        status["conditions"]["items"]["required"],
+        serde_json::json!(["lastTransitionTime", "reason", "status", "type"])
+    );
 }
 
 #[test]
@@ -114,7 +136,10 @@ fn windows_settings_are_validated_by_the_schema() {
     let s = schema(&crds::all()[0]);
     let w = &s["properties"]["spec"]["properties"]["windows"]["properties"];
     assert_eq!(w["version"]["enum"], serde_json::json!(["2019", "2022", "2025"]));
-    assert_eq!(w["cni"]["properties"]["flavour"]["enum"], serde_json::json!(["calico-vxlan", "flannel-vxlan", "flannel-host-gw", "none"]));
+    assert_eq!(
+        w["cni"]["properties"]["flavour"]["enum"],
+        serde_json::json!(["calico-vxlan", "flannel-vxlan", "flannel-host-gw", "none"])
+    );
     assert_eq!(w["cni"]["properties"]["vxlan"]["properties"]["vni"]["minimum"], 4096.0);
     assert_eq!(w["cni"]["properties"]["vxlan"]["properties"]["port"]["minimum"], 4789.0);
     assert_eq!(w["cni"]["properties"]["vxlan"]["properties"]["port"]["maximum"], 4789.0);

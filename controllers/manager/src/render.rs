@@ -59,7 +59,9 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
     let (text, source) = match &args.config {
         None => (EMBEDDED_EXAMPLE.to_string(), "the embedded example".to_string()),
         Some(p) if p.as_os_str() == "-" => (std::io::read_to_string(std::io::stdin())?, "stdin".into()),
-        Some(p) => (std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?, p.display().to_string()),
+        Some(p) => {
+            (std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?, p.display().to_string())
+        }
     };
     let config = parse_config(&text).with_context(|| format!("in {source}"))?;
     let mut placeholders = Vec::new();
@@ -92,7 +94,13 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
         CloudArg::Azure => Cloud::Azure,
         CloudArg::Aws => Cloud::Aws,
     };
-    let input = RenderInput { spec: &config.spec, secret_file_contents: &secret_file_contents, cluster: &cluster, token: &token, cloud };
+    let input = RenderInput {
+        spec: &config.spec,
+        secret_file_contents: &secret_file_contents,
+        cluster: &cluster,
+        token: &token,
+        cloud,
+    };
     let payload = capwin_payload::render(&input)?;
     if !placeholders.is_empty() {
         eprintln!("capwin: using placeholder values for: {} (see `capwin render --help`)", placeholders.join(", "));
@@ -137,7 +145,10 @@ pub fn parse_config(text: &str) -> anyhow::Result<WindowsKubeadmConfig> {
     Ok(config)
 }
 
-fn resolve_secret_files(config: &WindowsKubeadmConfig, dir: Option<&std::path::Path>) -> anyhow::Result<BTreeMap<usize, Vec<u8>>> {
+fn resolve_secret_files(
+    config: &WindowsKubeadmConfig,
+    dir: Option<&std::path::Path>,
+) -> anyhow::Result<BTreeMap<usize, Vec<u8>>> {
     let mut out = BTreeMap::new();
     for (i, f) in config.spec.files.iter().enumerate() {
         let Some(from) = &f.content_from else { continue };
@@ -145,7 +156,8 @@ fn resolve_secret_files(config: &WindowsKubeadmConfig, dir: Option<&std::path::P
             bail!("spec.files[{i}].contentFrom: Secret {}/{} needs --secret-dir", from.secret.name, from.secret.key);
         };
         let path = dir.join(&from.secret.name).join(&from.secret.key);
-        let bytes = std::fs::read(&path).with_context(|| format!("spec.files[{i}].contentFrom: reading {}", path.display()))?;
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("spec.files[{i}].contentFrom: reading {}", path.display()))?;
         out.insert(i, bytes);
     }
     Ok(out)

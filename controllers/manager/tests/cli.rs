@@ -34,7 +34,8 @@ fn crds_prints_every_crd() {
     let o = capwin(&["crds"], None);
     assert!(o.status.success());
     let text = String::from_utf8(o.stdout).unwrap();
-    let docs: Vec<serde_yaml_ng::Value> = serde_yaml_ng::Deserializer::from_str(&text).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect();
+    let docs: Vec<serde_yaml_ng::Value> =
+        serde_yaml_ng::Deserializer::from_str(&text).map(|d| serde::Deserialize::deserialize(d).unwrap()).collect();
     assert_eq!(docs.len(), 6);
     assert!(docs.iter().all(|d| d["kind"] == "CustomResourceDefinition"));
 }
@@ -90,9 +91,17 @@ fn bad_input_names_the_field() {
     assert_fails_naming(&GOOD.replace("cni:", "cnii:"), &[], "unknown field: spec.windows.cnii");
     assert_fails_naming(&GOOD.replace("flannel-vxlan", "flannel"), &[], "spec.windows.cni.flavour");
     assert_fails_naming(&GOOD.replace("4097", "12"), &[], "spec.windows.cni.vxlan.vni: Windows needs a VNI from 4096");
-    assert_fails_naming(&GOOD.replace("kind: WindowsKubeadmConfig", "kind: KubeadmConfig"), &[], "WindowsKubeadmConfig");
+    assert_fails_naming(
+        &GOOD.replace("kind: WindowsKubeadmConfig", "kind: KubeadmConfig"),
+        &[],
+        "WindowsKubeadmConfig",
+    );
     assert_fails_naming(GOOD, &["--token", "nope"], "--token");
-    assert_fails_naming(GOOD, &["--kubernetes-version", "v1.29.0"], "kubernetesVersion: Kubernetes 1.29 is not supported");
+    assert_fails_naming(
+        GOOD,
+        &["--kubernetes-version", "v1.29.0"],
+        "kubernetesVersion: Kubernetes 1.29 is not supported",
+    );
     let secret_file = r#"
 apiVersion: bootstrap.cluster.x-k8s.io/v1alpha1
 kind: WindowsKubeadmConfig

@@ -72,8 +72,9 @@ function Protect-Text {
 
 function Write-Log {
     param([string]$Message)
+    # Write-Host, not Write-Output: log lines must never mix into a function's return value.
     $line = '{0} [{1}] {2}' -f (Get-Date).ToUniversalTime().ToString('yyyy-MM-ddTHH:mm:ssZ'), $script:CurrentStep, (Protect-Text $Message)
-    Write-Output $line
+    Write-Host $line
 }
 
 function Send-Progress {
@@ -92,6 +93,9 @@ function Enter-Step {
 function Invoke-Native {
     # Runs a program and throws when it exits non-zero, with its output in the log.
     param([string]$FilePath, [string[]]$ArgumentList)
+    # Windows PowerShell 5.1 turns a native program's stderr line into a terminating error when
+    # the preference is Stop (kubeadm logs to stderr); judge by the exit code instead.
+    $ErrorActionPreference = 'Continue'
     $output = & $FilePath @ArgumentList 2>&1 | ForEach-Object { Protect-Text ([string]$_) }
     $code = $LASTEXITCODE
     foreach ($l in $output) {
@@ -136,8 +140,13 @@ function Get-VerifiedDownload {
 function Set-PrivateAcl {
     # SYSTEM and Administrators only, by SID so it works on every display language.
     param([string]$Path)
-    if (Test-Path -LiteralPath $Path) {
+    if (-not (Test-Path -LiteralPath $Path)) {
+        return
+    }
+    if ((Get-Item -LiteralPath $Path).PSIsContainer) {
         Invoke-Native 'icacls.exe' @($Path, '/inheritance:r', '/grant:r', '*S-1-5-18:(OI)(CI)F', '*S-1-5-32-544:(OI)(CI)F', '/T', '/C', '/Q') | Out-Null
+    } else {
+        Invoke-Native 'icacls.exe' @($Path, '/inheritance:r', '/grant:r', '*S-1-5-18:F', '*S-1-5-32-544:F', '/C', '/Q') | Out-Null
     }
 }
 
@@ -211,7 +220,7 @@ function Get-KubeadmFlagArgs {
 function Join-KubeletCommandLine {
     # The image's own command line, plus flags; later flags win in kubelet's parser.
     param([string]$Original, [string[]]$Flags)
-    $extra = @($Flags | Where-Object { $Original -notlike ('* ' + $_ + '*') })
+    $extra = @($Flags | Where-Object { -not $Original.Contains(' ' + $_) })
     if ($extra.Count -eq 0) {
         return $Original
     }
@@ -381,7 +390,7 @@ try {
             '  runtime_type = "io.containerd.runhcs.v1"',
             ('[{0}.runhcs-wcow-hypervisor.options]' -f $runtimes),
             '  SandboxIsolation = 1',
-            '  ScaleCpuLimitsToSandbox = true'
+            '  ScaleCPULimitsToSandbox = true'
         ) -join "`r`n"
         [IO.File]::WriteAllText((Join-Path $confD 'capwin-hyperv.toml'), $toml, $Utf8)
         $restartContainerd = $true
@@ -441,10 +450,12 @@ try {
             Invoke-Native 'route.exe' @('/p', 'add', '169.254.169.254', 'mask', '255.255.255.255', '0.0.0.0') | Out-Null
         }
     }
+    # Keep ephemeral ports clear of the NodePort range 30000-32767 (images usually do this).
     $range = Invoke-Native 'netsh.exe' @('int', 'ipv4', 'show', 'dynamicportrange', 'tcp')
-    $startPort = [int](([string]($range | Select-String -Pattern 'Start Port\s*:\s*(\d+)').Matches[0].Groups[1].Value))
-    if ($startPort -lt 33000) {
-        # Keep ephemeral ports clear of the NodePort range 30000-32767.
+    $startMatch = [regex]::Match(($range -join "`n"), ':\s*(\d+)')
+    if (-not $startMatch.Success) {
+        Write-Log 'could not read the TCP dynamic port range; leaving it as it is'
+    } elseif ([int]$startMatch.Groups[1].Value -lt 33000) {
         Invoke-Native 'netsh.exe' @('int', 'ipv4', 'set', 'dynamicportrange', 'tcp', '34000', '31536') | Out-Null
     }
 

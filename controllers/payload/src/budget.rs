@@ -66,26 +66,43 @@ pub fn fit(doc: &Document, cloud: Cloud) -> Result<Payload, RenderError> {
     let limit = cloud.limit();
     let plain = doc.to_text(readable);
     let sizes = |carry: &dyn Fn(&crate::cloudconfig::FileEntry) -> Carry| {
-        let mut parts: Vec<PartSize> = doc.part_sizes(carry).into_iter().map(|(name, bytes)| PartSize { name, bytes }).collect();
+        let mut parts: Vec<PartSize> =
+            doc.part_sizes(carry).into_iter().map(|(name, bytes)| PartSize { name, bytes }).collect();
         parts.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.name.cmp(&b.name)));
         parts
     };
     if plain.len() <= limit {
-        return Ok(Payload { document_bytes: plain.len(), bytes: plain.into_bytes(), gzipped: false, parts: sizes(&readable) });
+        return Ok(Payload {
+            document_bytes: plain.len(),
+            bytes: plain.into_bytes(),
+            gzipped: false,
+            parts: sizes(&readable),
+        });
     }
     match cloud {
         Cloud::Aws => {
             let packed = gzip(plain.as_bytes());
             if packed.len() <= limit {
-                return Ok(Payload { document_bytes: plain.len(), bytes: packed, gzipped: true, parts: sizes(&readable) });
+                return Ok(Payload {
+                    document_bytes: plain.len(),
+                    bytes: packed,
+                    gzipped: true,
+                    parts: sizes(&readable),
+                });
             }
             Err(RenderError::TooLarge { cloud, size: packed.len(), limit, largest: top(sizes(&readable)) })
         }
         Cloud::Azure => {
-            let squeeze = |f: &crate::cloudconfig::FileEntry| if f.bytes.len() >= 256 { Carry::GzipBase64 } else { readable(f) };
+            let squeeze =
+                |f: &crate::cloudconfig::FileEntry| if f.bytes.len() >= 256 { Carry::GzipBase64 } else { readable(f) };
             let small = doc.to_text(squeeze);
             if small.len() <= limit {
-                return Ok(Payload { document_bytes: small.len(), bytes: small.into_bytes(), gzipped: false, parts: sizes(&squeeze) });
+                return Ok(Payload {
+                    document_bytes: small.len(),
+                    bytes: small.into_bytes(),
+                    gzipped: false,
+                    parts: sizes(&squeeze),
+                });
             }
             Err(RenderError::TooLarge { cloud, size: small.len(), limit, largest: top(sizes(&squeeze)) })
         }

@@ -77,7 +77,10 @@ impl Document {
             files.push(file(&format!("containerd drop-in {}", d.name), &path, d.content.as_bytes().to_vec(), "0644"));
         }
         for f in &c.files {
-            files.push(FileEntry { append: f.append, ..file(&format!("file {}", f.path), &f.path, f.bytes.clone(), &f.permissions) });
+            files.push(FileEntry {
+                append: f.append,
+                ..file(&format!("file {}", f.path), &f.path, f.bytes.clone(), &f.permissions)
+            });
         }
         let users = input
             .spec
@@ -90,7 +93,8 @@ impl Document {
                 ssh_authorized_keys: u.ssh_authorized_keys.clone(),
             })
             .collect();
-        let ntp = input.spec.ntp.as_ref().map(|n| Ntp { enabled: n.enabled.unwrap_or(true), servers: n.servers.clone() });
+        let ntp =
+            input.spec.ntp.as_ref().map(|n| Ntp { enabled: n.enabled.unwrap_or(true), servers: n.servers.clone() });
         Self { files, users, ntp }
     }
 
@@ -101,7 +105,9 @@ impl Document {
             y += &format!("- path: {}\n", quoted(&f.path));
             match encode(&f.bytes, carry(f)) {
                 (None, block) => y += &format!("  content: {block}"),
-                (Some(encoding), text) => y += &format!("  encoding: {}\n  content: {}\n", quoted(encoding), quoted(&text)),
+                (Some(encoding), text) => {
+                    y += &format!("  encoding: {}\n  content: {}\n", quoted(encoding), quoted(&text))
+                }
             }
             y += &format!("  permissions: {}\n", quoted(&f.permissions));
             if f.append {
@@ -138,8 +144,13 @@ impl Document {
 
     /// Bytes a part takes in a document, for size reports.
     pub fn part_sizes(&self, carry: impl Fn(&FileEntry) -> Carry) -> Vec<(String, usize)> {
-        let mut parts: Vec<(String, usize)> = self.files.iter().map(|f| (f.label.clone(), encode(&f.bytes, carry(f)).1.len())).collect();
-        let users: usize = self.users.iter().map(|u| u.name.len() + u.ssh_authorized_keys.iter().map(String::len).sum::<usize>()).sum();
+        let mut parts: Vec<(String, usize)> =
+            self.files.iter().map(|f| (f.label.clone(), encode(&f.bytes, carry(f)).1.len())).collect();
+        let users: usize = self
+            .users
+            .iter()
+            .map(|u| u.name.len() + u.ssh_authorized_keys.iter().map(String::len).sum::<usize>())
+            .sum();
         if users > 0 {
             parts.push(("users".into(), users));
         }

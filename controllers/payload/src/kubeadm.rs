@@ -2,8 +2,8 @@
 
 use serde::Serialize;
 
-use crate::validate::{Checked, NODE_NAME, taint_flag};
 use crate::RenderInput;
+use crate::validate::{Checked, NODE_NAME, taint_flag};
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -35,7 +35,8 @@ pub const PARAMS_PATH: &str = r"C:\run\capwin\bootstrap.json";
 /// Where the join configuration lands (CABPK's path, resolved on the system drive).
 pub const JOIN_CONFIG_PATH: &str = r"C:\run\kubeadm\kubeadm-join-config.yaml";
 /// The `runcmd` line: cmd.exe runs it, so it must stay free of `%` and user text.
-pub const RUNCMD: &str = r"powershell.exe -NoLogo -NoProfile -NonInteractive -ExecutionPolicy Bypass -File C:\run\capwin\bootstrap.ps1";
+pub const RUNCMD: &str =
+    r"powershell.exe -NoLogo -NoProfile -NonInteractive -ExecutionPolicy Bypass -File C:\run\capwin\bootstrap.ps1";
 /// The Secret `format` key value.
 pub const FORMAT: &str = "cloud-config";
 

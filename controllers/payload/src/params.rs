@@ -108,7 +108,9 @@ pub fn parameters(input: &RenderInput<'_>, c: &Checked) -> String {
         cni: Cni { flavour: w.cni.flavour.as_str(), vxlan_port: vxlan.port, vni: vxlan.vni },
         containerd: Containerd {
             download: match (&w.containerd.source, &w.containerd.download) {
-                (ContainerdSource::Download, Some(d)) => Some(Download { version: &d.version, url: &d.url, sha256: &d.sha256 }),
+                (ContainerdSource::Download, Some(d)) => {
+                    Some(Download { version: &d.version, url: &d.url, sha256: &d.sha256 })
+                }
                 _ => None,
             },
             drop_ins: w.containerd.config_drop_ins.iter().map(|d| d.name.as_str()).collect(),

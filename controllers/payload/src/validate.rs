@@ -71,7 +71,8 @@ pub const REMOVED_KUBELET_FLAGS: &[(&str, u32)] = &[
 ];
 
 /// Feature gates that no longer exist (kubelet refuses unknown gates).
-pub const REMOVED_FEATURE_GATES: &[(&str, u32)] = &[("WindowsHostProcessContainers", 28), ("WinOverlay", 34), ("WinDSR", 36)];
+pub const REMOVED_FEATURE_GATES: &[(&str, u32)] =
+    &[("WindowsHostProcessContainers", 28), ("WinOverlay", 34), ("WinDSR", 36)];
 
 /// kubelet flags capwin owns; setting them in `kubeletExtraArgs` would fight the renderer.
 const OWNED_KUBELET_FLAGS: &[(&str, &str)] = &[
@@ -147,7 +148,10 @@ pub fn validate(input: &RenderInput<'_>) -> Result<Checked, Vec<FieldError>> {
     let (defender_processes, defender_paths) = defender(&mut e, spec);
     for (i, p) in spec.join_configuration.node_registration.ignore_preflight_errors.iter().enumerate() {
         if p.is_empty() || p.len() > 64 || !p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
-            e.push(format!("spec.joinConfiguration.nodeRegistration.ignorePreflightErrors[{i}]"), "must be a kubeadm preflight check name such as SystemVerification, or all");
+            e.push(
+                format!("spec.joinConfiguration.nodeRegistration.ignorePreflightErrors[{i}]"),
+                "must be a kubeadm preflight check name such as SystemVerification, or all",
+            );
         }
     }
     commands(&mut e, &spec.pre_kubeadm_commands, "spec.preKubeadmCommands");
@@ -192,12 +196,16 @@ pub fn kubernetes_minor(version: &str) -> Result<u32, String> {
     if parts.len() != 3 || !parts.iter().all(|p| numeric(p)) || parts[0] != "1" {
         return Err("must look like v1.34.2".into());
     }
-    if rest.len() > core.len() && !rest[core.len() + 1..].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-') {
+    if rest.len() > core.len()
+        && !rest[core.len() + 1..].bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+    {
         return Err("has an invalid pre-release or build suffix".into());
     }
     let minor: u32 = parts[1].parse().map_err(|_| "must look like v1.34.2")?;
     if !(MIN_MINOR..=MAX_MINOR).contains(&minor) {
-        return Err(format!("Kubernetes 1.{minor} is not supported; capwin renders for 1.{MIN_MINOR} to 1.{MAX_MINOR}"));
+        return Err(format!(
+            "Kubernetes 1.{minor} is not supported; capwin renders for 1.{MIN_MINOR} to 1.{MAX_MINOR}"
+        ));
     }
     Ok(minor)
 }
@@ -233,7 +241,8 @@ fn check_endpoint(e: &mut Errors, input: &RenderInput<'_>, spec: &WindowsKubeadm
 
 fn ca_hashes(e: &mut Errors, input: &RenderInput<'_>, spec: &WindowsKubeadmConfigSpec) -> (Vec<String>, bool) {
     let discovery = spec.join_configuration.discovery.as_ref().and_then(|d| d.bootstrap_token.as_ref());
-    let user: Vec<String> = discovery.map(|d| d.ca_cert_hashes.iter().map(|h| h.0.clone()).collect()).unwrap_or_default();
+    let user: Vec<String> =
+        discovery.map(|d| d.ca_cert_hashes.iter().map(|h| h.0.clone()).collect()).unwrap_or_default();
     // User-supplied hashes win, as in CABPK.
     let (hashes, path) = if user.is_empty() {
         (input.cluster.ca_cert_hashes.clone(), "cluster CA (<cluster>-ca)")
@@ -241,7 +250,9 @@ fn ca_hashes(e: &mut Errors, input: &RenderInput<'_>, spec: &WindowsKubeadmConfi
         (user, "spec.joinConfiguration.discovery.bootstrapToken.caCertHashes")
     };
     for (i, h) in hashes.iter().enumerate() {
-        let ok = h.strip_prefix("sha256:").is_some_and(|x| x.len() == 64 && x.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        let ok = h
+            .strip_prefix("sha256:")
+            .is_some_and(|x| x.len() == 64 && x.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
         if !ok {
             e.push(format!("{path}[{i}]"), "must be sha256: followed by 64 lower-case hex digits");
         }
@@ -271,7 +282,10 @@ fn files(e: &mut Errors, input: &RenderInput<'_>, spec: &WindowsKubeadmConfigSpe
             }
         };
         let lower = path.to_ascii_lowercase();
-        if lower.starts_with(r"c:\run\capwin\") || lower == JOIN_CONFIG_LOWER || lower.starts_with(r"c:\run\cluster-api\") {
+        if lower.starts_with(r"c:\run\capwin\")
+            || lower == JOIN_CONFIG_LOWER
+            || lower.starts_with(r"c:\run\cluster-api\")
+        {
             e.push(format!("{base}.path"), "is reserved for capwin's own bootstrap files");
             continue;
         }
@@ -332,12 +346,17 @@ const JOIN_CONFIG_LOWER: &str = r"c:\run\kubeadm\kubeadm-join-config.yaml";
 fn decode(raw: &[u8], encoding: Option<FileEncoding>) -> Result<Vec<u8>, String> {
     let b64 = |r: &[u8]| {
         let compact: Vec<u8> = r.iter().copied().filter(|b| !b.is_ascii_whitespace()).collect();
-        base64::engine::general_purpose::STANDARD.decode(compact).map_err(|err| format!("content is not valid base64: {err}"))
+        base64::engine::general_purpose::STANDARD
+            .decode(compact)
+            .map_err(|err| format!("content is not valid base64: {err}"))
     };
     let gunzip = |r: &[u8]| {
         use std::io::Read;
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(r).read_to_end(&mut out).map(|_| out).map_err(|err| format!("content is not valid gzip: {err}"))
+        flate2::read::GzDecoder::new(r)
+            .read_to_end(&mut out)
+            .map(|_| out)
+            .map_err(|err| format!("content is not valid gzip: {err}"))
     };
     match encoding {
         None => Ok(raw.to_vec()),
@@ -353,11 +372,7 @@ pub fn windows_path(p: &str) -> Result<String, String> {
         return Err("must not contain control characters".into());
     }
     let slashed = p.replace('/', "\\");
-    let path = if slashed.starts_with('\\') && !slashed.starts_with("\\\\") {
-        format!("C:{slashed}")
-    } else {
-        slashed
-    };
+    let path = if slashed.starts_with('\\') && !slashed.starts_with("\\\\") { format!("C:{slashed}") } else { slashed };
     let bytes = path.as_bytes();
     if bytes.len() < 4 || !bytes[0].is_ascii_alphabetic() || bytes[1] != b':' || bytes[2] != b'\\' {
         return Err(r"must be an absolute path such as C:\k\file.txt or /k/file.txt".into());
@@ -380,7 +395,9 @@ pub fn windows_path(p: &str) -> Result<String, String> {
         }
         let stem = part.split('.').next().unwrap_or_default().to_ascii_uppercase();
         let reserved = matches!(stem.as_str(), "CON" | "PRN" | "AUX" | "NUL")
-            || ((stem.starts_with("COM") || stem.starts_with("LPT")) && stem.len() == 4 && stem.as_bytes()[3].is_ascii_digit());
+            || ((stem.starts_with("COM") || stem.starts_with("LPT"))
+                && stem.len() == 4
+                && stem.as_bytes()[3].is_ascii_digit());
         if reserved {
             return Err(format!("{part} is a reserved Windows device name"));
         }
@@ -395,7 +412,10 @@ fn contains_placeholder(bytes: &[u8]) -> bool {
 fn node_name(e: &mut Errors, spec: &WindowsKubeadmConfigSpec) -> Option<String> {
     let name = spec.join_configuration.node_registration.name.clone()?;
     if !is_dns_name(&name) || name.len() > 63 {
-        e.push("spec.joinConfiguration.nodeRegistration.name", "must be a lower-case RFC 1123 name of at most 63 characters");
+        e.push(
+            "spec.joinConfiguration.nodeRegistration.name",
+            "must be a lower-case RFC 1123 name of at most 63 characters",
+        );
     }
     Some(name)
 }
@@ -455,8 +475,10 @@ fn kubelet_may_set_label(key: &str) -> bool {
             | "failure-domain.beta.kubernetes.io/zone"
             | "topology.kubernetes.io/region"
             | "topology.kubernetes.io/zone"
-    ) || ((prefix == "kubelet.kubernetes.io" || prefix.ends_with(".kubelet.kubernetes.io")
-        || prefix == "node.kubernetes.io" || prefix.ends_with(".node.kubernetes.io"))
+    ) || ((prefix == "kubelet.kubernetes.io"
+        || prefix.ends_with(".kubelet.kubernetes.io")
+        || prefix == "node.kubernetes.io"
+        || prefix.ends_with(".node.kubernetes.io"))
         && !name.is_empty())
 }
 
@@ -465,12 +487,15 @@ fn taints(e: &mut Errors, spec: &WindowsKubeadmConfigSpec) -> Vec<Taint> {
     for (i, t) in spec.join_configuration.node_registration.taints.iter().enumerate() {
         let base = format!("spec.joinConfiguration.nodeRegistration.taints[{i}]");
         if !is_qualified_name(&t.key) {
-            e.push(format!("{base}.key"), "must be a qualified name (optional DNS prefix, '/', and 1-63 of [A-Za-z0-9_.-])");
+            e.push(
+                format!("{base}.key"),
+                "must be a qualified name (optional DNS prefix, '/', and 1-63 of [A-Za-z0-9_.-])",
+            );
         }
-        if let Some(v) = &t.value {
-            if !is_label_value(v) {
-                e.push(format!("{base}.value"), "must be at most 63 of [A-Za-z0-9_.-], starting and ending alphanumeric");
-            }
+        if let Some(v) = &t.value
+            && !is_label_value(v)
+        {
+            e.push(format!("{base}.value"), "must be at most 63 of [A-Za-z0-9_.-], starting and ending alphanumeric");
         }
         if out.iter().any(|o| o.key == t.key && o.effect == t.effect) {
             e.push(base, "duplicates an earlier taint with the same key and effect");
@@ -507,7 +532,12 @@ pub fn taint_flag(t: &Taint) -> String {
     }
 }
 
-fn kubelet_args(e: &mut Errors, spec: &WindowsKubeadmConfigSpec, minor: u32, set_provider_id: bool) -> Vec<(String, String)> {
+fn kubelet_args(
+    e: &mut Errors,
+    spec: &WindowsKubeadmConfigSpec,
+    minor: u32,
+    set_provider_id: bool,
+) -> Vec<(String, String)> {
     let mut user: BTreeMap<String, String> = BTreeMap::new();
     let mut order: Vec<String> = Vec::new();
     for (i, a) in spec.join_configuration.node_registration.kubelet_extra_args.iter().enumerate() {
@@ -522,10 +552,13 @@ fn kubelet_args(e: &mut Errors, spec: &WindowsKubeadmConfigSpec, minor: u32, set
         if let Some((_, hint)) = OWNED_KUBELET_FLAGS.iter().find(|(n, _)| *n == a.name) {
             e.push(format!("{base}.name"), format!("--{} is set by capwin; {hint}", a.name));
         }
-        if let Some((_, removed)) = REMOVED_KUBELET_FLAGS.iter().find(|(n, _)| *n == a.name) {
-            if minor >= *removed {
-                e.push(format!("{base}.name"), format!("--{} was removed from kubelet in 1.{removed}; kubelet would not start", a.name));
-            }
+        if let Some((_, removed)) = REMOVED_KUBELET_FLAGS.iter().find(|(n, _)| *n == a.name)
+            && minor >= *removed
+        {
+            e.push(
+                format!("{base}.name"),
+                format!("--{} was removed from kubelet in 1.{removed}; kubelet would not start", a.name),
+            );
         }
         if a.value.chars().any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\'') {
             e.push(
@@ -539,7 +572,10 @@ fn kubelet_args(e: &mut Errors, spec: &WindowsKubeadmConfigSpec, minor: u32, set
         if a.name == "feature-gates" {
             for (gate, removed) in REMOVED_FEATURE_GATES {
                 if minor >= *removed && a.value.split(',').any(|kv| kv.split('=').next() == Some(gate)) {
-                    e.push(format!("{base}.value"), format!("feature gate {gate} was removed in 1.{removed}; kubelet would not start"));
+                    e.push(
+                        format!("{base}.value"),
+                        format!("feature gate {gate} was removed in 1.{removed}; kubelet would not start"),
+                    );
                 }
             }
         }
@@ -551,7 +587,10 @@ fn kubelet_args(e: &mut Errors, spec: &WindowsKubeadmConfigSpec, minor: u32, set
     }
 
     // Typed node labels join any labels the user passed as a flag.
-    let mut labels: Vec<String> = user.get("node-labels").map(|v| v.split(',').filter(|s| !s.is_empty()).map(String::from).collect()).unwrap_or_default();
+    let mut labels: Vec<String> = user
+        .get("node-labels")
+        .map(|v| v.split(',').filter(|s| !s.is_empty()).map(String::from).collect())
+        .unwrap_or_default();
     for (i, l) in labels.iter().enumerate() {
         let (k, v) = l.split_once('=').unwrap_or((l, ""));
         check_label(e, &format!("spec.joinConfiguration.nodeRegistration.kubeletExtraArgs[node-labels][{i}]"), k, v);
@@ -592,7 +631,12 @@ fn check_label(e: &mut Errors, path: &str, key: &str, value: &str) {
     if !is_qualified_name(key) {
         e.push(path, "the key must be a qualified name (optional DNS prefix, '/', and 1-63 of [A-Za-z0-9_.-])");
     } else if !kubelet_may_set_label(key) {
-        e.push(path, format!("the kubelet may not set {key} on its own Node (NodeRestriction); apply it from outside after the join"));
+        e.push(
+            path,
+            format!(
+                "the kubelet may not set {key} on its own Node (NodeRestriction); apply it from outside after the join"
+            ),
+        );
     }
     if !is_label_value(value) {
         e.push(path, "the value must be at most 63 of [A-Za-z0-9_.-], starting and ending alphanumeric");
@@ -617,12 +661,19 @@ fn windows_settings(e: &mut Errors, spec: &WindowsKubeadmConfigSpec) {
         e.push("spec.windows.kubeProxy.mode", "calico-vxlan on Windows needs kube-proxy (mode daemonset)");
     }
     match (&w.containerd.source, &w.containerd.download) {
-        (ContainerdSource::Download, None) => e.push("spec.windows.containerd.download", "is required when source is Download"),
-        (ContainerdSource::Image, Some(_)) => e.push("spec.windows.containerd.download", "is only allowed when source is Download"),
+        (ContainerdSource::Download, None) => {
+            e.push("spec.windows.containerd.download", "is required when source is Download")
+        }
+        (ContainerdSource::Image, Some(_)) => {
+            e.push("spec.windows.containerd.download", "is only allowed when source is Download")
+        }
         (_, Some(d)) => {
             check_https(e, "spec.windows.containerd.download.url", &d.url);
             check_sha256(e, "spec.windows.containerd.download.sha256", &d.sha256);
-            let ok = d.version.split(['-']).next().is_some_and(|c| c.split('.').count() == 3 && c.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())));
+            let ok = d.version.split(['-']).next().is_some_and(|c| {
+                c.split('.').count() == 3
+                    && c.split('.').all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            });
             if !ok {
                 e.push("spec.windows.containerd.download.version", "must look like 2.1.4");
             }
@@ -636,10 +687,16 @@ fn windows_settings(e: &mut Errors, spec: &WindowsKubeadmConfigSpec) {
             && d.name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
             && d.name.as_bytes()[0].is_ascii_alphanumeric();
         if !ok {
-            e.push(format!("spec.windows.containerd.configDropIns[{i}].name"), "must be 1-64 of [A-Za-z0-9_.-], starting alphanumeric");
+            e.push(
+                format!("spec.windows.containerd.configDropIns[{i}].name"),
+                "must be 1-64 of [A-Za-z0-9_.-], starting alphanumeric",
+            );
         }
         if d.name == "capwin-hyperv" {
-            e.push(format!("spec.windows.containerd.configDropIns[{i}].name"), "capwin-hyperv is reserved for the Hyper-V handler");
+            e.push(
+                format!("spec.windows.containerd.configDropIns[{i}].name"),
+                "capwin-hyperv is reserved for the Hyper-V handler",
+            );
         }
         if !names.insert(d.name.to_ascii_lowercase()) {
             e.push(format!("spec.windows.containerd.configDropIns[{i}].name"), "is used twice");
@@ -663,9 +720,15 @@ fn windows_settings(e: &mut Errors, spec: &WindowsKubeadmConfigSpec) {
         let ok = c.len() == 38
             && c[0] == b'{'
             && c[37] == b'}'
-            && c[1..37].iter().enumerate().all(|(i, b)| if matches!(i, 8 | 13 | 18 | 23) { *b == b'-' } else { b.is_ascii_hexdigit() });
+            && c[1..37]
+                .iter()
+                .enumerate()
+                .all(|(i, b)| if matches!(i, 8 | 13 | 18 | 23) { *b == b'-' } else { b.is_ascii_hexdigit() });
         if !ok {
-            e.push("spec.windows.gmsa.ccgPlugin.clsid", "must be a GUID in braces, e.g. {CCC2A336-D7F3-4818-A213-272B7924213E}");
+            e.push(
+                "spec.windows.gmsa.ccgPlugin.clsid",
+                "must be a GUID in braces, e.g. {CCC2A336-D7F3-4818-A213-272B7924213E}",
+            );
         }
     }
 }
@@ -712,14 +775,31 @@ fn proxy_environment(e: &mut Errors, input: &RenderInput<'_>, spec: &WindowsKube
     let mut bypass: Vec<String> = Vec::new();
     for (i, n) in p.no_proxy.iter().enumerate() {
         if n.is_empty() || n.chars().any(|c| c.is_whitespace() || c.is_control() || c == ',' || c == '"' || c == '\'') {
-            e.push(format!("spec.windows.containerd.proxy.noProxy[{i}]"), "must be a non-empty host, domain or CIDR without commas, quotes or whitespace");
+            e.push(
+                format!("spec.windows.containerd.proxy.noProxy[{i}]"),
+                "must be a non-empty host, domain or CIDR without commas, quotes or whitespace",
+            );
         }
         bypass.push(n.clone());
     }
     let endpoint = endpoint(input, spec);
-    let host = endpoint.rsplit_once(':').map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_string()).unwrap_or(endpoint);
-    let always = [host, "localhost".into(), "127.0.0.1".into(), "169.254.169.254".into(), ".svc".into(), ".cluster.local".into()];
-    for a in always.into_iter().chain(input.cluster.pod_cidrs.iter().cloned()).chain(input.cluster.service_cidrs.iter().cloned()) {
+    let host = endpoint
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_start_matches('[').trim_end_matches(']').to_string())
+        .unwrap_or(endpoint);
+    let always = [
+        host,
+        "localhost".into(),
+        "127.0.0.1".into(),
+        "169.254.169.254".into(),
+        ".svc".into(),
+        ".cluster.local".into(),
+    ];
+    for a in always
+        .into_iter()
+        .chain(input.cluster.pod_cidrs.iter().cloned())
+        .chain(input.cluster.service_cidrs.iter().cloned())
+    {
         if !bypass.contains(&a) {
             bypass.push(a);
         }
@@ -735,26 +815,48 @@ fn users(e: &mut Errors, spec: &WindowsKubeadmConfigSpec) -> Vec<String> {
     for (i, u) in spec.users.iter().enumerate() {
         let base = format!("spec.users[{i}]");
         let bad = |c: char| c.is_control() || r#""/\[]:;|=,+*?<>@"#.contains(c);
-        if u.name.is_empty() || u.name.chars().count() > 20 || u.name.chars().any(bad) || u.name.trim() != u.name || u.name.ends_with('.') {
-            e.push(format!("{base}.name"), r#"must be 1-20 characters without "/\[]:;|=,+*?<>@, control characters, or surrounding spaces"#);
+        if u.name.is_empty()
+            || u.name.chars().count() > 20
+            || u.name.chars().any(bad)
+            || u.name.trim() != u.name
+            || u.name.ends_with('.')
+        {
+            e.push(
+                format!("{base}.name"),
+                r#"must be 1-20 characters without "/\[]:;|=,+*?<>@, control characters, or surrounding spaces"#,
+            );
         }
         if !names.insert(u.name.to_lowercase()) {
             e.push(format!("{base}.name"), "is given twice (Windows user names ignore case)");
         }
-        if let Some(g) = &u.gecos {
-            if g.chars().any(char::is_control) {
-                e.push(format!("{base}.gecos"), "must not contain control characters");
-            }
+        if let Some(g) = &u.gecos
+            && g.chars().any(char::is_control)
+        {
+            e.push(format!("{base}.gecos"), "must not contain control characters");
         }
         for (j, g) in u.groups.iter().enumerate() {
             if g.is_empty() || g.chars().count() > 256 || g.chars().any(bad) || g.trim() != g {
-                e.push(format!("{base}.groups[{j}]"), r#"must be a local group name without "/\[]:;|=,+*?<>@ or control characters"#);
+                e.push(
+                    format!("{base}.groups[{j}]"),
+                    r#"must be a local group name without "/\[]:;|=,+*?<>@ or control characters"#,
+                );
             }
         }
         for (j, k) in u.ssh_authorized_keys.iter().enumerate() {
-            let known = ["ssh-ed25519 ", "ssh-rsa ", "ecdsa-sha2-nistp256 ", "ecdsa-sha2-nistp384 ", "ecdsa-sha2-nistp521 ", "sk-ssh-ed25519@openssh.com ", "sk-ecdsa-sha2-nistp256@openssh.com "];
+            let known = [
+                "ssh-ed25519 ",
+                "ssh-rsa ",
+                "ecdsa-sha2-nistp256 ",
+                "ecdsa-sha2-nistp384 ",
+                "ecdsa-sha2-nistp521 ",
+                "sk-ssh-ed25519@openssh.com ",
+                "sk-ecdsa-sha2-nistp256@openssh.com ",
+            ];
             if k.chars().any(char::is_control) || !known.iter().any(|p| k.starts_with(p)) {
-                e.push(format!("{base}.sshAuthorizedKeys[{j}]"), "must be one OpenSSH public key line (ssh-ed25519, ssh-rsa, ecdsa-sha2-…) without line breaks");
+                e.push(
+                    format!("{base}.sshAuthorizedKeys[{j}]"),
+                    "must be one OpenSSH public key line (ssh-ed25519, ssh-rsa, ecdsa-sha2-…) without line breaks",
+                );
             }
         }
         if u.groups.iter().any(|g| g.eq_ignore_ascii_case("Administrators")) {
@@ -792,12 +894,24 @@ fn defender(e: &mut Errors, spec: &WindowsKubeadmConfigSpec) -> (Vec<String>, Ve
         );
         let cni: &[&str] = match spec.windows.cni.flavour {
             CniFlavour::CalicoVxlan => &[r"C:\opt\cni\bin\calico.exe", r"C:\opt\cni\bin\calico-ipam.exe"],
-            CniFlavour::FlannelVxlan => &[r"C:\opt\cni\bin\flannel.exe", r"C:\opt\cni\bin\sdnoverlay.exe", r"C:\opt\cni\bin\host-local.exe", r"C:\k\flannel\flanneld.exe"],
-            CniFlavour::FlannelHostGw => &[r"C:\opt\cni\bin\flannel.exe", r"C:\opt\cni\bin\sdnbridge.exe", r"C:\opt\cni\bin\host-local.exe", r"C:\k\flannel\flanneld.exe"],
+            CniFlavour::FlannelVxlan => &[
+                r"C:\opt\cni\bin\flannel.exe",
+                r"C:\opt\cni\bin\sdnoverlay.exe",
+                r"C:\opt\cni\bin\host-local.exe",
+                r"C:\k\flannel\flanneld.exe",
+            ],
+            CniFlavour::FlannelHostGw => &[
+                r"C:\opt\cni\bin\flannel.exe",
+                r"C:\opt\cni\bin\sdnbridge.exe",
+                r"C:\opt\cni\bin\host-local.exe",
+                r"C:\k\flannel\flanneld.exe",
+            ],
             CniFlavour::None => &[],
         };
         processes.extend(cni.iter().map(|s| s.to_string()));
-        paths.extend([r"C:\ProgramData\containerd", r"C:\var\lib\kubelet", r"C:\opt\cni", r"C:\etc\cni"].map(String::from));
+        paths.extend(
+            [r"C:\ProgramData\containerd", r"C:\var\lib\kubelet", r"C:\opt\cni", r"C:\etc\cni"].map(String::from),
+        );
     }
     for (i, p) in d.exclude_processes.iter().enumerate() {
         match windows_path(p) {

@@ -44,7 +44,8 @@ fn golden_payloads_match_and_pass_cloudbase_init() {
         if update {
             std::fs::write(&path, &doc).unwrap();
         } else {
-            let want = std::fs::read_to_string(&path).unwrap_or_else(|_| panic!("{} missing; run with CAPWIN_UPDATE_GOLDEN=1", path.display()));
+            let want = std::fs::read_to_string(&path)
+                .unwrap_or_else(|_| panic!("{} missing; run with CAPWIN_UPDATE_GOLDEN=1", path.display()));
             if want != doc {
                 mismatches.push(name.clone());
             }
@@ -104,6 +105,9 @@ fn azure_goldens_are_exact_bytes_and_aws_is_compressed_only_when_needed() {
     assert!(!azure.gzipped);
     assert!(azure.bytes.starts_with(b"#cloud-config\n"));
     let aws = support::render(&support::spec(CniFlavour::CalicoVxlan, WindowsServerVersion::Ws2025), Cloud::Aws);
-    assert!(aws.document_bytes > capwin_payload::AWS_USER_DATA_LIMIT, "the plain document should not fit EC2, or this test proves nothing");
+    assert!(
+        aws.document_bytes > capwin_payload::AWS_USER_DATA_LIMIT,
+        "the plain document should not fit EC2, or this test proves nothing"
+    );
     assert!(aws.gzipped && aws.bytes.starts_with(&[0x1f, 0x8b]));
 }

@@ -54,33 +54,70 @@ fn hostile_spec() -> impl Strategy<Value = (WindowsKubeadmConfigSpec, BTreeMap<u
         (hostile(), hostile(), hostile(), hostile(), hostile()),
         (hostile(), hostile(), hostile(), hostile(), hostile()),
         (hostile(), hostile(), hostile(), prop::collection::vec(any::<u8>(), 0..256)),
-        (prop_oneof![Just(CniFlavour::CalicoVxlan), Just(CniFlavour::FlannelVxlan), Just(CniFlavour::FlannelHostGw), Just(CniFlavour::None)], any::<bool>()),
+        (
+            prop_oneof![
+                Just(CniFlavour::CalicoVxlan),
+                Just(CniFlavour::FlannelVxlan),
+                Just(CniFlavour::FlannelHostGw),
+                Just(CniFlavour::None)
+            ],
+            any::<bool>(),
+        ),
     )
-        .prop_map(|((content, path_part, pre, post, gecos), (arg_value, label_value, taint_key, proxy_tail, dropin), (defender_part, node_name, label_key, secret_bytes), (cni, os_taint))| {
-            let mut s = WindowsKubeadmConfigSpec::default();
-            s.windows.cni.flavour = cni;
-            s.windows.node.os_taint = os_taint;
-            s.files.push(File { path: format!(r"C:\k\{path_part}.txt"), permissions: Some("0644".into()), content: Some(content), ..Default::default() });
-            s.files.push(File {
-                path: r"C:\k\secret.bin".into(),
-                permissions: Some("0600".into()),
-                content_from: Some(FileSource { secret: capwin_api::common::SecretKeyRef { name: "s".into(), key: "k".into() } }),
-                ..Default::default()
-            });
-            s.pre_kubeadm_commands = vec![pre];
-            s.post_kubeadm_commands = vec![post];
-            s.users.push(User { name: "capi".into(), gecos: Some(gecos), groups: vec!["Administrators".into()], ssh_authorized_keys: vec![] });
-            s.join_configuration.node_registration.kubelet_extra_args.push(Arg { name: "eviction-hard".into(), value: arg_value });
-            s.join_configuration.node_registration.taints.push(Taint { key: taint_key, value: None, effect: TaintEffect::NoExecute });
-            s.join_configuration.node_registration.name = Some(node_name);
-            s.windows.node.labels.insert(label_key, label_value);
-            s.windows.containerd.proxy = Some(Proxy { http_proxy: Some(format!("http://proxy.example.com:3128/{proxy_tail}")), ..Default::default() });
-            s.windows.containerd.config_drop_ins.push(ContainerdDropIn { name: "mirrors".into(), content: dropin });
-            s.windows.defender.exclude_paths.push(format!(r"D:\data\{defender_part}"));
-            let mut secrets = BTreeMap::new();
-            secrets.insert(1, secret_bytes);
-            (s, secrets)
-        })
+        .prop_map(
+            |(
+                (content, path_part, pre, post, gecos),
+                (arg_value, label_value, taint_key, proxy_tail, dropin),
+                (defender_part, node_name, label_key, secret_bytes),
+                (cni, os_taint),
+            )| {
+                let mut s = WindowsKubeadmConfigSpec::default();
+                s.windows.cni.flavour = cni;
+                s.windows.node.os_taint = os_taint;
+                s.files.push(File {
+                    path: format!(r"C:\k\{path_part}.txt"),
+                    permissions: Some("0644".into()),
+                    content: Some(content),
+                    ..Default::default()
+                });
+                s.files.push(File {
+                    path: r"C:\k\secret.bin".into(),
+                    permissions: Some("0600".into()),
+                    content_from: Some(FileSource {
+                        secret: capwin_api::common::SecretKeyRef { name: "s".into(), key: "k".into() },
+                    }),
+                    ..Default::default()
+                });
+                s.pre_kubeadm_commands = vec![pre];
+                s.post_kubeadm_commands = vec![post];
+                s.users.push(User {
+                    name: "capi".into(),
+                    gecos: Some(gecos),
+                    groups: vec!["Administrators".into()],
+                    ssh_authorized_keys: vec![],
+                });
+                s.join_configuration
+                    .node_registration
+                    .kubelet_extra_args
+                    .push(Arg { name: "eviction-hard".into(), value: arg_value });
+                s.join_configuration.node_registration.taints.push(Taint {
+                    key: taint_key,
+                    value: None,
+                    effect: TaintEffect::NoExecute,
+                });
+                s.join_configuration.node_registration.name = Some(node_name);
+                s.windows.node.labels.insert(label_key, label_value);
+                s.windows.containerd.proxy = Some(Proxy {
+                    http_proxy: Some(format!("http://proxy.example.com:3128/{proxy_tail}")),
+                    ..Default::default()
+                });
+                s.windows.containerd.config_drop_ins.push(ContainerdDropIn { name: "mirrors".into(), content: dropin });
+                s.windows.defender.exclude_paths.push(format!(r"D:\data\{defender_part}"));
+                let mut secrets = BTreeMap::new();
+                secrets.insert(1, secret_bytes);
+                (s, secrets)
+            },
+        )
 }
 
 /// Fields a hostile value may be rejected for; anything else rejected is a bug.
@@ -101,7 +138,11 @@ const REJECTABLE: &[&str] = &[
 
 /// Checks a payload's files against the spec that made it; `files` come from our parse or
 /// cloudbase-init's.
-fn assert_exact(spec: &WindowsKubeadmConfigSpec, secrets: &BTreeMap<usize, Vec<u8>>, files: &BTreeMap<String, Vec<u8>>) {
+fn assert_exact(
+    spec: &WindowsKubeadmConfigSpec,
+    secrets: &BTreeMap<usize, Vec<u8>>,
+    files: &BTreeMap<String, Vec<u8>>,
+) {
     let user_file = capwin_payload::validate::windows_path(&spec.files[0].path).unwrap();
     assert_eq!(files[&user_file], spec.files[0].content.as_ref().unwrap().as_bytes(), "inline file content");
     assert_eq!(files[r"C:\k\secret.bin"], secrets[&1], "Secret file content");
@@ -117,19 +158,32 @@ fn assert_exact(spec: &WindowsKubeadmConfigSpec, secrets: &BTreeMap<usize, Vec<u
     let def = capwin_payload::validate::windows_path(&spec.windows.defender.exclude_paths[0]).unwrap();
     assert!(params["defender"]["paths"].as_array().unwrap().iter().any(|p| p == def.as_str()), "defender path");
     let arg = &spec.join_configuration.node_registration.kubelet_extra_args[0];
-    assert!(params["kubeletFlags"].as_array().unwrap().iter().any(|f| *f == format!("--{}={}", arg.name, arg.value)), "kubelet flag");
+    assert!(
+        params["kubeletFlags"].as_array().unwrap().iter().any(|f| *f == format!("--{}={}", arg.name, arg.value)),
+        "kubelet flag"
+    );
     let join = support::join_config(files);
     let args = join["nodeRegistration"]["kubeletExtraArgs"].as_sequence().unwrap();
-    assert!(args.iter().any(|a| a["name"] == arg.name.as_str() && a["value"] == arg.value.as_str()), "kubeletExtraArgs");
+    assert!(
+        args.iter().any(|a| a["name"] == arg.name.as_str() && a["value"] == arg.value.as_str()),
+        "kubeletExtraArgs"
+    );
     let taint = &spec.join_configuration.node_registration.taints[0];
-    assert!(join["nodeRegistration"]["taints"].as_sequence().unwrap().iter().any(|t| t["key"] == taint.key.as_str()), "taint");
+    assert!(
+        join["nodeRegistration"]["taints"].as_sequence().unwrap().iter().any(|t| t["key"] == taint.key.as_str()),
+        "taint"
+    );
     let (k, v) = spec.windows.node.labels.iter().next().unwrap();
     let labels = args.iter().find(|a| a["name"] == "node-labels").unwrap()["value"].as_str().unwrap().to_string();
     assert!(labels.split(',').any(|l| l == format!("{k}={v}")), "label {k}={v} in {labels}");
     assert_eq!(join["nodeRegistration"]["name"], spec.join_configuration.node_registration.name.as_deref().unwrap());
 }
 
-fn check(spec: &WindowsKubeadmConfigSpec, secrets: &BTreeMap<usize, Vec<u8>>, cloud: Cloud) -> Option<capwin_payload::Payload> {
+fn check(
+    spec: &WindowsKubeadmConfigSpec,
+    secrets: &BTreeMap<usize, Vec<u8>>,
+    cloud: Cloud,
+) -> Option<capwin_payload::Payload> {
     match support::render_with(spec, secrets, cloud) {
         Ok(p) => {
             assert_exact(spec, secrets, &support::files(&p));
@@ -137,7 +191,10 @@ fn check(spec: &WindowsKubeadmConfigSpec, secrets: &BTreeMap<usize, Vec<u8>>, cl
         }
         Err(RenderError::Invalid(errors)) => {
             for e in &errors {
-                assert!(REJECTABLE.iter().any(|r| e.path.starts_with(r)), "rejected a field that holds no hostile value: {e}");
+                assert!(
+                    REJECTABLE.iter().any(|r| e.path.starts_with(r)),
+                    "rejected a field that holds no hostile value: {e}"
+                );
                 assert!(!e.reason.is_empty(), "an error without a reason: {e:?}");
             }
             None
@@ -162,7 +219,11 @@ fn hostile_values_round_trip_or_are_rejected_by_field() {
             let acceptable = make_acceptable(spec);
             secrets.entry(1).and_modify(|b| b.retain(|x| *x != b'@'));
             for cloud in [Cloud::Azure, Cloud::Aws] {
-                prop_assert!(check(&acceptable, &secrets, cloud).is_some(), "rejected: {:?}", support::render_with(&acceptable, &secrets, cloud).err());
+                prop_assert!(
+                    check(&acceptable, &secrets, cloud).is_some(),
+                    "rejected: {:?}",
+                    support::render_with(&acceptable, &secrets, cloud).err()
+                );
             }
             Ok(())
         })
@@ -178,7 +239,12 @@ fn make_acceptable(mut spec: WindowsKubeadmConfigSpec) -> WindowsKubeadmConfigSp
     spec.join_configuration.node_registration.taints[0].key = "example.com/hostile".into();
     spec.windows.node.labels = BTreeMap::from([("example.com/role".into(), "windows".into())]);
     spec.windows.defender.exclude_paths = vec![r"D:\data".into()];
-    let clean = |s: &str| s.chars().filter(|c| !c.is_whitespace() && !c.is_control() && *c != '"' && *c != '\'').collect::<String>().replace("@@CAPWIN_", "");
+    let clean = |s: &str| {
+        s.chars()
+            .filter(|c| !c.is_whitespace() && !c.is_control() && *c != '"' && *c != '\'')
+            .collect::<String>()
+            .replace("@@CAPWIN_", "")
+    };
     let a = &mut spec.join_configuration.node_registration.kubelet_extra_args[0];
     a.value = clean(&a.value);
     let p = spec.windows.containerd.proxy.as_mut().unwrap();
@@ -204,16 +270,25 @@ fn hostile_payloads_pass_cloudbase_init_exactly() {
             let spec = make_acceptable(spec);
             secrets.entry(1).and_modify(|b| b.retain(|x| *x != b'@'));
             for cloud in [Cloud::Azure, Cloud::Aws] {
-                let payload = check(&spec, &secrets, cloud).unwrap_or_else(|| panic!("sanitised spec rejected: {:?}", support::render_with(&spec, &secrets, cloud).err()));
+                let payload = check(&spec, &secrets, cloud).unwrap_or_else(|| {
+                    panic!("sanitised spec rejected: {:?}", support::render_with(&spec, &secrets, cloud).err())
+                });
                 let report = support::assert_cbi_accepts(&payload.bytes, "hostile payload");
                 let files = support::cbi_files(&report);
                 assert_exact(&spec, &secrets, &files);
-                assert_eq!(report["users"][0]["full_name"], spec.users[0].gecos.as_deref().unwrap(), "gecos as cloudbase-init sees it");
+                assert_eq!(
+                    report["users"][0]["full_name"],
+                    spec.users[0].gecos.as_deref().unwrap(),
+                    "gecos as cloudbase-init sees it"
+                );
                 // What kubeadm's YAML 1.1 decoder sees in the join configuration.
                 let join = support::yaml11(&files[capwin_payload::JOIN_CONFIG_PATH]);
                 let arg = &spec.join_configuration.node_registration.kubelet_extra_args[0];
                 let args = join["nodeRegistration"]["kubeletExtraArgs"].as_array().unwrap();
-                assert!(args.iter().any(|a| a["name"] == arg.name.as_str() && a["value"] == arg.value.as_str()), "YAML 1.1 view of {arg:?}: {args:?}");
+                assert!(
+                    args.iter().any(|a| a["name"] == arg.name.as_str() && a["value"] == arg.value.as_str()),
+                    "YAML 1.1 view of {arg:?}: {args:?}"
+                );
             }
             Ok(())
         })
@@ -231,8 +306,18 @@ fn user_file_encodings_are_decoded_before_delivery() {
         base64::engine::general_purpose::STANDARD.encode(e.finish().unwrap())
     };
     let mut spec = WindowsKubeadmConfigSpec::default();
-    spec.files.push(File { path: "/k/a.txt".into(), encoding: Some(FileEncoding::Base64), content: Some(b64), ..Default::default() });
-    spec.files.push(File { path: "C:/k/b.txt".into(), encoding: Some(FileEncoding::GzipBase64), content: Some(gz), ..Default::default() });
+    spec.files.push(File {
+        path: "/k/a.txt".into(),
+        encoding: Some(FileEncoding::Base64),
+        content: Some(b64),
+        ..Default::default()
+    });
+    spec.files.push(File {
+        path: "C:/k/b.txt".into(),
+        encoding: Some(FileEncoding::GzipBase64),
+        content: Some(gz),
+        ..Default::default()
+    });
     let p = support::render(&spec, Cloud::Azure);
     let report = support::assert_cbi_accepts(&p.bytes, "encoded files");
     let files = support::cbi_files(&report);

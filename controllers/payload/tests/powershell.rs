@@ -79,3 +79,78 @@ fn hyper_v_drop_in_is_built_by_the_script_not_spliced_from_input() {
     assert!(capwin_payload::BOOTSTRAP_SCRIPT.contains("runhcs-wcow-hypervisor"));
     assert!(!capwin_payload::BOOTSTRAP_SCRIPT.contains("Invoke-Expression"), "no string evaluation of inputs");
 }
+
+/// The script runs under `Set-StrictMode`, where reading a property the parameters file lacks is
+/// a terminating error: every `$P.a.b` it reads must exist in every rendered parameters file.
+#[test]
+fn every_parameter_the_script_reads_is_rendered() {
+    use capwin_api::bootstrap::{CniFlavour, WindowsKubeadmConfigSpec};
+    let script = capwin_payload::BOOTSTRAP_SCRIPT;
+    let mut refs: Vec<Vec<String>> = Vec::new();
+    for (i, _) in script.match_indices("$P.") {
+        let path: String =
+            script[i + 3..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == '_').collect();
+        let parts: Vec<String> = path.trim_end_matches('.').split('.').map(String::from).collect();
+        if !refs.contains(&parts) {
+            refs.push(parts);
+        }
+    }
+    assert!(refs.len() > 20, "found only {} parameter reads; the scan is broken", refs.len());
+    for cni in CniFlavour::ALL {
+        let mut spec = WindowsKubeadmConfigSpec::default();
+        spec.windows.cni.flavour = cni;
+        let token = capwin_payload::BootstrapToken::parse("abcdef.0123456789abcdef").unwrap();
+        let cluster = capwin_payload::ClusterInputs {
+            api_server_endpoint: "a.example.com:6443".into(),
+            ca_cert_hashes: vec![format!("sha256:{}", "0".repeat(64))],
+            kubernetes_version: "v1.34.0".into(),
+            pod_cidrs: vec![],
+            service_cidrs: vec![],
+        };
+        let secrets = Default::default();
+        let input = capwin_payload::RenderInput {
+            spec: &spec,
+            secret_file_contents: &secrets,
+            cluster: &cluster,
+            token: &token,
+            cloud: capwin_payload::Cloud::Azure,
+        };
+        let payload = capwin_payload::render(&input).unwrap();
+        let doc = String::from_utf8(payload.bytes).unwrap();
+        let marker = "bootstrap.json\"\n  content: |2-\n";
+        let start = doc.find(marker).expect("parameters block") + marker.len();
+        let json_line = doc[start..].lines().next().unwrap().trim();
+        let params: serde_json::Value = serde_json::from_str(json_line).unwrap();
+        for r in &refs {
+            let mut v = &params;
+            for (depth, key) in r.iter().enumerate() {
+                // Members of an object that may be null are only read after a null check.
+                if v.is_null() && depth > 0 {
+                    break;
+                }
+                v = v.get(key).unwrap_or_else(|| panic!("$P.{} is read by the script but not rendered", r.join(".")));
+            }
+        }
+    }
+}
+
+/// Each step has its own exit code in 10-99, and every step the script enters has one.
+#[test]
+fn exit_codes_name_the_step_and_never_ask_for_a_reboot() {
+    let script = capwin_payload::BOOTSTRAP_SCRIPT;
+    let table_start = script.find("$Steps = @{").unwrap();
+    let table_end = table_start + script[table_start..].find("\n}").unwrap();
+    let mut codes = std::collections::BTreeMap::new();
+    for line in script[table_start..table_end].lines().skip(1) {
+        let (name, code) = line.split_once('=').unwrap();
+        let code: u32 = code.trim().parse().unwrap();
+        assert!((10..=99).contains(&code), "{line}");
+        assert!(codes.insert(code, name.trim().trim_matches('\'').to_string()).is_none(), "duplicate code {code}");
+    }
+    let names: Vec<&String> = codes.values().collect();
+    for (i, _) in script.match_indices("Enter-Step '") {
+        let name: String = script[i + 12..].chars().take_while(|c| *c != '\'').collect();
+        assert!(names.contains(&&name), "step {name} has no exit code");
+    }
+    assert!(!script.contains("exit 100") && !script.contains("exit 1001"), "no reboot exit codes");
+}

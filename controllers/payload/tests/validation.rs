@@ -14,7 +14,13 @@ fn errors_for(spec: &WindowsKubeadmConfigSpec) -> Vec<String> {
 fn errors_with(spec: &WindowsKubeadmConfigSpec, cluster: &ClusterInputs) -> Vec<String> {
     let token = BootstrapToken::parse(support::TOKEN).unwrap();
     let secrets = BTreeMap::new();
-    match capwin_payload::render(&RenderInput { spec, secret_file_contents: &secrets, cluster, token: &token, cloud: Cloud::Azure }) {
+    match capwin_payload::render(&RenderInput {
+        spec,
+        secret_file_contents: &secrets,
+        cluster,
+        token: &token,
+        cloud: Cloud::Azure,
+    }) {
         Err(RenderError::Invalid(e)) => e.iter().map(ToString::to_string).collect(),
         other => panic!("expected a validation error, got {other:?}"),
     }
@@ -51,8 +57,7 @@ fn file_paths() {
     let mut s = WindowsKubeadmConfigSpec::default();
     s.files.push(File { path: r"C:\k\long".repeat(40), content: Some("x".into()), ..Default::default() });
     assert_error(&s, "spec.files[0].path", "259");
-    let mut s = WindowsKubeadmConfigSpec::default();
-    s.files = vec![file(r"C:\k\a.txt"), file("/k/A.TXT")];
+    let s = WindowsKubeadmConfigSpec { files: vec![file(r"C:\k\a.txt"), file("/k/A.TXT")], ..Default::default() };
     assert_error(&s, "spec.files[1].path", "written twice");
 }
 
@@ -61,15 +66,32 @@ fn file_content_and_encoding() {
     let mut s = WindowsKubeadmConfigSpec::default();
     s.files.push(File { path: r"C:\k\a".into(), ..Default::default() });
     assert_error(&s, "spec.files[0]", "exactly one of content and contentFrom");
-    s.files[0] = File { path: r"C:\k\a".into(), encoding: Some(FileEncoding::Base64), content: Some("not base64!".into()), ..Default::default() };
+    s.files[0] = File {
+        path: r"C:\k\a".into(),
+        encoding: Some(FileEncoding::Base64),
+        content: Some("not base64!".into()),
+        ..Default::default()
+    };
     assert_error(&s, "spec.files[0].encoding", "not valid base64");
-    s.files[0] = File { path: r"C:\k\a".into(), encoding: Some(FileEncoding::GzipBase64), content: Some("aGVsbG8=".into()), ..Default::default() };
+    s.files[0] = File {
+        path: r"C:\k\a".into(),
+        encoding: Some(FileEncoding::GzipBase64),
+        content: Some("aGVsbG8=".into()),
+        ..Default::default()
+    };
     assert_error(&s, "spec.files[0].encoding", "not valid gzip");
-    s.files[0] = File { path: r"C:\k\a".into(), permissions: Some("0999".into()), content: Some("x".into()), ..Default::default() };
+    s.files[0] = File {
+        path: r"C:\k\a".into(),
+        permissions: Some("0999".into()),
+        content: Some("x".into()),
+        ..Default::default()
+    };
     assert_error(&s, "spec.files[0].permissions", "octal");
     s.files[0] = File {
         path: r"C:\k\a".into(),
-        content_from: Some(FileSource { secret: capwin_api::common::SecretKeyRef { name: "s".into(), key: "k".into() } }),
+        content_from: Some(FileSource {
+            secret: capwin_api::common::SecretKeyRef { name: "s".into(), key: "k".into() },
+        }),
         ..Default::default()
     };
     assert_error(&s, "spec.files[0].contentFrom", "not resolved");
@@ -99,12 +121,24 @@ fn kubelet_flags() {
 fn removed_flags_are_allowed_before_their_removal() {
     // pod-infra-container-image still exists in 1.33.
     let mut s = WindowsKubeadmConfigSpec::default();
-    s.join_configuration.node_registration.kubelet_extra_args.push(Arg { name: "pod-infra-container-image".into(), value: "x".into() });
+    s.join_configuration
+        .node_registration
+        .kubelet_extra_args
+        .push(Arg { name: "pod-infra-container-image".into(), value: "x".into() });
     let mut cluster = support::cluster();
     cluster.kubernetes_version = "v1.33.4".into();
     let token = BootstrapToken::parse(support::TOKEN).unwrap();
     let secrets = BTreeMap::new();
-    assert!(capwin_payload::render(&RenderInput { spec: &s, secret_file_contents: &secrets, cluster: &cluster, token: &token, cloud: Cloud::Azure }).is_ok());
+    assert!(
+        capwin_payload::render(&RenderInput {
+            spec: &s,
+            secret_file_contents: &secrets,
+            cluster: &cluster,
+            token: &token,
+            cloud: Cloud::Azure
+        })
+        .is_ok()
+    );
 }
 
 #[test]
@@ -120,7 +154,11 @@ fn labels_and_taints() {
     s.windows.node.labels.insert("topology.kubernetes.io/zone".into(), "1".into());
     assert!(support::render_with(&s, &BTreeMap::new(), Cloud::Azure).is_ok(), "labels the kubelet may set");
     let mut s = WindowsKubeadmConfigSpec::default();
-    s.join_configuration.node_registration.taints.push(Taint { key: "bad key".into(), value: None, effect: TaintEffect::NoSchedule });
+    s.join_configuration.node_registration.taints.push(Taint {
+        key: "bad key".into(),
+        value: None,
+        effect: TaintEffect::NoSchedule,
+    });
     assert_error(&s, "spec.joinConfiguration.nodeRegistration.taints[0].key", "qualified name");
 }
 
@@ -136,17 +174,20 @@ fn windows_settings() {
     let mut s = WindowsKubeadmConfigSpec::default();
     s.windows.containerd.source = ContainerdSource::Download;
     assert_error(&s, "spec.windows.containerd.download", "required");
-    s.windows.containerd.download = Some(ContainerdDownload { version: "2.1".into(), url: "http://x/y.tgz".into(), sha256: "ABC".into() });
+    s.windows.containerd.download =
+        Some(ContainerdDownload { version: "2.1".into(), url: "http://x/y.tgz".into(), sha256: "ABC".into() });
     assert_error(&s, "spec.windows.containerd.download.url", "https://");
     assert_error(&s, "spec.windows.containerd.download.sha256", "64 lower-case hex");
     assert_error(&s, "spec.windows.containerd.download.version", "2.1.4");
 
     let mut s = WindowsKubeadmConfigSpec::default();
-    s.windows.containerd.proxy = Some(Proxy { http_proxy: Some("proxy.example.com:3128".into()), ..Default::default() });
+    s.windows.containerd.proxy =
+        Some(Proxy { http_proxy: Some("proxy.example.com:3128".into()), ..Default::default() });
     assert_error(&s, "spec.windows.containerd.proxy.httpProxy", "http://");
 
     let mut s = WindowsKubeadmConfigSpec::default();
-    s.windows.gmsa.ccg_plugin = Some(CcgPlugin { url: "https://x/p.dll".into(), sha256: "a".repeat(64), clsid: "nope".into() });
+    s.windows.gmsa.ccg_plugin =
+        Some(CcgPlugin { url: "https://x/p.dll".into(), sha256: "a".repeat(64), clsid: "nope".into() });
     assert_error(&s, "spec.windows.gmsa.ccgPlugin", "enabled: true");
     assert_error(&s, "spec.windows.gmsa.ccgPlugin.clsid", "GUID");
 
@@ -183,12 +224,24 @@ fn cluster_inputs() {
     assert!(errors_with(&s, &c).iter().any(|e| e.starts_with("cluster.spec.controlPlaneEndpoint: ")));
     let mut c = support::cluster();
     c.ca_cert_hashes.clear();
-    assert!(errors_with(&s, &c).iter().any(|e| e.contains("caCertHashes") && e.contains("unsafeSkipCAVerification")), "no silent insecure default");
+    assert!(
+        errors_with(&s, &c).iter().any(|e| e.contains("caCertHashes") && e.contains("unsafeSkipCAVerification")),
+        "no silent insecure default"
+    );
     let mut skip = WindowsKubeadmConfigSpec::default();
-    skip.join_configuration.discovery = Some(Discovery { bootstrap_token: Some(BootstrapTokenDiscovery { unsafe_skip_ca_verification: true, ..Default::default() }) });
+    skip.join_configuration.discovery = Some(Discovery {
+        bootstrap_token: Some(BootstrapTokenDiscovery { unsafe_skip_ca_verification: true, ..Default::default() }),
+    });
     let token = BootstrapToken::parse(support::TOKEN).unwrap();
     let secrets = BTreeMap::new();
-    let p = capwin_payload::render(&RenderInput { spec: &skip, secret_file_contents: &secrets, cluster: &c, token: &token, cloud: Cloud::Azure }).unwrap();
+    let p = capwin_payload::render(&RenderInput {
+        spec: &skip,
+        secret_file_contents: &secrets,
+        cluster: &c,
+        token: &token,
+        cloud: Cloud::Azure,
+    })
+    .unwrap();
     let files = support::files(&p);
     assert_eq!(support::join_config(&files)["discovery"]["bootstrapToken"]["unsafeSkipCAVerification"], true);
 }
@@ -205,7 +258,9 @@ fn every_error_is_reported_at_once() {
 #[test]
 fn token_parsing_and_redaction() {
     assert!(BootstrapToken::parse("abcdef.0123456789abcdef").is_ok());
-    for bad in ["abcdef0123456789abcdef", "ABCDEF.0123456789abcdef", "abcde.0123456789abcdef", "abcdef.0123456789abcde!"] {
+    for bad in
+        ["abcdef0123456789abcdef", "ABCDEF.0123456789abcdef", "abcde.0123456789abcdef", "abcdef.0123456789abcde!"]
+    {
         assert!(BootstrapToken::parse(bad).is_err(), "{bad}");
     }
     let t = BootstrapToken::parse("abcdef.0123456789abcdef").unwrap();
@@ -227,14 +282,19 @@ fn oversized_payloads_fail_naming_the_largest_parts() {
     let mut s = WindowsKubeadmConfigSpec::default();
     s.files.push(File {
         path: r"C:\k\blob.bin".into(),
-        content_from: Some(FileSource { secret: capwin_api::common::SecretKeyRef { name: "s".into(), key: "k".into() } }),
+        content_from: Some(FileSource {
+            secret: capwin_api::common::SecretKeyRef { name: "s".into(), key: "k".into() },
+        }),
         ..Default::default()
     });
     let secrets = BTreeMap::from([(0, noise)]);
     match support::render_with(&s, &secrets, Cloud::Aws) {
         Err(e @ RenderError::TooLarge { .. }) => {
             let msg = e.to_string();
-            assert!(msg.contains("EC2 user data") && msg.contains("16384") && msg.contains(r"file C:\k\blob.bin"), "{msg}");
+            assert!(
+                msg.contains("EC2 user data") && msg.contains("16384") && msg.contains(r"file C:\k\blob.bin"),
+                "{msg}"
+            );
         }
         other => panic!("expected TooLarge, got {other:?}"),
     }

@@ -30,10 +30,20 @@ pub fn spec(cni: CniFlavour, version: WindowsServerVersion) -> WindowsKubeadmCon
     s
 }
 
-pub fn render_with(spec: &WindowsKubeadmConfigSpec, secrets: &BTreeMap<usize, Vec<u8>>, cloud: Cloud) -> Result<Payload, RenderError> {
+pub fn render_with(
+    spec: &WindowsKubeadmConfigSpec,
+    secrets: &BTreeMap<usize, Vec<u8>>,
+    cloud: Cloud,
+) -> Result<Payload, RenderError> {
     let token = BootstrapToken::parse(TOKEN).unwrap();
     let cluster = cluster();
-    capwin_payload::render(&RenderInput { spec, secret_file_contents: secrets, cluster: &cluster, token: &token, cloud })
+    capwin_payload::render(&RenderInput {
+        spec,
+        secret_file_contents: secrets,
+        cluster: &cluster,
+        token: &token,
+        cloud,
+    })
 }
 
 pub fn render(spec: &WindowsKubeadmConfigSpec, cloud: Cloud) -> Payload {
@@ -96,7 +106,11 @@ pub fn cbi_python() -> PathBuf {
             .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").expect("HOME")).join(".cache/capwin/venv"));
         base.join("cbi/bin/python")
     });
-    assert!(path.exists(), "cloudbase-init venv missing at {}: run test/cbi/setup.sh (the README's test command does)", path.display());
+    assert!(
+        path.exists(),
+        "cloudbase-init venv missing at {}: run test/cbi/setup.sh (the README's test command does)",
+        path.display()
+    );
     path
 }
 
@@ -114,8 +128,9 @@ pub fn cbi_report(payload: &[u8]) -> (serde_json::Value, i32) {
         .expect("start the cloudbase-init driver");
     child.stdin.take().unwrap().write_all(payload).unwrap();
     let out = child.wait_with_output().unwrap();
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("driver output is not JSON ({e}); stderr: {}", String::from_utf8_lossy(&out.stderr)));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("driver output is not JSON ({e}); stderr: {}", String::from_utf8_lossy(&out.stderr))
+    });
     (report, out.status.code().unwrap_or(-1))
 }
 
@@ -157,7 +172,11 @@ pub fn assert_cbi_accepts(payload: &[u8], what: &str) -> serde_json::Value {
     for p in [capwin_payload::SCRIPT_PATH, capwin_payload::PARAMS_PATH, capwin_payload::JOIN_CONFIG_PATH] {
         assert!(files.contains_key(p), "{what}: {p} not written");
     }
-    assert_eq!(files[capwin_payload::SCRIPT_PATH], capwin_payload::BOOTSTRAP_SCRIPT.as_bytes(), "{what}: script altered");
+    assert_eq!(
+        files[capwin_payload::SCRIPT_PATH],
+        capwin_payload::BOOTSTRAP_SCRIPT.as_bytes(),
+        "{what}: script altered"
+    );
     r
 }
 
