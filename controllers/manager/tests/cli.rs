@@ -72,7 +72,8 @@ fn render_uses_the_given_cluster_values() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     let text = String::from_utf8(o.stdout.clone()).unwrap();
-    assert!(text.contains("apiServerEndpoint: 10.0.0.4:6443") && text.contains("token: qwerty.0123456789qwerty"));
+    assert!(text.contains(r#""apiServerEndpoint": "10.0.0.4:6443""#), "{text}");
+    assert!(text.contains(r#""token": "qwerty.0123456789qwerty""#));
     assert!(text.contains(r#""kubernetesVersion":"v1.33.5""#) && text.contains(r#""vni":4097"#));
     assert!(!stderr(&o).contains("placeholder"));
 }
