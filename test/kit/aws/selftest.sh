@@ -13,10 +13,11 @@ CAPWIN_KIT_STATE="$(mktemp -d "${TMPDIR:-/tmp}/capwin-aws-kit.XXXXXX")"
 export CAPWIN_KIT_STATE
 cleanup() {
   local rc=$?
-  "$here/moto.sh" proxy-stop || rc=1
-  "$here/moto.sh" stop || rc=1
+  # quiet on success, so the summary line stays the last line of the output
+  "$here/moto.sh" proxy-stop 2>>"$CAPWIN_KIT_STATE/stop.log" || rc=1
+  "$here/moto.sh" stop 2>>"$CAPWIN_KIT_STATE/stop.log" || rc=1
   if [[ $rc -ne 0 ]]; then
-    for f in moto.log proxy.log; do
+    for f in moto.log proxy.log stop.log; do
       [[ -f "$CAPWIN_KIT_STATE/$f" ]] && { echo "--- $f (tail)" >&2; tail -n 30 "$CAPWIN_KIT_STATE/$f" >&2; }
     done
   fi
