@@ -334,13 +334,15 @@ async fn kube_runtime_watcher_and_finalizer_helper() {
     use kube::runtime::finalizer::{Event as Fin, finalizer};
     use std::sync::Arc;
 
+    type Log = Arc<std::sync::Mutex<Vec<String>>>;
+    type Ctx = Arc<(Api<WindowsKubeadmConfig>, Log)>;
     let (_s, client) = server().await;
     let api: Api<WindowsKubeadmConfig> = Api::default_namespaced(client.clone());
-    let log = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let log: Log = Arc::new(std::sync::Mutex::new(Vec::new()));
     let ctx = Arc::new((api.clone(), log.clone()));
     async fn reconcile(
         obj: Arc<WindowsKubeadmConfig>,
-        ctx: Arc<(Api<WindowsKubeadmConfig>, Arc<std::sync::Mutex<Vec<String>>>)>,
+        ctx: Ctx,
     ) -> Result<Action, kube::runtime::finalizer::Error<kube::Error>> {
         let (api, log) = (&ctx.0, ctx.1.clone());
         finalizer(api, "capwin.test/cleanup", obj, |ev| async move {

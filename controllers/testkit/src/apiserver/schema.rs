@@ -20,10 +20,10 @@ pub fn prune_and_default(value: &mut Value, schema: &Value) {
             let embedded = schema.get("x-kubernetes-embedded-resource").and_then(Value::as_bool).unwrap_or(false);
             if let Some(props) = props {
                 for (k, s) in props {
-                    if !map.contains_key(k) {
-                        if let Some(d) = s.get("default") {
-                            map.insert(k.clone(), d.clone());
-                        }
+                    if !map.contains_key(k)
+                        && let Some(d) = s.get("default")
+                    {
+                        map.insert(k.clone(), d.clone());
                     }
                 }
             }
@@ -92,27 +92,27 @@ pub fn validate(value: &Value, schema: &Value, path: &str, out: &mut Vec<(String
             return;
         }
     }
-    if let Some(e) = schema.get("enum").and_then(Value::as_array) {
-        if !e.contains(value) {
-            let allowed: Vec<String> = e.iter().map(|v| v.to_string()).collect();
-            out.push((path.into(), format!("Unsupported value: {}: supported values: {}", value, allowed.join(", "))));
-        }
+    if let Some(e) = schema.get("enum").and_then(Value::as_array)
+        && !e.contains(value)
+    {
+        let allowed: Vec<String> = e.iter().map(|v| v.to_string()).collect();
+        out.push((path.into(), format!("Unsupported value: {}: supported values: {}", value, allowed.join(", "))));
     }
     match value {
         Value::String(s) => {
             let n = s.chars().count() as f64;
-            if let Some(min) = schema.get("minLength").and_then(Value::as_f64) {
-                if n < min {
-                    out.push((
-                        path.into(),
-                        format!("Invalid value: {}: {path} in body should be at least {min} chars long", short(value)),
-                    ));
-                }
+            if let Some(min) = schema.get("minLength").and_then(Value::as_f64)
+                && n < min
+            {
+                out.push((
+                    path.into(),
+                    format!("Invalid value: {}: {path} in body should be at least {min} chars long", short(value)),
+                ));
             }
-            if let Some(max) = schema.get("maxLength").and_then(Value::as_f64) {
-                if n > max {
-                    out.push((path.into(), format!("Too long: may not be more than {max} bytes")));
-                }
+            if let Some(max) = schema.get("maxLength").and_then(Value::as_f64)
+                && n > max
+            {
+                out.push((path.into(), format!("Too long: may not be more than {max} bytes")));
             }
             if let Some(p) = schema.get("pattern").and_then(Value::as_str) {
                 match regex::Regex::new(p) {
@@ -128,37 +128,34 @@ pub fn validate(value: &Value, schema: &Value, path: &str, out: &mut Vec<(String
             let x = n.as_f64().unwrap_or_default();
             let excl_min = schema.get("exclusiveMinimum").and_then(Value::as_bool).unwrap_or(false);
             let excl_max = schema.get("exclusiveMaximum").and_then(Value::as_bool).unwrap_or(false);
-            if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
-                if x < min || (excl_min && x == min) {
-                    out.push((
-                        path.into(),
-                        format!("Invalid value: {n}: {path} in body should be greater than or equal to {min}"),
-                    ));
-                }
+            if let Some(min) = schema.get("minimum").and_then(Value::as_f64)
+                && (x < min || (excl_min && x == min))
+            {
+                out.push((
+                    path.into(),
+                    format!("Invalid value: {n}: {path} in body should be greater than or equal to {min}"),
+                ));
             }
-            if let Some(max) = schema.get("maximum").and_then(Value::as_f64) {
-                if x > max || (excl_max && x == max) {
-                    out.push((
-                        path.into(),
-                        format!("Invalid value: {n}: {path} in body should be less than or equal to {max}"),
-                    ));
-                }
+            if let Some(max) = schema.get("maximum").and_then(Value::as_f64)
+                && (x > max || (excl_max && x == max))
+            {
+                out.push((
+                    path.into(),
+                    format!("Invalid value: {n}: {path} in body should be less than or equal to {max}"),
+                ));
             }
         }
         Value::Array(items) => {
             let n = items.len() as f64;
-            if let Some(min) = schema.get("minItems").and_then(Value::as_f64) {
-                if n < min {
-                    out.push((
-                        path.into(),
-                        format!("Invalid value: {n}: {path} in body should have at least {min} items"),
-                    ));
-                }
+            if let Some(min) = schema.get("minItems").and_then(Value::as_f64)
+                && n < min
+            {
+                out.push((path.into(), format!("Invalid value: {n}: {path} in body should have at least {min} items")));
             }
-            if let Some(max) = schema.get("maxItems").and_then(Value::as_f64) {
-                if n > max {
-                    out.push((path.into(), format!("Too many: {n}: must have at most {max} items")));
-                }
+            if let Some(max) = schema.get("maxItems").and_then(Value::as_f64)
+                && n > max
+            {
+                out.push((path.into(), format!("Too many: {n}: must have at most {max} items")));
             }
             if let Some(s) = schema.get("items") {
                 for (i, item) in items.iter().enumerate() {
@@ -217,19 +214,20 @@ fn short(v: &Value) -> String {
 /// The schema of `metadata` is the API server's own: only a few checks matter to clients.
 pub fn validate_metadata(obj: &Value, out: &mut Vec<(String, String)>) {
     let meta = &obj["metadata"];
-    if let Some(name) = meta["name"].as_str() {
-        if !is_dns_subdomain(name) {
-            out.push((
+    if let Some(name) = meta["name"].as_str()
+        && !is_dns_subdomain(name)
+    {
+        out.push((
                 "metadata.name".into(),
                 format!("Invalid value: \"{name}\": a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character"),
             ));
-        }
     }
     for key in ["labels", "annotations"] {
-        if let Some(m) = meta.get(key) {
-            if !m.is_null() && !m.as_object().is_some_and(|m| m.values().all(Value::is_string)) {
-                out.push((format!("metadata.{key}"), "Invalid value: must be a map of strings".into()));
-            }
+        if let Some(m) = meta.get(key)
+            && !m.is_null()
+            && !m.as_object().is_some_and(|m| m.values().all(Value::is_string))
+        {
+            out.push((format!("metadata.{key}"), "Invalid value: must be a map of strings".into()));
         }
     }
 }

@@ -214,29 +214,29 @@ impl Store {
     fn admit(&self, t: &ResourceType, version: &str, obj: &mut Value, name: &str) -> ApiResult<()> {
         let mut causes = Vec::new();
         schema::validate_metadata(obj, &mut causes);
-        if t.custom {
-            if let Some(s) = t.schema(version) {
-                let meta = obj.get("metadata").cloned();
-                schema::prune_and_default(obj, s);
-                if let Some(m) = meta {
-                    obj["metadata"] = m;
-                }
-                obj["apiVersion"] = Value::String(t.api_version(version));
-                obj["kind"] = Value::String(t.kind.clone());
-                let mut body = obj.clone();
-                if let Some(m) = body.as_object_mut() {
-                    m.remove("metadata");
-                    m.remove("apiVersion");
-                    m.remove("kind");
-                }
-                let mut s2 = s.clone();
-                if let Some(props) = s2.get_mut("properties").and_then(Value::as_object_mut) {
-                    props.remove("metadata");
-                    props.remove("apiVersion");
-                    props.remove("kind");
-                }
-                schema::validate(&body, &s2, "", &mut causes);
+        if t.custom
+            && let Some(s) = t.schema(version)
+        {
+            let meta = obj.get("metadata").cloned();
+            schema::prune_and_default(obj, s);
+            if let Some(m) = meta {
+                obj["metadata"] = m;
             }
+            obj["apiVersion"] = Value::String(t.api_version(version));
+            obj["kind"] = Value::String(t.kind.clone());
+            let mut body = obj.clone();
+            if let Some(m) = body.as_object_mut() {
+                m.remove("metadata");
+                m.remove("apiVersion");
+                m.remove("kind");
+            }
+            let mut s2 = s.clone();
+            if let Some(props) = s2.get_mut("properties").and_then(Value::as_object_mut) {
+                props.remove("metadata");
+                props.remove("apiVersion");
+                props.remove("kind");
+            }
+            schema::validate(&body, &s2, "", &mut causes);
         }
         if t.group.is_empty() && t.plural == "secrets" {
             secret_admission(obj, &mut causes);
@@ -312,10 +312,11 @@ impl Store {
             meta.remove("generation");
         }
         obj["metadata"] = Value::Object(meta);
-        if t.custom && t.status_subresource {
-            if let Some(m) = obj.as_object_mut() {
-                m.remove("status");
-            }
+        if t.custom
+            && t.status_subresource
+            && let Some(m) = obj.as_object_mut()
+        {
+            m.remove("status");
         }
         self.admit(t, version, &mut obj, &name)?;
         if t.group.is_empty() && t.plural == "namespaces" {
@@ -360,6 +361,7 @@ impl Store {
     }
 
     /// Replace (PUT) of the object or its status.
+    #[allow(clippy::too_many_arguments)]
     pub fn update(
         &mut self,
         t: &ResourceType,
@@ -632,6 +634,7 @@ impl Store {
 
     /// DELETE: marks for deletion while finalizers remain, otherwise removes and collects
     /// dependents.
+    #[allow(clippy::too_many_arguments)]
     pub fn delete(
         &mut self,
         t: &ResourceType,
@@ -643,25 +646,25 @@ impl Store {
         dry_run: bool,
     ) -> ApiResult<Value> {
         let old = self.get(t, &t.versions[0], ns, name)?;
-        if let Some(uid) = preconditions["uid"].as_str() {
-            if old["metadata"]["uid"] != uid {
-                return Err(ApiError::conflict(
-                    &t.group,
-                    &t.plural,
-                    name,
-                    "Precondition failed: UID in precondition does not match the object",
-                ));
-            }
+        if let Some(uid) = preconditions["uid"].as_str()
+            && old["metadata"]["uid"] != uid
+        {
+            return Err(ApiError::conflict(
+                &t.group,
+                &t.plural,
+                name,
+                "Precondition failed: UID in precondition does not match the object",
+            ));
         }
-        if let Some(rv) = preconditions["resourceVersion"].as_str() {
-            if old["metadata"]["resourceVersion"] != rv {
-                return Err(ApiError::conflict(
-                    &t.group,
-                    &t.plural,
-                    name,
-                    "Precondition failed: resourceVersion does not match the object",
-                ));
-            }
+        if let Some(rv) = preconditions["resourceVersion"].as_str()
+            && old["metadata"]["resourceVersion"] != rv
+        {
+            return Err(ApiError::conflict(
+                &t.group,
+                &t.plural,
+                name,
+                "Precondition failed: resourceVersion does not match the object",
+            ));
         }
         if dry_run {
             return Ok(Self::view(t, version, &old));
@@ -829,12 +832,12 @@ fn strip_for_apply(cfg: &mut Value) {
 
 /// Secrets: `stringData` merges into `data`, and every `data` value must be base64.
 fn secret_admission(obj: &mut Value, causes: &mut Vec<(String, String)>) {
-    if let Some(sd) = obj.as_object_mut().and_then(|m| m.remove("stringData")) {
-        if let Some(sd) = sd.as_object() {
-            for (k, v) in sd {
-                let enc = base64::engine::general_purpose::STANDARD.encode(v.as_str().unwrap_or_default());
-                obj["data"][k] = Value::String(enc);
-            }
+    if let Some(sd) = obj.as_object_mut().and_then(|m| m.remove("stringData"))
+        && let Some(sd) = sd.as_object()
+    {
+        for (k, v) in sd {
+            let enc = base64::engine::general_purpose::STANDARD.encode(v.as_str().unwrap_or_default());
+            obj["data"][k] = Value::String(enc);
         }
     }
     if let Some(data) = obj["data"].as_object() {
