@@ -4,4 +4,8 @@
 //!   clients, kube-runtime controllers and `kubectl --server=…`. Its known gaps are listed in
 //!   `controllers/testkit/APISERVER-GAPS.md`.
 
+//! - [`capi`]: a CAPI-core simulator playing Cluster, MachineDeployment and Machine controllers
+//!   against those servers.
+
 pub mod apiserver;
+pub mod capi;

@@ -314,7 +314,9 @@ fn group_list(shared: &Shared) -> Value {
     }
     let groups: Vec<Value> = groups
         .into_iter()
-        .map(|(g, vs)| {
+        .map(|(g, mut vs)| {
+            // The preferred version is the most stable one, as the real server orders them.
+            vs.sort_by_key(|v| std::cmp::Reverse(version_priority(v)));
             let versions: Vec<Value> =
                 vs.iter().map(|v| json!({"groupVersion": format!("{g}/{v}"), "version": v})).collect();
             json!({"name": g, "versions": versions, "preferredVersion": versions[0]})
@@ -483,4 +485,22 @@ async fn watch(shared: Arc<Shared>, target: Target, q: BTreeMap<String, String>)
         .header("content-type", "application/json")
         .body(BodyExt::boxed(StreamBody::new(stream)))
         .expect("a valid response"))
+}
+
+/// Kubernetes version priority: GA over beta over alpha, higher numbers first.
+fn version_priority(v: &str) -> (u8, u32, u32) {
+    let Some(rest) = v.strip_prefix('v') else { return (0, 0, 0) };
+    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+    let major = digits.parse().unwrap_or(0);
+    let tail = &rest[digits.len()..];
+    let (stage, n) = if tail.is_empty() {
+        (3, 0)
+    } else if let Some(b) = tail.strip_prefix("beta") {
+        (2, b.parse().unwrap_or(0))
+    } else if let Some(a) = tail.strip_prefix("alpha") {
+        (1, a.parse().unwrap_or(0))
+    } else {
+        (0, 0)
+    };
+    (stage, major, n)
 }

@@ -34,6 +34,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub use clock::format_unix;
 pub use store::Store;
 
 /// How to start a server.

@@ -1,0 +1,384 @@
+//! A CAPI-core simulator: plays, plainly, the parts of Cluster API core that capwin's providers
+//! rely on, against a management API server (normally the in-memory one) and a workload API
+//! server (a second one).
+//!
+//! What it does, each [`CapiSim::step`]:
+//! - **Cluster**: once `spec.controlPlaneEndpoint` is set, marks the infrastructure provisioned
+//!   and the control plane initialized (`status.initialization.*` and the
+//!   `InfrastructureReady`/`ControlPlaneInitialized` conditions), and writes `<cluster>-ca`
+//!   (`tls.crt`, `tls.key`, a real self-signed CA) and `<cluster>-kubeconfig` (`value`: a
+//!   kubeconfig for the workload API server) with the cluster-name label and an owner reference
+//!   to the Cluster. Paused clusters are left alone.
+//! - **MachineDeployment**: keeps `spec.replicas` Machines (name `<md>-<n>`), each with a
+//!   bootstrap config and an infrastructure machine cloned from the templates the deployment
+//!   references (`spec.template.metadata` labels/annotations included), labelled with the
+//!   cluster name and controller-owned by the Machine. Scaling down deletes the newest Machines.
+//! - **Machine**: copies the bootstrap config's `status.dataSecretName` to
+//!   `spec.bootstrap.dataSecretName` once `status.initialization.dataSecretCreated` is true;
+//!   copies the infrastructure machine's `spec.providerID`, `status.addresses` and
+//!   `status.failureDomain` once `status.initialization.provisioned` is true; mirrors their
+//!   `Ready` conditions as `BootstrapConfigReady`/`InfrastructureReady`; when
+//!   [`SimConfig::join_nodes`] is on, makes the Node join: creates a Node with that providerID in
+//!   the workload cluster and sets `status.nodeRef`.
+//!
+//! Simplifications (real CAPI differs): no MachineSets (Machines belong to the deployment
+//! directly), no rollouts, no MachineHealthChecks, no drain, the Machine is the clone's owner
+//! from the start, no webhooks or defaulting, the kubeconfig talks plain HTTP without
+//! credentials, and conditions carry only type, status, reason and a timestamp.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use base64::Engine;
+use kube::api::{
+    Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+/// The CAPI core version the simulator reads and writes.
+pub const CAPI_VERSION: &str = "v1beta2";
+/// Label CAPI puts on everything that belongs to a cluster.
+pub const CLUSTER_NAME_LABEL: &str = "cluster.x-k8s.io/cluster-name";
+/// Label linking Machines to their MachineDeployment.
+pub const DEPLOYMENT_NAME_LABEL: &str = "cluster.x-k8s.io/deployment-name";
+
+/// Simulator settings.
+#[derive(Clone, Debug)]
+pub struct SimConfig {
+    /// Namespace to reconcile.
+    pub namespace: String,
+    /// URL of the workload cluster's API server, written into `<cluster>-kubeconfig`.
+    pub workload_url: String,
+    /// Create a Node for each provisioned machine (the VM "boots and joins").
+    pub join_nodes: bool,
+}
+
+/// The simulator.
+pub struct CapiSim {
+    mgmt: Client,
+    workload: Client,
+    cfg: SimConfig,
+}
+
+fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
+}
+
+/// A CAPI core kind's resource.
+pub fn capi(kind: &str) -> ApiResource {
+    let plural = format!("{}s", kind.to_lowercase());
+    resource("cluster.x-k8s.io", CAPI_VERSION, kind, &plural)
+}
+
+/// The resource behind a v1beta2 reference (`apiGroup`, `kind`): capwin's and CAPI's own kinds
+/// are served at the version their CRD stores, looked up by discovery.
+async fn resolve(client: &Client, api_group: &str, kind: &str) -> anyhow::Result<ApiResource> {
+    let discovery = kube::discovery::Discovery::new(client.clone()).filter(&[api_group]).run().await?;
+    for group in discovery.groups() {
+        for (ar, _) in group.resources_by_stability() {
+            if ar.kind == kind {
+                return Ok(ar);
+            }
+        }
+    }
+    anyhow::bail!("no resource for {kind}.{api_group}")
+}
+
+fn now() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    crate::apiserver::format_unix(secs)
+}
+
+fn condition(type_: &str, status: bool, reason: &str) -> Value {
+    json!({"type": type_, "status": if status { "True" } else { "False" }, "reason": reason, "message": "", "lastTransitionTime": now()})
+}
+
+fn controller_ref(o: &DynamicObject, ar: &ApiResource) -> Value {
+    json!({"apiVersion": ar.api_version, "kind": ar.kind, "name": o.name_any(), "uid": o.uid().unwrap_or_default(), "controller": true, "blockOwnerDeletion": true})
+}
+
+impl CapiSim {
+    pub fn new(mgmt: Client, workload: Client, cfg: SimConfig) -> Self {
+        Self { mgmt, workload, cfg }
+    }
+
+    fn api(&self, ar: &ApiResource) -> Api<DynamicObject> {
+        Api::namespaced_with(self.mgmt.clone(), &self.cfg.namespace, ar)
+    }
+
+    /// One pass over Clusters, MachineDeployments and Machines.
+    pub async fn step(&self) -> anyhow::Result<()> {
+        self.clusters().await.context("clusters")?;
+        self.deployments().await.context("machine deployments")?;
+        self.machines().await.context("machines")?;
+        Ok(())
+    }
+
+    async fn clusters(&self) -> anyhow::Result<()> {
+        let ar = capi("Cluster");
+        let api = self.api(&ar);
+        for c in api.list(&ListParams::default()).await? {
+            let name = c.name_any();
+            if c.data["spec"]["paused"] == true
+                || c.data["spec"]["controlPlaneEndpoint"]["host"].as_str().unwrap_or_default().is_empty()
+            {
+                continue;
+            }
+            self.cluster_secrets(&c, &ar).await?;
+            if c.data["status"]["initialization"]["controlPlaneInitialized"] != true {
+                let status = json!({"status": {
+                    "initialization": {"infrastructureProvisioned": true, "controlPlaneInitialized": true},
+                    "conditions": [condition("InfrastructureReady", true, "Ready"), condition("ControlPlaneInitialized", true, "Initialized")],
+                }});
+                api.patch_status(&name, &PatchParams::default(), &Patch::Merge(status)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn cluster_secrets(&self, c: &DynamicObject, ar: &ApiResource) -> anyhow::Result<()> {
+        let name = c.name_any();
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(self.mgmt.clone(), &self.cfg.namespace);
+        let owner = controller_ref(c, ar);
+        if secrets.get_opt(&format!("{name}-ca")).await?.is_none() {
+            let (crt, key) = self_signed_ca(&name)?;
+            let s = json!({"apiVersion": "v1", "kind": "Secret", "type": "cluster.x-k8s.io/secret",
+                "metadata": {"name": format!("{name}-ca"), "labels": {CLUSTER_NAME_LABEL: name}, "ownerReferences": [owner]},
+                "data": {"tls.crt": b64(crt.as_bytes()), "tls.key": b64(key.as_bytes())}});
+            secrets.create(&PostParams::default(), &serde_json::from_value(s)?).await?;
+        }
+        if secrets.get_opt(&format!("{name}-kubeconfig")).await?.is_none() {
+            let kubeconfig = workload_kubeconfig(&name, &self.cfg.workload_url);
+            let s = json!({"apiVersion": "v1", "kind": "Secret", "type": "cluster.x-k8s.io/secret",
+                "metadata": {"name": format!("{name}-kubeconfig"), "labels": {CLUSTER_NAME_LABEL: name}, "ownerReferences": [owner]},
+                "data": {"value": b64(kubeconfig.as_bytes())}});
+            secrets.create(&PostParams::default(), &serde_json::from_value(s)?).await?;
+        }
+        Ok(())
+    }
+
+    async fn deployments(&self) -> anyhow::Result<()> {
+        let md_ar = capi("MachineDeployment");
+        let m_ar = capi("Machine");
+        let machines = self.api(&m_ar);
+        for md in self.api(&md_ar).list(&ListParams::default()).await? {
+            let md_name = md.name_any();
+            let cluster = md.data["spec"]["clusterName"].as_str().unwrap_or_default().to_string();
+            let want = md.data["spec"]["replicas"].as_u64().unwrap_or(1) as usize;
+            let mine =
+                machines.list(&ListParams::default().labels(&format!("{DEPLOYMENT_NAME_LABEL}={md_name}"))).await?;
+            let mut have: Vec<DynamicObject> = mine.items;
+            have.sort_by_key(|m| m.name_any());
+            for idx in 0.. {
+                if have.len() >= want {
+                    break;
+                }
+                let name = format!("{md_name}-{idx}");
+                if have.iter().any(|m| m.name_any() == name) {
+                    continue;
+                }
+                let m = self.stamp_machine(&md, &md_ar, &name, &cluster).await?;
+                have.push(m);
+            }
+            while have.len() > want {
+                let newest = have.pop().expect("more than wanted");
+                machines.delete(&newest.name_any(), &DeleteParams::background()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn stamp_machine(
+        &self,
+        md: &DynamicObject,
+        md_ar: &ApiResource,
+        name: &str,
+        cluster: &str,
+    ) -> anyhow::Result<DynamicObject> {
+        let tmpl = &md.data["spec"]["template"];
+        let mut labels: BTreeMap<String, String> =
+            serde_json::from_value(tmpl["metadata"]["labels"].clone()).unwrap_or_default();
+        labels.insert(CLUSTER_NAME_LABEL.into(), cluster.into());
+        labels.insert(DEPLOYMENT_NAME_LABEL.into(), md.name_any());
+        let spec = &tmpl["spec"];
+        let m_ar = capi("Machine");
+        let machine = json!({
+            "apiVersion": m_ar.api_version, "kind": "Machine",
+            "metadata": {"name": name, "labels": labels, "ownerReferences": [controller_ref(md, md_ar)]},
+            "spec": {
+                "clusterName": cluster,
+                "version": spec["version"],
+                "failureDomain": spec["failureDomain"],
+                "bootstrap": {"configRef": {"apiGroup": spec["bootstrap"]["configRef"]["apiGroup"], "kind": clone_kind(&spec["bootstrap"]["configRef"]["kind"]), "name": name}},
+                "infrastructureRef": {"apiGroup": spec["infrastructureRef"]["apiGroup"], "kind": clone_kind(&spec["infrastructureRef"]["kind"]), "name": name},
+            }
+        });
+        let mut machine = machine;
+        if machine["spec"]["failureDomain"].is_null() {
+            machine["spec"].as_object_mut().expect("object").remove("failureDomain");
+        }
+        let created = self.api(&m_ar).create(&PostParams::default(), &serde_json::from_value(machine)?).await?;
+        for r in [&spec["bootstrap"]["configRef"], &spec["infrastructureRef"]] {
+            self.clone_template(r, &created, &m_ar, name, cluster).await?;
+        }
+        Ok(created)
+    }
+
+    async fn clone_template(
+        &self,
+        r: &Value,
+        machine: &DynamicObject,
+        m_ar: &ApiResource,
+        name: &str,
+        cluster: &str,
+    ) -> anyhow::Result<()> {
+        let group = r["apiGroup"].as_str().unwrap_or_default();
+        let tkind = r["kind"].as_str().unwrap_or_default();
+        let tar = resolve(&self.mgmt, group, tkind).await?;
+        let tmpl = self.api(&tar).get(r["name"].as_str().unwrap_or_default()).await?;
+        let kind = tkind.strip_suffix("Template").unwrap_or(tkind);
+        let ar = resolve(&self.mgmt, group, kind).await?;
+        let mut labels: BTreeMap<String, String> =
+            serde_json::from_value(tmpl.data["spec"]["template"]["metadata"]["labels"].clone()).unwrap_or_default();
+        labels.insert(CLUSTER_NAME_LABEL.into(), cluster.into());
+        let annotations: BTreeMap<String, String> =
+            serde_json::from_value(tmpl.data["spec"]["template"]["metadata"]["annotations"].clone())
+                .unwrap_or_default();
+        let obj = json!({
+            "apiVersion": ar.api_version, "kind": kind,
+            "metadata": {"name": name, "labels": labels, "annotations": annotations, "ownerReferences": [controller_ref(machine, m_ar)]},
+            "spec": tmpl.data["spec"]["template"]["spec"],
+        });
+        self.api(&ar).create(&PostParams::default(), &serde_json::from_value(obj)?).await?;
+        Ok(())
+    }
+
+    async fn machines(&self) -> anyhow::Result<()> {
+        let m_ar = capi("Machine");
+        let machines = self.api(&m_ar);
+        for m in machines.list(&ListParams::default()).await? {
+            let name = m.name_any();
+            let spec = &m.data["spec"];
+            let mut spec_patch = json!({});
+            let mut status = json!({"initialization": {}, "conditions": []});
+            let boot_ref = &spec["bootstrap"]["configRef"];
+            if let Ok(ar) = resolve(
+                &self.mgmt,
+                boot_ref["apiGroup"].as_str().unwrap_or_default(),
+                boot_ref["kind"].as_str().unwrap_or_default(),
+            )
+            .await
+            {
+                if let Some(cfg) = self.api(&ar).get_opt(boot_ref["name"].as_str().unwrap_or_default()).await? {
+                    let created = cfg.data["status"]["initialization"]["dataSecretCreated"] == true;
+                    if created && spec["bootstrap"]["dataSecretName"].is_null() {
+                        spec_patch["bootstrap"] = json!({"dataSecretName": cfg.data["status"]["dataSecretName"]});
+                    }
+                    status["initialization"]["bootstrapDataSecretCreated"] = json!(created);
+                    status["conditions"].as_array_mut().expect("array").push(mirror(&cfg, "BootstrapConfigReady"));
+                }
+            }
+            let infra_ref = &spec["infrastructureRef"];
+            let mut provider_id = spec["providerID"].as_str().map(String::from);
+            if let Ok(ar) = resolve(
+                &self.mgmt,
+                infra_ref["apiGroup"].as_str().unwrap_or_default(),
+                infra_ref["kind"].as_str().unwrap_or_default(),
+            )
+            .await
+            {
+                if let Some(inf) = self.api(&ar).get_opt(infra_ref["name"].as_str().unwrap_or_default()).await? {
+                    let provisioned = inf.data["status"]["initialization"]["provisioned"] == true;
+                    let pid = inf.data["spec"]["providerID"].as_str().filter(|p| !p.is_empty());
+                    if provisioned && pid.is_some() {
+                        if provider_id.is_none() {
+                            spec_patch["providerID"] = json!(pid);
+                            provider_id = pid.map(String::from);
+                        }
+                        status["addresses"] = inf.data["status"]["addresses"].clone();
+                        if inf.data["status"]["failureDomain"].is_string() {
+                            status["failureDomain"] = inf.data["status"]["failureDomain"].clone();
+                        }
+                    }
+                    status["initialization"]["infrastructureProvisioned"] = json!(provisioned && pid.is_some());
+                    status["conditions"].as_array_mut().expect("array").push(mirror(&inf, "InfrastructureReady"));
+                }
+            }
+            if self.cfg.join_nodes {
+                if let Some(pid) = &provider_id {
+                    let node_name = self.join_node(&name, pid).await?;
+                    status["nodeRef"] = json!({"name": node_name});
+                }
+            }
+            if spec_patch != json!({}) {
+                machines.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": spec_patch}))).await?;
+            }
+            if status["addresses"].is_null() {
+                status.as_object_mut().expect("object").remove("addresses");
+            }
+            machines.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await?;
+        }
+        Ok(())
+    }
+
+    /// The VM "boots and joins": a Node with the machine's providerID appears in the workload
+    /// cluster.
+    async fn join_node(&self, machine: &str, provider_id: &str) -> anyhow::Result<String> {
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.workload.clone());
+        if let Some(n) = nodes
+            .list(&ListParams::default())
+            .await?
+            .items
+            .into_iter()
+            .find(|n| n.spec.as_ref().and_then(|s| s.provider_id.as_deref()) == Some(provider_id))
+        {
+            return Ok(n.name_any());
+        }
+        let node = json!({"apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": machine, "labels": {"kubernetes.io/os": "windows", "kubernetes.io/arch": "amd64"}},
+            "spec": {"providerID": provider_id}});
+        nodes.create(&PostParams::default(), &serde_json::from_value(node)?).await?;
+        Ok(machine.to_string())
+    }
+}
+
+/// The kind a template clones into (`FooTemplate` → `Foo`).
+fn clone_kind(template_kind: &Value) -> Value {
+    let k = template_kind.as_str().unwrap_or_default();
+    json!(k.strip_suffix("Template").unwrap_or(k))
+}
+
+fn mirror(o: &DynamicObject, as_type: &str) -> Value {
+    let ready = o.data["status"]["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"));
+    match ready {
+        Some(c) => {
+            json!({"type": as_type, "status": c["status"], "reason": c["reason"], "message": c["message"].as_str().unwrap_or_default(), "lastTransitionTime": now()})
+        }
+        None => {
+            json!({"type": as_type, "status": "Unknown", "reason": "NotReported", "message": "", "lastTransitionTime": now()})
+        }
+    }
+}
+
+fn b64(b: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// A real self-signed CA certificate and key (PEM), as `<cluster>-ca` holds them.
+pub fn self_signed_ca(cluster: &str) -> anyhow::Result<(String, String)> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name.push(rcgen::DnType::CommonName, format!("{cluster}-ca"));
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// A kubeconfig for the workload API server (plain HTTP, no credentials: the in-memory server
+/// has no authentication).
+pub fn workload_kubeconfig(cluster: &str, url: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: {cluster}\n  cluster:\n    server: {url}\nusers:\n- name: {cluster}-admin\n  user: {{}}\ncontexts:\n- name: {cluster}-admin@{cluster}\n  context:\n    cluster: {cluster}\n    user: {cluster}-admin\ncurrent-context: {cluster}-admin@{cluster}\n"
+    )
+}
