@@ -269,15 +269,14 @@ impl CapiSim {
                 boot_ref["kind"].as_str().unwrap_or_default(),
             )
             .await
+                && let Some(cfg) = self.api(&ar).get_opt(boot_ref["name"].as_str().unwrap_or_default()).await?
             {
-                if let Some(cfg) = self.api(&ar).get_opt(boot_ref["name"].as_str().unwrap_or_default()).await? {
-                    let created = cfg.data["status"]["initialization"]["dataSecretCreated"] == true;
-                    if created && spec["bootstrap"]["dataSecretName"].is_null() {
-                        spec_patch["bootstrap"] = json!({"dataSecretName": cfg.data["status"]["dataSecretName"]});
-                    }
-                    status["initialization"]["bootstrapDataSecretCreated"] = json!(created);
-                    status["conditions"].as_array_mut().expect("array").push(mirror(&cfg, "BootstrapConfigReady"));
+                let created = cfg.data["status"]["initialization"]["dataSecretCreated"] == true;
+                if created && spec["bootstrap"]["dataSecretName"].is_null() {
+                    spec_patch["bootstrap"] = json!({"dataSecretName": cfg.data["status"]["dataSecretName"]});
                 }
+                status["initialization"]["bootstrapDataSecretCreated"] = json!(created);
+                status["conditions"].as_array_mut().expect("array").push(mirror(&cfg, "BootstrapConfigReady"));
             }
             let infra_ref = &spec["infrastructureRef"];
             let mut provider_id = spec["providerID"].as_str().map(String::from);
@@ -287,29 +286,28 @@ impl CapiSim {
                 infra_ref["kind"].as_str().unwrap_or_default(),
             )
             .await
+                && let Some(inf) = self.api(&ar).get_opt(infra_ref["name"].as_str().unwrap_or_default()).await?
             {
-                if let Some(inf) = self.api(&ar).get_opt(infra_ref["name"].as_str().unwrap_or_default()).await? {
-                    let provisioned = inf.data["status"]["initialization"]["provisioned"] == true;
-                    let pid = inf.data["spec"]["providerID"].as_str().filter(|p| !p.is_empty());
-                    if provisioned && pid.is_some() {
-                        if provider_id.is_none() {
-                            spec_patch["providerID"] = json!(pid);
-                            provider_id = pid.map(String::from);
-                        }
-                        status["addresses"] = inf.data["status"]["addresses"].clone();
-                        if inf.data["status"]["failureDomain"].is_string() {
-                            status["failureDomain"] = inf.data["status"]["failureDomain"].clone();
-                        }
+                let provisioned = inf.data["status"]["initialization"]["provisioned"] == true;
+                let pid = inf.data["spec"]["providerID"].as_str().filter(|p| !p.is_empty());
+                if provisioned && pid.is_some() {
+                    if provider_id.is_none() {
+                        spec_patch["providerID"] = json!(pid);
+                        provider_id = pid.map(String::from);
                     }
-                    status["initialization"]["infrastructureProvisioned"] = json!(provisioned && pid.is_some());
-                    status["conditions"].as_array_mut().expect("array").push(mirror(&inf, "InfrastructureReady"));
+                    status["addresses"] = inf.data["status"]["addresses"].clone();
+                    if inf.data["status"]["failureDomain"].is_string() {
+                        status["failureDomain"] = inf.data["status"]["failureDomain"].clone();
+                    }
                 }
+                status["initialization"]["infrastructureProvisioned"] = json!(provisioned && pid.is_some());
+                status["conditions"].as_array_mut().expect("array").push(mirror(&inf, "InfrastructureReady"));
             }
-            if self.cfg.join_nodes {
-                if let Some(pid) = &provider_id {
-                    let node_name = self.join_node(&name, pid).await?;
-                    status["nodeRef"] = json!({"name": node_name});
-                }
+            if self.cfg.join_nodes
+                && let Some(pid) = &provider_id
+            {
+                let node_name = self.join_node(&name, pid).await?;
+                status["nodeRef"] = json!({"name": node_name});
             }
             if spec_patch != json!({}) {
                 machines.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": spec_patch}))).await?;
