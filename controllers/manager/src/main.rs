@@ -2,8 +2,12 @@
 //!
 //! - `capwin crds [--out-dir DIR]`: print (or write) every CRD generated from the Rust types.
 //! - `capwin render --config FILE ...`: render a `WindowsKubeadmConfig` into the payload bytes.
+//! - `capwin manager [flags]`: run the controllers.
 
+mod leader;
+mod manager;
 mod render;
+mod serve;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,6 +31,8 @@ enum Command {
     },
     /// Render a WindowsKubeadmConfig into its cloudbase-init payload, printed to stdout.
     Render(render::RenderArgs),
+    /// Run the controllers against the management cluster.
+    Manager(manager::ManagerArgs),
 }
 
 fn main() -> ExitCode {
@@ -34,6 +40,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Crds { out_dir } => crds(out_dir),
         Command::Render(args) => render::run(args),
+        Command::Manager(args) => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(rt) => rt.block_on(manager::run(args)),
+            Err(e) => Err(e.into()),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

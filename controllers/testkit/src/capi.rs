@@ -17,9 +17,9 @@
 //!   `spec.bootstrap.dataSecretName` once `status.initialization.dataSecretCreated` is true;
 //!   copies the infrastructure machine's `spec.providerID`, `status.addresses` and
 //!   `status.failureDomain` once `status.initialization.provisioned` is true; mirrors their
-//!   `Ready` conditions as `BootstrapConfigReady`/`InfrastructureReady`; when
-//!   [`SimConfig::join_nodes`] is on, makes the Node join: creates a Node with that providerID in
-//!   the workload cluster and sets `status.nodeRef`.
+//!   `Ready` conditions as `BootstrapConfigReady`/`InfrastructureReady`; sets `status.nodeRef`
+//!   once a Node with the Machine's providerID exists in the workload cluster (with
+//!   [`SimConfig::join_nodes`] on, it creates that Node itself: the VM "boots and joins").
 //!
 //! Simplifications (real CAPI differs): no MachineSets (Machines belong to the deployment
 //! directly), no rollouts, no MachineHealthChecks, no drain, the Machine is the clone's owner
@@ -303,10 +303,9 @@ impl CapiSim {
                 status["initialization"]["infrastructureProvisioned"] = json!(provisioned && pid.is_some());
                 status["conditions"].as_array_mut().expect("array").push(mirror(&inf, "InfrastructureReady"));
             }
-            if self.cfg.join_nodes
-                && let Some(pid) = &provider_id
+            if let Some(pid) = &provider_id
+                && let Some(node_name) = self.node_for(&name, pid).await?
             {
-                let node_name = self.join_node(&name, pid).await?;
                 status["nodeRef"] = json!({"name": node_name});
             }
             if spec_patch != json!({}) {
@@ -320,24 +319,27 @@ impl CapiSim {
         Ok(())
     }
 
-    /// The VM "boots and joins": a Node with the machine's providerID appears in the workload
-    /// cluster.
-    async fn join_node(&self, machine: &str, provider_id: &str) -> anyhow::Result<String> {
+    /// The Node with this providerID in the workload cluster; with [`SimConfig::join_nodes`] the
+    /// VM "boots and joins" and the Node is created when missing.
+    async fn node_for(&self, machine: &str, provider_id: &str) -> anyhow::Result<Option<String>> {
         let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.workload.clone());
-        if let Some(n) = nodes
+        let found = nodes
             .list(&ListParams::default())
             .await?
             .items
             .into_iter()
-            .find(|n| n.spec.as_ref().and_then(|s| s.provider_id.as_deref()) == Some(provider_id))
-        {
-            return Ok(n.name_any());
+            .find(|n| n.spec.as_ref().and_then(|s| s.provider_id.as_deref()) == Some(provider_id));
+        if let Some(n) = found {
+            return Ok(Some(n.name_any()));
+        }
+        if !self.cfg.join_nodes {
+            return Ok(None);
         }
         let node = json!({"apiVersion": "v1", "kind": "Node",
             "metadata": {"name": machine, "labels": {"kubernetes.io/os": "windows", "kubernetes.io/arch": "amd64"}},
             "spec": {"providerID": provider_id}});
         nodes.create(&PostParams::default(), &serde_json::from_value(node)?).await?;
-        Ok(machine.to_string())
+        Ok(Some(machine.to_string()))
     }
 }
 

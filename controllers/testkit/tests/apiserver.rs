@@ -191,7 +191,7 @@ async fn finalizers_and_garbage_collection() {
     cms.delete("owner", &DeleteParams::default()).await.unwrap();
     let held = cms.get("owner").await.unwrap();
     assert!(held.metadata.deletion_timestamp.is_some(), "a finalizer holds the object with deletionTimestamp set");
-    assert!(cms.get_opt("dep1").await.unwrap().is_none(), "background deletion removes dependents");
+    assert!(cms.get_opt("dep1").await.unwrap().is_some(), "background deletion waits until the owner is really gone");
     let (code, _, msg) = api_err(
         cms.patch(
             "owner",
@@ -206,6 +206,10 @@ async fn finalizers_and_garbage_collection() {
         .await
         .unwrap();
     assert!(cms.get_opt("owner").await.unwrap().is_none(), "gone once the last finalizer is removed");
+    assert!(
+        cms.get_opt("dep1").await.unwrap().is_none() && cms.get_opt("dep2").await.unwrap().is_none(),
+        "then its dependents are collected"
+    );
 
     // Orphan propagation keeps dependents and drops their owner references.
     let o2 = cms.create(&PostParams::default(), &cm("owner2", &[])).await.unwrap();

@@ -686,8 +686,9 @@ impl Store {
             if is_namespace {
                 self.empty_namespace(name);
                 self.finish_namespace(name);
-            } else if propagation != Propagation::Orphan {
-                // Dependents go now; the owner waits for its own finalizers.
+            } else if propagation == Propagation::Foreground {
+                // Foreground: dependents go first, while the owner waits for its finalizers.
+                // Background dependents go only once the owner is really gone (in `remove`).
                 let uid = new["metadata"]["uid"].as_str().unwrap_or_default().to_string();
                 self.collect_dependents(&uid, propagation);
             }

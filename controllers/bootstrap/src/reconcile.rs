@@ -1,0 +1,746 @@
+//! The reconcile loop for `WindowsKubeadmConfig`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use capwin_api::bootstrap::{BootstrapInitialization, WindowsKubeadmConfig, WindowsKubeadmConfigStatus};
+use capwin_payload::{BootstrapToken, ClusterInputs, RenderError, RenderInput};
+use futures_util::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::runtime::{Controller, WatchStreamExt};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::metrics::{Metrics, ReasonLabels, ResultLabels};
+use crate::plan::{self, Blocked, Observed, TokenAction, TokenState};
+use crate::views::{self, Cluster, Machine};
+use crate::{ca, conditions, token};
+
+/// Finalizer that lets the controller delete the join token when a config goes.
+pub const FINALIZER: &str = "bootstrap.cluster.x-k8s.io/capwin-token-cleanup";
+/// Annotation on the data Secret naming the token it carries (the id is not secret).
+pub const TOKEN_ID_ANNOTATION: &str = "capwin.cluster.x-k8s.io/bootstrap-token-id";
+/// Data Secret key holding the token (so a booted VM's token can be recreated as it was).
+pub const TOKEN_KEY: &str = "bootstrap-token";
+
+/// Controller settings.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Bootstrap token lifetime; refreshed until the Node joins.
+    pub token_ttl: Duration,
+    /// Watch only this namespace.
+    pub namespace: Option<String>,
+    /// Only objects labelled `cluster.x-k8s.io/watch-filter=<value>`.
+    pub watch_filter: Option<String>,
+    /// Re-reconcile everything this often even without events.
+    pub sync_period: Duration,
+    /// Reconciles running at once.
+    pub concurrency: u16,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            token_ttl: Duration::from_secs(15 * 60),
+            namespace: None,
+            watch_filter: None,
+            sync_period: Duration::from_secs(600),
+            concurrency: 10,
+        }
+    }
+}
+
+/// Workload-cluster clients, one per cluster, rebuilt when its kubeconfig Secret changes.
+#[derive(Default)]
+pub struct WorkloadClients(Mutex<HashMap<(String, String), (String, Client)>>);
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
+    pub settings: Settings,
+    pub workload: WorkloadClients,
+    failures: Mutex<HashMap<ObjectRef<WindowsKubeadmConfig>, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Arc<Metrics>, settings: Settings) -> Arc<Self> {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter { controller: "capwin-bootstrap".into(), instance: std::env::var("POD_NAME").ok() },
+        );
+        Arc::new(Self {
+            client,
+            recorder,
+            metrics,
+            settings,
+            workload: WorkloadClients::default(),
+            failures: Mutex::default(),
+        })
+    }
+}
+
+/// The one error type. `Display` never shows a token, password or key.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("{}: {}", .0.reason, .0.message)]
+    Blocked(Blocked),
+    #[error("random token generation failed: {0}")]
+    Random(String),
+}
+
+fn blocked(reason: &'static str, message: impl Into<String>, retry: Option<Duration>) -> Error {
+    Error::Blocked(Blocked::new(reason, message, retry))
+}
+
+fn now_rfc3339() -> String {
+    token::rfc3339(SystemTime::now())
+}
+
+/// Reconciles one config (with the finalizer helper managing cleanup).
+pub async fn reconcile(cfg: Arc<WindowsKubeadmConfig>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let start = Instant::now();
+    let ns = cfg.namespace().unwrap_or_default();
+    let api: Api<WindowsKubeadmConfig> = Api::namespaced(ctx.client.clone(), &ns);
+    let result = finalizer(&api, FINALIZER, cfg.clone(), |ev| async {
+        match ev {
+            Finalizer::Apply(c) => apply(&c, &ctx).await,
+            Finalizer::Cleanup(c) => cleanup(&c, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| Error::Finalizer(Box::new(e)));
+    ctx.metrics.duration.observe(start.elapsed().as_secs_f64());
+    let key = ObjectRef::from_obj(cfg.as_ref());
+    let outcome = match result {
+        Ok(action) => {
+            ctx.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+            Ok(action)
+        }
+        // A blocking condition was recorded on the object: come back when asked, with backoff.
+        Err(Error::Finalizer(boxed))
+            if matches!(boxed.as_ref(), kube::runtime::finalizer::Error::ApplyFailed(Error::Blocked(_))) =>
+        {
+            let kube::runtime::finalizer::Error::ApplyFailed(Error::Blocked(b)) = *boxed else { unreachable!() };
+            ctx.metrics
+                .errors
+                .get_or_create(&ReasonLabels { controller: "bootstrap".into(), reason: b.reason.into() })
+                .inc();
+            ctx.metrics
+                .reconciles
+                .get_or_create(&ResultLabels { controller: "bootstrap".into(), result: "blocked".into() })
+                .inc();
+            return Ok(match b.retry {
+                Some(d) => Action::requeue(backoff(&ctx, &key, d)),
+                None => Action::await_change(),
+            });
+        }
+        Err(e) => Err(e),
+    };
+    let label = if outcome.is_ok() { "success" } else { "error" };
+    ctx.metrics.reconciles.get_or_create(&ResultLabels { controller: "bootstrap".into(), result: label.into() }).inc();
+    outcome
+}
+
+/// Doubles the wait on each consecutive failure of the same object, from `base` up to 5 minutes.
+fn backoff(ctx: &Context, key: &ObjectRef<WindowsKubeadmConfig>, base: Duration) -> Duration {
+    let mut f = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
+    let n = f.entry(key.clone()).or_insert(0);
+    *n = (*n + 1).min(16);
+    base.saturating_mul(1 << (*n - 1).min(8)).min(Duration::from_secs(300))
+}
+
+/// Requeue policy for errors that were not a recorded blocking condition.
+pub fn error_policy(cfg: Arc<WindowsKubeadmConfig>, err: &Error, ctx: Arc<Context>) -> Action {
+    tracing::warn!(config = %cfg.name_any(), namespace = cfg.namespace().unwrap_or_default(), error = %err, "reconcile failed");
+    ctx.metrics.errors.get_or_create(&ReasonLabels { controller: "bootstrap".into(), reason: "Error".into() }).inc();
+    Action::requeue(backoff(&ctx, &ObjectRef::from_obj(cfg.as_ref()), Duration::from_secs(2)))
+}
+
+async fn apply(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<Action, Error> {
+    match produce(cfg, ctx).await {
+        Ok(action) => Ok(action),
+        Err(Error::Blocked(b)) => {
+            record_blocked(cfg, ctx, &b).await?;
+            Err(Error::Blocked(b))
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `Ready=False` with the reason, and an event when the reason is new.
+async fn record_blocked(cfg: &WindowsKubeadmConfig, ctx: &Context, b: &Blocked) -> Result<(), Error> {
+    let mut status = cfg.status.clone().unwrap_or_default();
+    let before = conditions::reason(&status.conditions, "Ready").map(String::from);
+    let now = now_rfc3339();
+    let generation = cfg.metadata.generation;
+    let paused = b.reason == "Paused";
+    conditions::set(
+        &mut status.conditions,
+        "Paused",
+        paused,
+        if paused { "Paused" } else { "NotPaused" },
+        if paused { &b.message } else { "" },
+        generation,
+        &now,
+    );
+    if !paused {
+        let data_ok = status.initialization.as_ref().and_then(|i| i.data_secret_created) == Some(true);
+        conditions::set(
+            &mut status.conditions,
+            "Ready",
+            data_ok && b.reason == "Joined",
+            b.reason,
+            &b.message,
+            generation,
+            &now,
+        );
+        if !data_ok {
+            conditions::set(
+                &mut status.conditions,
+                "DataSecretAvailable",
+                false,
+                b.reason,
+                &b.message,
+                generation,
+                &now,
+            );
+        }
+    }
+    patch_status(cfg, ctx, &status).await?;
+    if before.as_deref() != Some(b.reason) && !paused {
+        publish(ctx, cfg, EventType::Warning, b.reason, &b.message).await;
+    }
+    Ok(())
+}
+
+async fn patch_status(
+    cfg: &WindowsKubeadmConfig,
+    ctx: &Context,
+    status: &WindowsKubeadmConfigStatus,
+) -> Result<(), Error> {
+    if cfg.status.as_ref() == Some(status) {
+        return Ok(());
+    }
+    let api: Api<WindowsKubeadmConfig> = Api::namespaced(ctx.client.clone(), &cfg.namespace().unwrap_or_default());
+    api.patch_status(&cfg.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await?;
+    Ok(())
+}
+
+async fn publish(ctx: &Context, cfg: &WindowsKubeadmConfig, type_: EventType, reason: &str, note: &str) {
+    let ev = KubeEvent {
+        type_,
+        reason: reason.into(),
+        note: Some(note.into()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    if let Err(e) = ctx.recorder.publish(&ev, &cfg.object_ref(&())).await {
+        tracing::debug!(error = %e, "could not publish an event");
+    }
+}
+
+fn dyn_api(ctx: &Context, ns: &str, kind: &str) -> Api<DynamicObject> {
+    Api::namespaced_with(ctx.client.clone(), ns, &views::capi_resource(kind))
+}
+
+/// Everything up to and including the data Secret and status.
+async fn produce(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<Action, Error> {
+    let ns = cfg.namespace().unwrap_or_default();
+    let name = cfg.name_any();
+
+    // Owner Machine and its Cluster.
+    let owner = cfg
+        .owner_references()
+        .iter()
+        .find(|o| o.kind == "Machine" && o.api_version.starts_with("cluster.x-k8s.io/"))
+        .cloned();
+    let Some(owner) = owner else {
+        return Err(blocked(
+            "WaitingForMachineOwner",
+            "no CAPI Machine owns this config yet; nothing to do until one does",
+            None,
+        ));
+    };
+    let Some(machine_obj) = dyn_api(ctx, &ns, "Machine").get_opt(&owner.name).await? else {
+        return Err(blocked(
+            "WaitingForMachineOwner",
+            format!("the owning Machine {} does not exist", owner.name),
+            Some(Duration::from_secs(30)),
+        ));
+    };
+    let machine = Machine(&machine_obj);
+    let Some(cluster_name) = machine.cluster_name().map(String::from) else {
+        return Err(blocked("MissingClusterName", format!("Machine {} has no spec.clusterName", owner.name), None));
+    };
+    let Some(cluster_obj) = dyn_api(ctx, &ns, "Cluster").get_opt(&cluster_name).await? else {
+        return Err(blocked(
+            "WaitingForCluster",
+            format!("Cluster {cluster_name} does not exist"),
+            Some(Duration::from_secs(30)),
+        ));
+    };
+    let cluster = Cluster(&cluster_obj);
+    let annotated = cfg.annotations().contains_key(views::PAUSED_ANNOTATION);
+    if cluster.paused() || annotated {
+        let why = if annotated {
+            "the config carries the cluster.x-k8s.io/paused annotation"
+        } else {
+            "Cluster.spec.paused is true"
+        };
+        return Err(blocked("Paused", why, None));
+    }
+
+    // After `clusterctl move` the Machine knows the Secret but our status is empty: re-derive it.
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let existing = secrets.get_opt(&name).await?;
+    let provisioned = machine.infrastructure_provisioned();
+
+    let ready = plan::gates(&Observed {
+        control_plane_machine: machine.is_control_plane(),
+        infrastructure_provisioned: cluster.infrastructure_provisioned(),
+        control_plane_initialized: cluster.control_plane_initialized(),
+        endpoint: cluster.endpoint(),
+        version: machine.version().map(String::from),
+        infrastructure_kind: machine.infrastructure_kind().map(String::from),
+    });
+    let ready = match ready {
+        Ok(r) => r,
+        // Once data exists, only token upkeep matters; the gates were passed before.
+        Err(b) if existing.is_none() => return Err(Error::Blocked(b)),
+        Err(_) => plan::Ready {
+            endpoint: cluster.endpoint().unwrap_or_default(),
+            version: machine.version().unwrap_or_default().to_string(),
+            cloud: if machine.infrastructure_kind().unwrap_or_default().starts_with("AWS") {
+                capwin_payload::Cloud::Aws
+            } else {
+                capwin_payload::Cloud::Azure
+            },
+        },
+    };
+
+    let ca_hashes = cluster_ca_hashes(ctx, &ns, &cluster_name).await?;
+    let workload = workload_client(ctx, &ns, &cluster_name).await?;
+    let tokens: Api<Secret> = Api::namespaced(workload, "kube-system");
+
+    // The token: from the data Secret when one exists.
+    let current = existing.as_ref().and_then(stored_token);
+    let workload_secret = match &current {
+        Some(t) => {
+            tokens.get_opt(&token::secret_name(&t.id)).await.map_err(|e| unreachable_workload(&cluster_name, e))?
+        }
+        None => None,
+    };
+    let action = plan::token_action(
+        TokenState {
+            have_token: current.is_some(),
+            workload_expiry: workload_secret.as_ref().map(token::expiration),
+            vm_provisioned: provisioned,
+            node_joined: machine.has_node(),
+        },
+        SystemTime::now(),
+        ctx.settings.token_ttl,
+    );
+    let expires = SystemTime::now() + ctx.settings.token_ttl;
+    let description = format!("capwin: join token for {ns}/{name}");
+    let tok = match (action, current) {
+        (TokenAction::Mint | TokenAction::Rotate, _) => {
+            let t = token::generate().map_err(|e| Error::Random(e.to_string()))?;
+            tokens
+                .create(&PostParams::default(), &token::secret(&t, expires, &description))
+                .await
+                .map_err(|e| unreachable_workload(&cluster_name, e))?;
+            ctx.metrics.token("minted");
+            publish(
+                ctx,
+                cfg,
+                EventType::Normal,
+                "BootstrapTokenCreated",
+                &format!("created bootstrap token {} in the workload cluster", t.id),
+            )
+            .await;
+            t
+        }
+        (TokenAction::Recreate, Some(t)) => {
+            tokens
+                .create(&PostParams::default(), &token::secret(&t, expires, &description))
+                .await
+                .map_err(|e| unreachable_workload(&cluster_name, e))?;
+            ctx.metrics.token("recreated");
+            t
+        }
+        (TokenAction::Refresh, Some(t)) => {
+            let patch = json!({"data": {"expiration": base64_of(&token::rfc3339(expires))}});
+            tokens
+                .patch(&token::secret_name(&t.id), &PatchParams::default(), &Patch::Merge(patch))
+                .await
+                .map_err(|e| unreachable_workload(&cluster_name, e))?;
+            ctx.metrics.token("refreshed");
+            t
+        }
+        (TokenAction::Delete, Some(t)) => {
+            match tokens.delete(&token::secret_name(&t.id), &DeleteParams::default()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(unreachable_workload(&cluster_name, e)),
+            }
+            ctx.metrics.token("deleted");
+            publish(
+                ctx,
+                cfg,
+                EventType::Normal,
+                "BootstrapTokenDeleted",
+                &format!("the Node joined; deleted bootstrap token {}", t.id),
+            )
+            .await;
+            t
+        }
+        (_, Some(t)) => t,
+        (_, None) => {
+            return Err(blocked(
+                "InternalError",
+                "no token and nothing to mint one from",
+                Some(Duration::from_secs(10)),
+            ));
+        }
+    };
+
+    // Inputs the payload needs from Secrets.
+    let secret_files = resolve_content_from(cfg, &secrets).await?;
+    let inputs = ClusterInputs {
+        api_server_endpoint: ready.endpoint.clone(),
+        ca_cert_hashes: ca_hashes,
+        kubernetes_version: ready.version.clone(),
+        pod_cidrs: cluster.pod_cidrs(),
+        service_cidrs: cluster.service_cidrs(),
+    };
+    let rendered = capwin_payload::render(&RenderInput {
+        spec: &cfg.spec,
+        secret_file_contents: &secret_files,
+        cluster: &inputs,
+        token: &tok,
+        cloud: ready.cloud,
+    });
+    let payload = match rendered {
+        Ok(p) => p,
+        Err(e @ RenderError::Invalid(_)) if existing.is_none() || !provisioned => {
+            return Err(blocked("InvalidSpec", e.to_string(), Some(Duration::from_secs(60))));
+        }
+        Err(e @ RenderError::TooLarge { .. }) if existing.is_none() || !provisioned => {
+            return Err(blocked("PayloadTooLarge", e.to_string(), Some(Duration::from_secs(60))));
+        }
+        Err(_) => {
+            // The VM already has its payload; a later spec change cannot reach it anyway.
+            return finish(cfg, ctx, &machine, &name).await;
+        }
+    };
+    ctx.metrics.payload_bytes.observe(payload.bytes.len() as f64);
+
+    let old_value =
+        existing.as_ref().and_then(|s| s.data.as_ref()).and_then(|d| d.get("value")).map(|v| v.0.as_slice());
+    let token_changed = existing.as_ref().and_then(stored_token).as_ref() != Some(&tok);
+    if plan::should_write(old_value, &payload.bytes, provisioned)
+        || (token_changed && !provisioned)
+        || existing.is_none()
+    {
+        write_data_secret(cfg, &secrets, &cluster_name, &payload.bytes, &tok, existing.is_some()).await?;
+        publish(
+            ctx,
+            cfg,
+            EventType::Normal,
+            "DataSecretWritten",
+            &format!("wrote bootstrap data Secret {name} ({} bytes, {})", payload.bytes.len(), ready.cloud.as_str()),
+        )
+        .await;
+    } else if let Some(s) = &existing {
+        ensure_owner(cfg, &secrets, s).await?;
+    }
+    finish(cfg, ctx, &machine, &name).await
+}
+
+/// Status for a config whose data Secret exists, and when to look again.
+async fn finish(cfg: &WindowsKubeadmConfig, ctx: &Context, machine: &Machine<'_>, name: &str) -> Result<Action, Error> {
+    let mut status = cfg.status.clone().unwrap_or_default();
+    let now = now_rfc3339();
+    let generation = cfg.metadata.generation;
+    status.data_secret_name = Some(name.to_string());
+    status.initialization = Some(BootstrapInitialization { data_secret_created: Some(true) });
+    status.observed_generation = generation;
+    conditions::set(&mut status.conditions, "DataSecretAvailable", true, "DataSecretAvailable", "", generation, &now);
+    conditions::set(&mut status.conditions, "Paused", false, "NotPaused", "", generation, &now);
+    let joined = machine.has_node();
+    let (reason, message) = if joined {
+        ("Joined", "the Node has joined; the join token is deleted")
+    } else {
+        ("DataSecretAvailable", "bootstrap data is ready; waiting for the Node to join")
+    };
+    conditions::set(&mut status.conditions, "Ready", true, reason, message, generation, &now);
+    patch_status(cfg, ctx, &status).await?;
+    Ok(if joined { Action::await_change() } else { Action::requeue(ctx.settings.token_ttl / 3) })
+}
+
+fn stored_token(s: &Secret) -> Option<BootstrapToken> {
+    let raw = s.data.as_ref()?.get(TOKEN_KEY)?;
+    BootstrapToken::parse(std::str::from_utf8(&raw.0).ok()?).ok()
+}
+
+fn base64_of(s: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn unreachable_workload(cluster: &str, e: kube::Error) -> Error {
+    let detail = match &e {
+        kube::Error::Api(s) => format!("{} ({})", s.reason, s.code),
+        _ => "connection failed".into(),
+    };
+    blocked(
+        "WorkloadClusterUnreachable",
+        format!("the workload cluster of {cluster} did not accept the token request: {detail}"),
+        Some(Duration::from_secs(15)),
+    )
+}
+
+async fn cluster_ca_hashes(ctx: &Context, ns: &str, cluster: &str) -> Result<Vec<String>, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let name = format!("{cluster}-ca");
+    let Some(s) = secrets.get_opt(&name).await? else {
+        return Err(blocked("MissingCASecret", format!("Secret {name} does not exist"), Some(Duration::from_secs(15))));
+    };
+    let Some(crt) = s.data.as_ref().and_then(|d| d.get("tls.crt")) else {
+        return Err(blocked("InvalidCASecret", format!("Secret {name} has no tls.crt"), Some(Duration::from_secs(30))));
+    };
+    ca::ca_cert_hashes(&crt.0).map_err(|e| {
+        blocked("InvalidCASecret", format!("Secret {name} key tls.crt: {e}"), Some(Duration::from_secs(30)))
+    })
+}
+
+async fn workload_client(ctx: &Context, ns: &str, cluster: &str) -> Result<Client, Error> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
+    let name = format!("{cluster}-kubeconfig");
+    let Some(s) = secrets.get_opt(&name).await? else {
+        return Err(blocked(
+            "MissingKubeconfigSecret",
+            format!("Secret {name} does not exist"),
+            Some(Duration::from_secs(15)),
+        ));
+    };
+    let version = s.metadata.resource_version.clone().unwrap_or_default();
+    let key = (ns.to_string(), cluster.to_string());
+    if let Some((v, c)) = ctx.workload.0.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        if *v == version {
+            return Ok(c.clone());
+        }
+    }
+    let invalid = |why: String| {
+        blocked("InvalidKubeconfigSecret", format!("Secret {name} key value: {why}"), Some(Duration::from_secs(30)))
+    };
+    let raw = s.data.as_ref().and_then(|d| d.get("value")).ok_or_else(|| invalid("missing".into()))?;
+    let text = std::str::from_utf8(&raw.0).map_err(|_| invalid("not UTF-8".into()))?;
+    let kubeconfig = kube::config::Kubeconfig::from_yaml(text).map_err(|_| invalid("not a kubeconfig".into()))?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .map_err(|_| invalid("unusable kubeconfig".into()))?;
+    let client = Client::try_from(config).map_err(|_| invalid("cannot build a client from it".into()))?;
+    ctx.workload.0.lock().unwrap_or_else(|p| p.into_inner()).insert(key, (version, client.clone()));
+    Ok(client)
+}
+
+async fn resolve_content_from(
+    cfg: &WindowsKubeadmConfig,
+    secrets: &Api<Secret>,
+) -> Result<BTreeMap<usize, Vec<u8>>, Error> {
+    let mut out = BTreeMap::new();
+    for (i, f) in cfg.spec.files.iter().enumerate() {
+        let Some(from) = &f.content_from else { continue };
+        let r = &from.secret;
+        let Some(s) = secrets.get_opt(&r.name).await? else {
+            return Err(blocked(
+                "MissingFileSecret",
+                format!("spec.files[{i}].contentFrom: Secret {} does not exist", r.name),
+                Some(Duration::from_secs(30)),
+            ));
+        };
+        let Some(v) = s.data.as_ref().and_then(|d| d.get(&r.key)) else {
+            return Err(blocked(
+                "MissingFileSecret",
+                format!("spec.files[{i}].contentFrom: Secret {} has no key {}", r.name, r.key),
+                Some(Duration::from_secs(30)),
+            ));
+        };
+        out.insert(i, v.0.clone());
+    }
+    Ok(out)
+}
+
+fn owner_ref(cfg: &WindowsKubeadmConfig) -> OwnerReference {
+    let mut o = cfg.controller_owner_ref(&()).expect("a stored object has a uid");
+    o.block_owner_deletion = Some(true);
+    o
+}
+
+async fn write_data_secret(
+    cfg: &WindowsKubeadmConfig,
+    secrets: &Api<Secret>,
+    cluster: &str,
+    payload: &[u8],
+    tok: &BootstrapToken,
+    exists: bool,
+) -> Result<(), Error> {
+    let name = cfg.name_any();
+    let secret = Secret {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(name.clone()),
+            labels: Some(BTreeMap::from([(views::CLUSTER_NAME_LABEL.to_string(), cluster.to_string())])),
+            annotations: Some(BTreeMap::from([(TOKEN_ID_ANNOTATION.to_string(), tok.id.clone())])),
+            owner_references: Some(vec![owner_ref(cfg)]),
+            ..Default::default()
+        },
+        type_: Some("cluster.x-k8s.io/secret".into()),
+        data: Some(BTreeMap::from([
+            ("value".to_string(), ByteString(payload.to_vec())),
+            ("format".to_string(), ByteString(capwin_payload::FORMAT.as_bytes().to_vec())),
+            (TOKEN_KEY.to_string(), ByteString(tok.expose().into_bytes())),
+        ])),
+        ..Default::default()
+    };
+    if exists {
+        let patch = serde_json::to_value(&secret).expect("a Secret serialises");
+        secrets.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+        return Ok(());
+    }
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let patch = serde_json::to_value(&secret).expect("a Secret serialises");
+            secrets.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+            Ok(())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Re-asserts our controller owner reference on an existing data Secret (as CABPK does).
+async fn ensure_owner(cfg: &WindowsKubeadmConfig, secrets: &Api<Secret>, s: &Secret) -> Result<(), Error> {
+    let uid = cfg.uid();
+    if s.owner_references().iter().any(|o| Some(&o.uid) == uid.as_ref() && o.controller == Some(true)) {
+        return Ok(());
+    }
+    let mut refs: Vec<OwnerReference> =
+        s.owner_references().iter().filter(|o| o.controller != Some(true)).cloned().collect();
+    refs.push(owner_ref(cfg));
+    secrets
+        .patch(&cfg.name_any(), &PatchParams::default(), &Patch::Merge(json!({"metadata": {"ownerReferences": refs}})))
+        .await?;
+    Ok(())
+}
+
+/// On deletion: remove the join token from the workload cluster (the data Secret goes with the
+/// config through its owner reference).
+async fn cleanup(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<Action, Error> {
+    let ns = cfg.namespace().unwrap_or_default();
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let Some(data) = secrets.get_opt(&cfg.name_any()).await? else { return Ok(Action::await_change()) };
+    let Some(tok) = stored_token(&data) else { return Ok(Action::await_change()) };
+    let cluster = data.labels().get(views::CLUSTER_NAME_LABEL).cloned().unwrap_or_default();
+    match workload_client(ctx, &ns, &cluster).await {
+        Ok(w) => {
+            let tokens: Api<Secret> = Api::namespaced(w, "kube-system");
+            match tokens.delete(&token::secret_name(&tok.id), &DeleteParams::default()).await {
+                Ok(_) => ctx.metrics.token("deleted"),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                // The cluster may be going away too; the token expires on its own.
+                Err(e) => {
+                    tracing::info!(config = %cfg.name_any(), error = %e, "could not delete the join token; it will expire")
+                }
+            }
+        }
+        Err(e) => {
+            tracing::info!(config = %cfg.name_any(), error = %e, "workload cluster unavailable during cleanup; the token will expire")
+        }
+    }
+    Ok(Action::await_change())
+}
+
+/// Wires the controller: configs, plus Machines and Clusters mapped to the configs they affect.
+pub async fn run(ctx: Arc<Context>) {
+    let client = ctx.client.clone();
+    let s = &ctx.settings;
+    let (configs, machines, clusters, owned): (
+        Api<WindowsKubeadmConfig>,
+        Api<DynamicObject>,
+        Api<DynamicObject>,
+        Api<Secret>,
+    ) = match &s.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced_with(client.clone(), ns, &views::capi_resource("Machine")),
+            Api::namespaced_with(client.clone(), ns, &views::capi_resource("Cluster")),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all_with(client.clone(), &views::capi_resource("Machine")),
+            Api::all_with(client.clone(), &views::capi_resource("Cluster")),
+            Api::all(client.clone()),
+        ),
+    };
+    let mut wc = watcher::Config::default();
+    if let Some(f) = &s.watch_filter {
+        wc = wc.labels(&format!("{}={f}", views::WATCH_FILTER_LABEL));
+    }
+    let controller = Controller::new(configs, wc.clone())
+        .with_config(kube::runtime::controller::Config::default().concurrency(s.concurrency));
+    let store = controller.store();
+    let sync = s.sync_period;
+    controller
+        .owns(owned, watcher::Config::default().labels(views::CLUSTER_NAME_LABEL))
+        .watches_with(machines, views::capi_resource("Machine"), wc.clone(), |m: DynamicObject| {
+            let r = &m.data["spec"]["bootstrap"]["configRef"];
+            (r["kind"] == "WindowsKubeadmConfig").then(|| {
+                ObjectRef::new(r["name"].as_str().unwrap_or_default()).within(&m.namespace().unwrap_or_default())
+            })
+        })
+        .watches_with(clusters, views::capi_resource("Cluster"), wc, move |c: DynamicObject| {
+            let (name, ns) = (c.name_any(), c.namespace().unwrap_or_default());
+            store
+                .state()
+                .into_iter()
+                .filter(|cfg| {
+                    cfg.namespace().as_deref() == Some(ns.as_str())
+                        && cfg.labels().get(views::CLUSTER_NAME_LABEL) == Some(&name)
+                })
+                .map(|cfg| ObjectRef::from_obj(cfg.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .reconcile_all_on(tokio_stream_interval(sync))
+        .run(reconcile, error_policy, ctx)
+        .default_backoff()
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "controller event");
+            }
+        })
+        .await;
+}
+
+fn tokio_stream_interval(period: Duration) -> impl futures_util::Stream<Item = ()> + Send {
+    futures_util::stream::unfold((), move |_| async move {
+        tokio::time::sleep(period).await;
+        Some(((), ()))
+    })
+}

@@ -1,0 +1,114 @@
+//! kubeadm bootstrap tokens in the workload cluster (`kube-system/bootstrap-token-<id>`), as
+//! kubeadm itself creates them, plus the pure rules for refreshing them.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use capwin_payload::BootstrapToken;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+
+/// The group kubeadm's default node bootstrap RBAC is bound to.
+pub const NODE_GROUP: &str = "system:bootstrappers:kubeadm:default-node-token";
+
+const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+
+/// A fresh random token from the OS CSPRNG.
+pub fn generate() -> Result<BootstrapToken, getrandom::Error> {
+    let mut bytes = [0u8; 22];
+    getrandom::fill(&mut bytes)?;
+    // 36 symbols: reject bytes >= 252 so every symbol is equally likely.
+    let mut chars = Vec::with_capacity(22);
+    let mut pool = bytes.to_vec();
+    while chars.len() < 22 {
+        match pool.pop() {
+            Some(b) if b < 252 => chars.push(ALPHABET[(b % 36) as usize] as char),
+            Some(_) => {}
+            None => {
+                let mut more = [0u8; 16];
+                getrandom::fill(&mut more)?;
+                pool.extend_from_slice(&more);
+            }
+        }
+    }
+    let s: String = chars.into_iter().collect();
+    Ok(BootstrapToken { id: s[..6].to_string(), secret: s[6..].to_string() })
+}
+
+/// `bootstrap-token-<id>`.
+pub fn secret_name(id: &str) -> String {
+    format!("bootstrap-token-{id}")
+}
+
+/// RFC 3339 UTC.
+pub fn rfc3339(t: SystemTime) -> String {
+    let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// Parses what [`rfc3339`] writes (and kubeadm's `Z` form).
+pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
+    let b = s.as_bytes();
+    if b.len() != 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[19] != b'Z' {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d, hh, mm, ss) = (n(0..4)?, n(5..7)?, n(8..10)?, n(11..13)?, n(14..16)?, n(17..19)?);
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
+    u64::try_from(secs).ok().map(|s| UNIX_EPOCH + Duration::from_secs(s))
+}
+
+/// The token Secret kubeadm expects.
+pub fn secret(token: &BootstrapToken, expires: SystemTime, description: &str) -> Secret {
+    let data: BTreeMap<String, ByteString> = [
+        ("token-id", token.id.clone()),
+        ("token-secret", token.secret.clone()),
+        ("expiration", rfc3339(expires)),
+        ("usage-bootstrap-authentication", "true".into()),
+        ("usage-bootstrap-signing", "true".into()),
+        ("auth-extra-groups", NODE_GROUP.into()),
+        ("description", description.into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), ByteString(v.into_bytes())))
+    .collect();
+    Secret {
+        metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+            name: Some(secret_name(&token.id)),
+            namespace: Some("kube-system".into()),
+            ..Default::default()
+        },
+        type_: Some("bootstrap.kubernetes.io/token".into()),
+        data: Some(data),
+        ..Default::default()
+    }
+}
+
+/// The expiration a token Secret carries.
+pub fn expiration(s: &Secret) -> Option<SystemTime> {
+    let raw = s.data.as_ref()?.get("expiration")?;
+    parse_rfc3339(std::str::from_utf8(&raw.0).ok()?)
+}
+
+/// CABPK's rule: refresh when the token would expire before `now + 5/6 TTL`.
+pub fn needs_refresh(expires: SystemTime, now: SystemTime, ttl: Duration) -> bool {
+    expires < now + ttl.mul_f64(5.0 / 6.0)
+}

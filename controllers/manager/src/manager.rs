@@ -1,0 +1,182 @@
+//! `capwin manager`: runs the controllers against the management cluster.
+//!
+//! Connects with in-cluster config or `KUBECONFIG` (or `--kubeconfig`), serves `/healthz`,
+//! `/readyz` and `/metrics`, optionally elects a leader through a `coordination.k8s.io` Lease,
+//! and logs structured lines (text or JSON).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use capwin_bootstrap::metrics::Metrics;
+use capwin_bootstrap::reconcile::{Context, Settings};
+use clap::{Args, ValueEnum};
+use kube::Client;
+use prometheus_client::registry::Registry;
+
+use crate::{leader, serve};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ControllerName {
+    Bootstrap,
+    Azure,
+    Aws,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct ManagerArgs {
+    /// Controllers to run (comma-separated or repeated).
+    #[arg(long, value_enum, value_delimiter = ',', default_values = ["bootstrap"])]
+    controllers: Vec<ControllerName>,
+    /// Watch only this namespace (default: all).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Only reconcile objects labelled cluster.x-k8s.io/watch-filter=<value>.
+    #[arg(long)]
+    watch_filter: Option<String>,
+    /// Elect a leader through a Lease before running controllers.
+    #[arg(long)]
+    leader_elect: bool,
+    /// Namespace of the leader-election Lease (default: POD_NAMESPACE, else default).
+    #[arg(long)]
+    leader_election_namespace: Option<String>,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "capwin-manager")]
+    leader_election_id: String,
+    /// Where /metrics is served ("0" disables).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    metrics_bind_address: String,
+    /// Where /healthz and /readyz are served ("0" disables).
+    #[arg(long, default_value = "0.0.0.0:9440")]
+    health_probe_bind_address: String,
+    /// Reconcile every object at least this often, e.g. 10m.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    sync_period: Duration,
+    /// Reconciles running at once per controller.
+    #[arg(long, default_value_t = 10)]
+    concurrency: u16,
+    /// Lifetime of kubeadm bootstrap tokens; refreshed until the Node joins.
+    #[arg(long, default_value = "15m", value_parser = parse_duration)]
+    bootstrap_token_ttl: Duration,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Kubeconfig file (default: in-cluster config, else KUBECONFIG, else ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<std::path::PathBuf>,
+}
+
+/// `90s`, `15m`, `2h`, or plain seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 90s, 15m or 2h"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{s:?} is not a duration like 90s, 15m or 2h")),
+    };
+    if secs == 0 {
+        return Err("the duration must be positive".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> {
+    match kubeconfig {
+        Some(path) => {
+            let kc =
+                kube::config::Kubeconfig::read_from(path).with_context(|| format!("reading {}", path.display()))?;
+            let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+            Ok(Client::try_from(cfg)?)
+        }
+        None => Ok(Client::try_default().await.context("no in-cluster config and no usable KUBECONFIG")?),
+    }
+}
+
+fn bind(addr: &str) -> anyhow::Result<Option<SocketAddr>> {
+    if addr == "0" {
+        return Ok(None);
+    }
+    Ok(Some(addr.parse().with_context(|| format!("{addr} is not host:port"))?))
+}
+
+pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
+    init_logging(args.log_format);
+    let client = client(args.kubeconfig.as_deref()).await?;
+    let mut registry = Registry::default();
+    let metrics = Metrics::register(&mut registry);
+    let ready = Arc::new(AtomicBool::new(false));
+    let registry = Arc::new(registry);
+    if let Some(addr) = bind(&args.health_probe_bind_address)? {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        tracing::info!(address = %listener.local_addr()?, "serving /healthz and /readyz");
+        tokio::spawn(serve::serve(listener, registry.clone(), ready.clone(), false));
+    }
+    if let Some(addr) = bind(&args.metrics_bind_address)? {
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+        tracing::info!(address = %listener.local_addr()?, "serving /metrics");
+        tokio::spawn(serve::serve(listener, registry.clone(), ready.clone(), true));
+    }
+    if args.leader_elect {
+        let ns = args
+            .leader_election_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok())
+            .unwrap_or_else(|| "default".into());
+        leader::acquire(client.clone(), &ns, &args.leader_election_id).await?;
+    }
+    let settings = Settings {
+        token_ttl: args.bootstrap_token_ttl,
+        namespace: args.namespace.clone(),
+        watch_filter: args.watch_filter.clone(),
+        sync_period: args.sync_period,
+        concurrency: args.concurrency,
+    };
+    let mut tasks = Vec::new();
+    for c in &args.controllers {
+        match c {
+            ControllerName::Bootstrap => {
+                let ctx = Context::new(client.clone(), metrics.clone(), settings.clone());
+                tasks.push(tokio::spawn(capwin_bootstrap::reconcile::run(ctx)));
+                tracing::info!(
+                    namespace = args.namespace.as_deref().unwrap_or("(all)"),
+                    "bootstrap controller started"
+                );
+            }
+            other => anyhow::bail!("the {other:?} controller is not part of this build yet"),
+        }
+    }
+    ready.store(true, Ordering::SeqCst);
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
+        _ = term.recv() => tracing::info!("terminated; stopping"),
+        _ = futures_all(tasks) => anyhow::bail!("a controller stopped unexpectedly"),
+    }
+    Ok(())
+}
+
+async fn futures_all(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for t in tasks {
+        let _ = t.await;
+    }
+}

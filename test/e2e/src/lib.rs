@@ -1,0 +1,275 @@
+//! The end-to-end harness: runs the real `capwin` binary as the manager against
+//!
+//! - by default, the test kit: an in-memory management API server with every CRD (capwin's and
+//!   CAPI's), a second one as the workload cluster, and the CAPI-core simulator stepping every
+//!   200 ms; or
+//! - a real management cluster with CAPI installed, when `CAPWIN_E2E_KUBECONFIG` names its
+//!   kubeconfig (capwin's CRDs must be installed; each scenario uses its own namespace).
+//!
+//! Scenarios drive the cluster through the Kubernetes API only, so they run unchanged in both
+//! modes. The harness never fakes what CAPI or a provider does beyond what a real cluster lets
+//! an admin do (it creates Nodes in the workload cluster to stand in for a Windows VM joining).
+//! On a failing test the manager's log and the objects of the scenario are printed.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use capwin_testkit::apiserver::{ApiServer, Config};
+use capwin_testkit::capi::{CapiSim, SimConfig};
+use kube::api::{Api, DynamicObject, ListParams, PostParams};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+/// Environment variable naming a real management cluster's kubeconfig.
+pub const REAL_CLUSTER_ENV: &str = "CAPWIN_E2E_KUBECONFIG";
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// The `capwin` binary cargo built next to this test (or `CAPWIN_BIN`).
+pub fn capwin_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("CAPWIN_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let dir = exe.parent().and_then(|p| p.parent()).expect("target/<profile>/deps");
+    let bin = dir.join("capwin");
+    assert!(
+        bin.exists(),
+        "{} missing: build it with `cargo build -p capwin` (cargo test --workspace does)",
+        bin.display()
+    );
+    bin
+}
+
+fn client_for(url: &str) -> Client {
+    let mut cfg = kube::Config::new(url.parse().expect("a URL"));
+    cfg.default_namespace = "default".into();
+    Client::try_from(cfg).expect("a client")
+}
+
+/// One scenario's world.
+pub struct Env {
+    pub mgmt: Client,
+    pub namespace: String,
+    dir: PathBuf,
+    kubeconfig: PathBuf,
+    manager: Option<tokio::process::Child>,
+    manager_args: Vec<String>,
+    log: PathBuf,
+    _servers: Vec<ApiServer>,
+    sim: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Env {
+    /// Starts the kit (or connects to the real cluster) and the manager.
+    pub async fn start(name: &str, manager_args: &[&str]) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("capwin-e2e-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let namespace = format!("e2e-{name}");
+        let (mgmt, kubeconfig, servers, sim) = match std::env::var_os(REAL_CLUSTER_ENV) {
+            Some(path) => {
+                let kc = kube::config::Kubeconfig::read_from(&path)?;
+                let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+                (Client::try_from(cfg)?, PathBuf::from(path), vec![], None)
+            }
+            None => {
+                let mgmt_server = ApiServer::start(Config {
+                    crd_paths: vec![repo().join("crds"), repo().join("../shared/capi-crds")],
+                    bookmark_interval: Duration::from_secs(1),
+                    ..Config::default()
+                })
+                .await?;
+                let workload_server = ApiServer::start(Config::default()).await?;
+                let mgmt = client_for(mgmt_server.url());
+                let kubeconfig = dir.join("mgmt.kubeconfig");
+                std::fs::write(
+                    &kubeconfig,
+                    capwin_testkit::capi::workload_kubeconfig("management", mgmt_server.url()),
+                )?;
+                let sim = CapiSim::new(
+                    mgmt.clone(),
+                    client_for(workload_server.url()),
+                    SimConfig {
+                        namespace: namespace.clone(),
+                        workload_url: workload_server.url().into(),
+                        join_nodes: false,
+                    },
+                );
+                let task = tokio::spawn(async move {
+                    loop {
+                        if let Err(e) = sim.step().await {
+                            eprintln!("simulator: {e:#}");
+                        }
+                        tokio::time::sleep(Duration::from_millis(200)).await;
+                    }
+                });
+                (mgmt, kubeconfig, vec![mgmt_server, workload_server], Some(task))
+            }
+        };
+        let nss: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(mgmt.clone());
+        let ns: k8s_openapi::api::core::v1::Namespace =
+            serde_json::from_value(json!({"metadata": {"name": namespace}}))?;
+        match nss.create(&PostParams::default(), &ns).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            Err(e) => return Err(e.into()),
+        }
+        let mut args: Vec<String> = vec![
+            "manager".into(),
+            "--kubeconfig".into(),
+            kubeconfig.display().to_string(),
+            "--namespace".into(),
+            namespace.clone(),
+            "--metrics-bind-address".into(),
+            "0".into(),
+            "--health-probe-bind-address".into(),
+            "0".into(),
+            "--log-format".into(),
+            "json".into(),
+        ];
+        args.extend(manager_args.iter().map(|s| s.to_string()));
+        let log = dir.join("manager.log");
+        let mut env =
+            Self { mgmt, namespace, dir, kubeconfig, manager: None, manager_args: args, log, _servers: servers, sim };
+        env.start_manager().await?;
+        Ok(env)
+    }
+
+    /// Starts (or restarts) the manager process; its log is appended to `manager.log`.
+    pub async fn start_manager(&mut self) -> anyhow::Result<()> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+        let child = tokio::process::Command::new(capwin_bin())
+            .args(&self.manager_args)
+            .env("RUST_LOG", "info,capwin_bootstrap=debug")
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting capwin manager")?;
+        self.manager = Some(child);
+        Ok(())
+    }
+
+    /// Kills the manager at once (SIGKILL), as a crash would.
+    pub async fn kill_manager(&mut self) {
+        if let Some(mut c) = self.manager.take() {
+            let _ = c.kill().await;
+        }
+    }
+
+    pub fn manager_log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kubeconfig(&self) -> &std::path::Path {
+        &self.kubeconfig
+    }
+
+    pub fn api(&self, group: &str, version: &str, kind: &str) -> Api<DynamicObject> {
+        let plural = format!("{}s", kind.to_lowercase());
+        let ar = kube::api::ApiResource::from_gvk_with_plural(
+            &kube::api::GroupVersionKind::gvk(group, version, kind),
+            &plural,
+        );
+        Api::namespaced_with(self.mgmt.clone(), &self.namespace, &ar)
+    }
+
+    pub fn capi(&self, kind: &str) -> Api<DynamicObject> {
+        self.api("cluster.x-k8s.io", "v1beta2", kind)
+    }
+
+    pub fn configs(&self) -> Api<DynamicObject> {
+        self.api("bootstrap.cluster.x-k8s.io", "v1alpha1", "WindowsKubeadmConfig")
+    }
+
+    pub fn secrets(&self) -> Api<k8s_openapi::api::core::v1::Secret> {
+        Api::namespaced(self.mgmt.clone(), &self.namespace)
+    }
+
+    /// Creates any object in the scenario's namespace.
+    pub async fn create(&self, group: &str, version: &str, kind: &str, body: Value) -> anyhow::Result<DynamicObject> {
+        let mut body = body;
+        body["apiVersion"] = json!(if group.is_empty() { version.to_string() } else { format!("{group}/{version}") });
+        body["kind"] = json!(kind);
+        Ok(self.api(group, version, kind).create(&PostParams::default(), &serde_json::from_value(body)?).await?)
+    }
+
+    /// A client for the cluster's workload API server, from its `<cluster>-kubeconfig` Secret.
+    pub async fn workload(&self, cluster: &str) -> anyhow::Result<Client> {
+        let s = self.secrets().get(&format!("{cluster}-kubeconfig")).await?;
+        let raw = s.data.and_then(|d| d.get("value").cloned()).context("kubeconfig value")?;
+        let kc = kube::config::Kubeconfig::from_yaml(std::str::from_utf8(&raw.0)?)?;
+        Ok(Client::try_from(kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?)?)
+    }
+
+    /// A Windows VM joins: a Node with this providerID appears in the workload cluster.
+    pub async fn join_node(&self, cluster: &str, node: &str, provider_id: &str) -> anyhow::Result<()> {
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.workload(cluster).await?);
+        let n = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node, "labels": {"kubernetes.io/os": "windows"}}, "spec": {"providerID": provider_id}});
+        nodes.create(&PostParams::default(), &serde_json::from_value(n)?).await?;
+        Ok(())
+    }
+
+    /// Polls `f` until it returns `Some`, or fails after `timeout` naming `what`.
+    pub async fn wait<T, F, Fut>(&self, what: &str, timeout: Duration, mut f: F) -> anyhow::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match f().await {
+                Ok(Some(v)) => return Ok(v),
+                Ok(None) => {}
+                Err(e) if tokio::time::Instant::now() >= deadline => {
+                    return Err(e.context(format!("waiting for {what}")));
+                }
+                Err(_) => {}
+            }
+            if tokio::time::Instant::now() >= deadline {
+                anyhow::bail!("timed out after {timeout:?} waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Dumps what a failed scenario left, to stderr.
+    async fn dump(&self) {
+        eprintln!("---- capwin manager log ({}) ----", self.log.display());
+        let log = self.manager_log();
+        let lines: Vec<&str> = log.lines().collect();
+        for l in &lines[lines.len().saturating_sub(80)..] {
+            eprintln!("{l}");
+        }
+        for (g, v, k) in [
+            ("bootstrap.cluster.x-k8s.io", "v1alpha1", "WindowsKubeadmConfig"),
+            ("cluster.x-k8s.io", "v1beta2", "Machine"),
+        ] {
+            if let Ok(list) = self.api(g, v, k).list(&ListParams::default()).await {
+                for o in list {
+                    eprintln!("---- {k} {} status: {}", o.name_any(), o.data["status"]);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if let Some(s) = self.sim.take() {
+            s.abort();
+        }
+        if std::thread::panicking() {
+            let handle = tokio::runtime::Handle::current();
+            let this: &Env = self;
+            tokio::task::block_in_place(|| handle.block_on(this.dump()));
+            eprintln!("scenario files kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}

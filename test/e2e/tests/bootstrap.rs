@@ -1,0 +1,337 @@
+//! Bootstrap controller scenarios: a MachineDeployment of Windows workers from creation to data
+//! Secret, token upkeep and deletion on join, pause, deletion, restart, and bad input.
+
+use std::time::Duration;
+
+use capwin_e2e::Env;
+use kube::api::{ListParams, Patch, PatchParams};
+use kube::{Api, ResourceExt};
+use serde_json::{Value, json};
+
+const T: Duration = Duration::from_secs(30);
+const B: &str = "bootstrap.cluster.x-k8s.io";
+const I: &str = "infrastructure.cluster.x-k8s.io";
+
+async fn cluster(env: &Env, name: &str, replicas: u32, infra_kind: &str, config: Value) {
+    env.create("cluster.x-k8s.io", "v1beta2", "Cluster", json!({"metadata": {"name": name},
+        "spec": {"controlPlaneEndpoint": {"host": "10.0.0.4", "port": 6443},
+                 "clusterNetwork": {"pods": {"cidrBlocks": ["192.168.0.0/16"]}, "services": {"cidrBlocks": ["10.96.0.0/12"]}}}}))
+        .await
+        .unwrap();
+    env.create(
+        B,
+        "v1alpha1",
+        "WindowsKubeadmConfigTemplate",
+        json!({"metadata": {"name": name}, "spec": {"template": {"spec": config}}}),
+    )
+    .await
+    .unwrap();
+    let infra_spec = if infra_kind.starts_with("AWS") {
+        json!({"instanceType": "m6i.xlarge"})
+    } else {
+        json!({"vmSize": "Standard_D4s_v5"})
+    };
+    env.create(
+        I,
+        "v1alpha1",
+        &format!("{infra_kind}Template"),
+        json!({"metadata": {"name": name}, "spec": {"template": {"spec": infra_spec}}}),
+    )
+    .await
+    .unwrap();
+    env.create(
+        "cluster.x-k8s.io",
+        "v1beta2",
+        "MachineDeployment",
+        json!({"metadata": {"name": format!("{name}-win")},
+        "spec": {"clusterName": name, "replicas": replicas, "selector": {"matchLabels": {}},
+            "template": {"spec": {"clusterName": name, "version": "v1.34.2",
+                "bootstrap": {"configRef": {"apiGroup": B, "kind": "WindowsKubeadmConfigTemplate", "name": name}},
+                "infrastructureRef": {"apiGroup": I, "kind": format!("{infra_kind}Template"), "name": name}}}}}),
+    )
+    .await
+    .unwrap();
+}
+
+fn condition(o: &kube::api::DynamicObject, t: &str) -> Option<(String, String, String)> {
+    o.data["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == t).map(|c| {
+        (
+            c["status"].as_str().unwrap_or_default().into(),
+            c["reason"].as_str().unwrap_or_default().into(),
+            c["message"].as_str().unwrap_or_default().into(),
+        )
+    })
+}
+
+async fn ready_reason(env: &Env, config: &str, reason: &str) -> kube::api::DynamicObject {
+    env.wait(&format!("{config} Ready reason {reason}"), T, || async {
+        let o = env.configs().get_opt(config).await?;
+        Ok(o.filter(|o| condition(o, "Ready").is_some_and(|(_, r, _)| r == reason)))
+    })
+    .await
+    .unwrap()
+}
+
+async fn tokens(env: &Env, cluster: &str) -> Vec<k8s_openapi::api::core::v1::Secret> {
+    let w = env.workload(cluster).await.unwrap();
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(w, "kube-system");
+    api.list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|s| s.name_any().starts_with("bootstrap-token-"))
+        .collect()
+}
+
+fn gunzip_if_needed(b: &[u8]) -> String {
+    use std::io::Read;
+    if b.starts_with(&[0x1f, 0x8b]) {
+        let mut s = String::new();
+        flate2::read::GzDecoder::new(b).read_to_string(&mut s).unwrap();
+        s
+    } else {
+        String::from_utf8(b.to_vec()).unwrap()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn machine_deployment_to_data_secrets_token_upkeep_and_join() {
+    let env = Env::start("happy", &["--bootstrap-token-ttl", "30s"]).await.unwrap();
+    cluster(&env, "demo", 2, "AWSWindowsMachine", json!({"windows": {"cni": {"flavour": "flannel-vxlan"}}})).await;
+
+    for m in ["demo-win-0", "demo-win-1"] {
+        let cfg = ready_reason(&env, m, "DataSecretAvailable").await;
+        assert_eq!(cfg.data["status"]["dataSecretName"], m);
+        assert_eq!(cfg.data["status"]["initialization"]["dataSecretCreated"], true);
+        let s = env.secrets().get(m).await.unwrap();
+        assert_eq!(s.type_.as_deref(), Some("cluster.x-k8s.io/secret"));
+        assert_eq!(s.labels()["cluster.x-k8s.io/cluster-name"], "demo");
+        let owner = &s.owner_references()[0];
+        assert_eq!(
+            (owner.kind.as_str(), owner.name.as_str(), owner.controller),
+            ("WindowsKubeadmConfig", m, Some(true))
+        );
+        let data = s.data.unwrap();
+        assert_eq!(data["format"].0, b"cloud-config");
+        let doc = gunzip_if_needed(&data["value"].0);
+        assert!(doc.starts_with("#cloud-config\n"), "AWS payloads are cloud-config (gzip when large)");
+        assert!(
+            doc.contains("\\\"flavour\\\":\\\"flannel-vxlan\\\"") || doc.contains("\"flavour\":\"flannel-vxlan\""),
+            "the spec reached the payload"
+        );
+        assert!(doc.contains("\"apiServerEndpoint\": \"10.0.0.4:6443\""));
+        // CAPI (the simulator here) copies the name to the Machine.
+        env.wait("Machine.spec.bootstrap.dataSecretName", T, || async {
+            let mm = env.capi("Machine").get(m).await?;
+            Ok((mm.data["spec"]["bootstrap"]["dataSecretName"] == m).then_some(()))
+        })
+        .await
+        .unwrap();
+    }
+    // One token per machine, as kubeadm expects them.
+    let toks = tokens(&env, "demo").await;
+    assert_eq!(toks.len(), 2, "exactly one token per machine");
+    let d = toks[0].data.clone().unwrap();
+    assert_eq!(toks[0].type_.as_deref(), Some("bootstrap.kubernetes.io/token"));
+    assert_eq!(d["auth-extra-groups"].0, b"system:bootstrappers:kubeadm:default-node-token");
+    assert_eq!(d["usage-bootstrap-authentication"].0, b"true");
+
+    // The token is refreshed while no Node exists (TTL 30 s: refreshed when < 25 s remain).
+    let id = String::from_utf8(toks[0].data.as_ref().unwrap()["token-id"].0.clone()).unwrap();
+    let first = String::from_utf8(d["expiration"].0.clone()).unwrap();
+    env.wait("a token refresh", Duration::from_secs(40), || async {
+        let now = tokens(&env, "demo").await;
+        let t = now.iter().find(|s| s.name_any() == format!("bootstrap-token-{id}")).cloned();
+        Ok(t.filter(|t| t.data.as_ref().unwrap()["expiration"].0 != first.as_bytes()).map(|_| ()))
+    })
+    .await
+    .unwrap();
+
+    // The infrastructure provider reports the VM, the Node joins: the token goes at once.
+    let infra = env.api(I, "v1alpha1", "AWSWindowsMachine");
+    infra
+        .patch(
+            "demo-win-0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"providerID": "aws:///us-east-1a/i-0aaa"}})),
+        )
+        .await
+        .unwrap();
+    infra
+        .patch_status(
+            "demo-win-0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"initialization": {"provisioned": true}}})),
+        )
+        .await
+        .unwrap();
+    env.join_node("demo", "ip-10-0-1-5.ec2.internal", "aws:///us-east-1a/i-0aaa").await.unwrap();
+    ready_reason(&env, "demo-win-0", "Joined").await;
+    env.wait("the joined machine's token to be deleted", T, || async {
+        Ok((tokens(&env, "demo").await.len() == 1).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // Deleting the other Machine removes its config, data Secret and token.
+    env.capi("MachineDeployment")
+        .patch("demo-win", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 1}})))
+        .await
+        .unwrap();
+    env.wait("demo-win-1 and its token to go", T, || async {
+        let gone = env.configs().get_opt("demo-win-1").await?.is_none()
+            && env.secrets().get_opt("demo-win-1").await?.is_none();
+        Ok((gone && tokens(&env, "demo").await.is_empty()).then_some(()))
+    })
+    .await
+    .unwrap();
+
+    // No token secret in the manager's log, events or conditions.
+    let log = env.manager_log();
+    let events: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(env.mgmt.clone(), &env.namespace);
+    let events: String = events
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|e| format!("{:?} {:?}", e.reason, e.note))
+        .collect();
+    let statuses: String = env
+        .configs()
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .map(|c| c.data["status"].to_string())
+        .collect();
+    let secret_part = String::from_utf8(d["token-secret"].0.clone()).unwrap();
+    for (what, text) in [("log", &log), ("events", &events), ("conditions", &statuses)] {
+        assert!(!text.contains(&secret_part), "the token secret leaked into the {what}");
+    }
+    assert!(events.contains("BootstrapTokenCreated") && events.contains("DataSecretWritten"), "{events}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_and_restart_converge_without_duplicates() {
+    let mut env = Env::start("restart", &[]).await.unwrap();
+    cluster(&env, "rs", 1, "AzureWindowsMachine", json!({})).await;
+    ready_reason(&env, "rs-win-0", "DataSecretAvailable").await;
+    let before = env.secrets().get("rs-win-0").await.unwrap();
+
+    // Kill the manager, scale up, start it again: exactly one token per machine, no rewrite.
+    env.kill_manager().await;
+    env.capi("MachineDeployment")
+        .patch("rs-win", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 2}})))
+        .await
+        .unwrap();
+    env.start_manager().await.unwrap();
+    ready_reason(&env, "rs-win-1", "DataSecretAvailable").await;
+    assert_eq!(tokens(&env, "rs").await.len(), 2);
+    let after = env.secrets().get("rs-win-0").await.unwrap();
+    assert_eq!(after.data, before.data, "a restart does not re-mint or re-render a finished config");
+
+    // Pause: the Paused condition, and nothing produced for a new machine.
+    env.capi("Cluster")
+        .patch("rs", &PatchParams::default(), &Patch::Merge(json!({"spec": {"paused": true}})))
+        .await
+        .unwrap();
+    env.capi("MachineDeployment")
+        .patch("rs-win", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 3}})))
+        .await
+        .unwrap();
+    env.wait("rs-win-2 paused", T, || async {
+        let o = env.configs().get_opt("rs-win-2").await?;
+        Ok(o.filter(|o| condition(o, "Paused").is_some_and(|(s, _, _)| s == "True")))
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(env.secrets().get_opt("rs-win-2").await.unwrap().is_none(), "no data while paused");
+    env.capi("Cluster")
+        .patch("rs", &PatchParams::default(), &Patch::Merge(json!({"spec": {"paused": false}})))
+        .await
+        .unwrap();
+    ready_reason(&env, "rs-win-2", "DataSecretAvailable").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_named_condition_and_no_secret() {
+    let env = Env::start("bad", &[]).await.unwrap();
+
+    // No owner.
+    env.create(B, "v1alpha1", "WindowsKubeadmConfig", json!({"metadata": {"name": "orphan"}, "spec": {}}))
+        .await
+        .unwrap();
+    let o = ready_reason(&env, "orphan", "WaitingForMachineOwner").await;
+    assert_eq!(condition(&o, "Ready").unwrap().0, "False");
+
+    // A spec the schema accepts but the renderer refuses (a kubelet flag removed in 1.34).
+    cluster(&env, "inv", 1, "AzureWindowsMachine", json!({"joinConfiguration": {"nodeRegistration": {"kubeletExtraArgs": [{"name": "pod-infra-container-image", "value": "x"}]}}})).await;
+    let o = ready_reason(&env, "inv-win-0", "InvalidSpec").await;
+    assert!(condition(&o, "Ready").unwrap().2.contains("kubeletExtraArgs[0].name"), "the message names the field");
+
+    // A missing contentFrom Secret.
+    cluster(
+        &env,
+        "cf",
+        1,
+        "AzureWindowsMachine",
+        json!({"files": [{"path": "C:\\k\\x", "contentFrom": {"secret": {"name": "nope", "key": "k"}}}]}),
+    )
+    .await;
+    let o = ready_reason(&env, "cf-win-0", "MissingFileSecret").await;
+    assert!(condition(&o, "Ready").unwrap().2.contains("spec.files[0].contentFrom"));
+
+    // A payload over EC2's limit.
+    // Incompressible bytes (xorshift), so no compression brings them under 16 KiB.
+    let mut x = 0x2545_f491_4f6c_dd1du64;
+    let noise: Vec<u8> = (0..30_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    let big = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(noise)
+    };
+    env.secrets()
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "big"}, "data": {"blob": big}})).unwrap(),
+        )
+        .await
+        .unwrap();
+    cluster(
+        &env,
+        "big",
+        1,
+        "AWSWindowsMachine",
+        json!({"files": [{"path": "C:\\k\\blob", "contentFrom": {"secret": {"name": "big", "key": "blob"}}}]}),
+    )
+    .await;
+    let o = ready_reason(&env, "big-win-0", "PayloadTooLarge").await;
+    assert!(condition(&o, "Ready").unwrap().2.contains(r"file C:\k\blob"));
+
+    // A malformed CA Secret and a malformed kubeconfig Secret (made before CAPI would make them).
+    for (name, key, value) in
+        [("ca-ca", "tls.crt", "bm90IGEgY2VydA=="), ("kc-kubeconfig", "value", "bm90OiBhOiBrdWJlY29uZmln")]
+    {
+        let secret = json!({"metadata": {"name": name}, "data": {key: value}});
+        env.secrets().create(&Default::default(), &serde_json::from_value(secret).unwrap()).await.unwrap();
+    }
+    cluster(&env, "ca", 1, "AzureWindowsMachine", json!({})).await;
+    let o = ready_reason(&env, "ca-win-0", "InvalidCASecret").await;
+    assert!(condition(&o, "Ready").unwrap().2.contains("ca-ca"));
+    cluster(&env, "kc", 1, "AzureWindowsMachine", json!({})).await;
+    ready_reason(&env, "kc-win-0", "InvalidKubeconfigSecret").await;
+
+    for name in ["orphan", "inv-win-0", "cf-win-0", "big-win-0", "ca-win-0", "kc-win-0"] {
+        assert!(env.secrets().get_opt(name).await.unwrap().is_none(), "{name}: no partial Secret");
+    }
+}
