@@ -36,8 +36,15 @@ pub fn ca_cert_hashes(pem: &[u8]) -> Result<Vec<String>, CaError> {
     Ok(out)
 }
 
-/// One DER element: (tag, header+content bytes, content bytes).
-fn element(input: &[u8]) -> Result<(u8, &[u8], &[u8], &[u8]), CaError> {
+/// One DER element: its tag, its whole encoding, its content, and the bytes after it.
+struct Element<'a> {
+    tag: u8,
+    whole: &'a [u8],
+    content: &'a [u8],
+    rest: &'a [u8],
+}
+
+fn element(input: &[u8]) -> Result<Element<'_>, CaError> {
     let tag = *input.first().ok_or(CaError::BadDer("truncated"))?;
     let first = *input.get(1).ok_or(CaError::BadDer("truncated"))?;
     let (len, header) = if first < 0x80 {
@@ -51,30 +58,30 @@ fn element(input: &[u8]) -> Result<(u8, &[u8], &[u8], &[u8]), CaError> {
         (bytes.iter().fold(0usize, |acc, b| (acc << 8) | *b as usize), 2 + n)
     };
     let whole = input.get(..header + len).ok_or(CaError::BadDer("truncated"))?;
-    Ok((tag, whole, &whole[header..], &input[header + len..]))
+    Ok(Element { tag, whole, content: &whole[header..], rest: &input[header + len..] })
 }
 
 fn subject_public_key_info(cert: &[u8]) -> Result<&[u8], CaError> {
-    let (tag, _, cert_body, _) = element(cert)?;
-    if tag != 0x30 {
+    let c = element(cert)?;
+    if c.tag != 0x30 {
         return Err(CaError::BadDer("certificate is not a SEQUENCE"));
     }
-    let (tag, _, mut tbs, _) = element(cert_body)?;
-    if tag != 0x30 {
+    let t = element(c.content)?;
+    if t.tag != 0x30 {
         return Err(CaError::BadDer("tbsCertificate is not a SEQUENCE"));
     }
     // [0] version (optional), serialNumber, signature, issuer, validity, subject, SPKI.
-    let (tag, _, _, rest) = element(tbs)?;
-    if tag == 0xa0 {
-        tbs = rest;
+    let mut tbs = t.content;
+    let first = element(tbs)?;
+    if first.tag == 0xa0 {
+        tbs = first.rest;
     }
     for _ in 0..5 {
-        let (_, _, _, rest) = element(tbs)?;
-        tbs = rest;
+        tbs = element(tbs)?.rest;
     }
-    let (tag, spki, _, _) = element(tbs)?;
-    if tag != 0x30 {
+    let spki = element(tbs)?;
+    if spki.tag != 0x30 {
         return Err(CaError::BadDer("subjectPublicKeyInfo is not a SEQUENCE"));
     }
-    Ok(spki)
+    Ok(spki.whole)
 }

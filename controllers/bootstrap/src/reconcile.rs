@@ -541,10 +541,10 @@ async fn workload_client(ctx: &Context, ns: &str, cluster: &str) -> Result<Clien
     };
     let version = s.metadata.resource_version.clone().unwrap_or_default();
     let key = (ns.to_string(), cluster.to_string());
-    if let Some((v, c)) = ctx.workload.0.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-        if *v == version {
-            return Ok(c.clone());
-        }
+    if let Some((v, c)) = ctx.workload.0.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
+        && *v == version
+    {
+        return Ok(c.clone());
     }
     let invalid = |why: String| {
         blocked("InvalidKubeconfigSecret", format!("Secret {name} key value: {why}"), Some(Duration::from_secs(30)))

@@ -112,3 +112,36 @@ pub fn expiration(s: &Secret) -> Option<SystemTime> {
 pub fn needs_refresh(expires: SystemTime, now: SystemTime, ttl: Duration) -> bool {
     expires < now + ttl.mul_f64(5.0 / 6.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_are_kubeadm_shaped_and_distinct() {
+        let a = generate().unwrap();
+        let b = generate().unwrap();
+        assert!(BootstrapToken::parse(&a.expose()).is_ok() && a != b);
+    }
+
+    #[test]
+    fn rfc3339_round_trips() {
+        for secs in [0u64, 951_782_400, 1_795_291_323, 4_102_444_800] {
+            let t = UNIX_EPOCH + Duration::from_secs(secs);
+            assert_eq!(parse_rfc3339(&rfc3339(t)), Some(t), "{}", rfc3339(t));
+        }
+        assert_eq!(rfc3339(UNIX_EPOCH + Duration::from_secs(1_795_291_323)), "2026-11-21T20:02:03Z");
+        assert_eq!(parse_rfc3339("2026-11-21 20:02:03"), None);
+    }
+
+    #[test]
+    fn the_secret_is_what_kubeadm_reads() {
+        let t = BootstrapToken::parse("abcdef.0123456789abcdef").unwrap();
+        let s = secret(&t, UNIX_EPOCH + Duration::from_secs(1_795_291_323), "d");
+        assert_eq!(s.metadata.name.as_deref(), Some("bootstrap-token-abcdef"));
+        assert_eq!(s.type_.as_deref(), Some("bootstrap.kubernetes.io/token"));
+        let d = s.data.as_ref().unwrap();
+        assert_eq!(d["token-secret"].0, b"0123456789abcdef");
+        assert_eq!(expiration(&s), Some(UNIX_EPOCH + Duration::from_secs(1_795_291_323)));
+    }
+}

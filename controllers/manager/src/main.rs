@@ -3,10 +3,12 @@
 //! - `capwin crds [--out-dir DIR]`: print (or write) every CRD generated from the Rust types.
 //! - `capwin render --config FILE ...`: render a `WindowsKubeadmConfig` into the payload bytes.
 //! - `capwin manager [flags]`: run the controllers.
+//! - `capwin sandbox`: the test kit, an example Windows cluster, and the controllers, end to end.
 
 mod leader;
 mod manager;
 mod render;
+mod sandbox;
 mod serve;
 
 use std::path::PathBuf;
@@ -33,6 +35,8 @@ enum Command {
     Render(render::RenderArgs),
     /// Run the controllers against the management cluster.
     Manager(manager::ManagerArgs),
+    /// Bring up the test kit, apply an example Windows cluster and watch it join.
+    Sandbox(sandbox::SandboxArgs),
 }
 
 fn main() -> ExitCode {
@@ -40,10 +44,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Crds { out_dir } => crds(out_dir),
         Command::Render(args) => render::run(args),
-        Command::Manager(args) => match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-            Ok(rt) => rt.block_on(manager::run(args)),
-            Err(e) => Err(e.into()),
-        },
+        Command::Manager(args) => runtime().and_then(|rt| rt.block_on(manager::run(args))),
+        Command::Sandbox(args) => runtime().and_then(|rt| rt.block_on(sandbox::run(args))),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -52,6 +54,10 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
 fn crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {

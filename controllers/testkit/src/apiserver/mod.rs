@@ -44,6 +44,8 @@ pub struct Config {
     pub port: u16,
     /// CRD YAML files, or folders of them, loaded at start.
     pub crd_paths: Vec<PathBuf>,
+    /// CRD YAML documents (e.g. embedded with `include_str!`), loaded at start.
+    pub crd_documents: Vec<String>,
     /// How often a watch that allows bookmarks gets one.
     pub bookmark_interval: Duration,
     /// Events kept for watch resume; older resource versions get 410 Gone.
@@ -57,6 +59,7 @@ impl Default for Config {
         Self {
             port: 0,
             crd_paths: vec![],
+            crd_documents: vec![],
             bookmark_interval: Duration::from_secs(1),
             history: 10_000,
             server_version: (1, 34),
@@ -76,6 +79,9 @@ impl ApiServer {
         let mut store = Store::new(config.history);
         for p in &config.crd_paths {
             load_crds(&mut store, p)?;
+        }
+        for (i, doc) in config.crd_documents.iter().enumerate() {
+            load_crd_text(&mut store, doc).with_context(|| format!("CRD document {i}"))?;
         }
         let shared = Arc::new(http::Shared {
             store: Mutex::new(store),
@@ -128,18 +134,23 @@ pub fn load_crds(store: &mut Store, path: &Path) -> anyhow::Result<usize> {
     } else {
         vec![path.to_path_buf()]
     };
-    let crd_type = store.find_type("apiextensions.k8s.io", "v1", "customresourcedefinitions").expect("built in");
     let mut n = 0;
     for f in files {
         let text = std::fs::read_to_string(&f).with_context(|| format!("reading {}", f.display()))?;
-        for doc in serde_yaml_ng::Deserializer::from_str(&text) {
-            let v: Value = serde::Deserialize::deserialize(doc).with_context(|| format!("parsing {}", f.display()))?;
-            if v["kind"] == "CustomResourceDefinition" {
-                store
-                    .create(&crd_type, "v1", "", v, false)
-                    .map_err(|e| anyhow::anyhow!("{}: {}", f.display(), e.message))?;
-                n += 1;
-            }
+        n += load_crd_text(store, &text).with_context(|| format!("loading {}", f.display()))?;
+    }
+    Ok(n)
+}
+
+/// Creates every `CustomResourceDefinition` in a YAML stream.
+pub fn load_crd_text(store: &mut Store, text: &str) -> anyhow::Result<usize> {
+    let crd_type = store.find_type("apiextensions.k8s.io", "v1", "customresourcedefinitions").expect("built in");
+    let mut n = 0;
+    for doc in serde_yaml_ng::Deserializer::from_str(text) {
+        let v: Value = serde::Deserialize::deserialize(doc)?;
+        if v["kind"] == "CustomResourceDefinition" {
+            store.create(&crd_type, "v1", "", v, false).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+            n += 1;
         }
     }
     Ok(n)
