@@ -128,6 +128,7 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
     let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(mgmt.clone(), ns);
     let tokens: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(workload.clone(), "kube-system");
     let mut last: BTreeMap<String, String> = BTreeMap::new();
+    let mut written = std::collections::BTreeSet::new();
     let deadline = Instant::now() + args.timeout;
     loop {
         sim.step().await?;
@@ -148,16 +149,14 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
                 .unwrap_or_else(|| "-".into());
             let data = m.data["spec"]["bootstrap"]["dataSecretName"].as_str().map(String::from);
             if let Some(d) = &data {
-                if !args.out.join(format!("{name}.userdata")).exists() {
-                    if let Some(s) = secrets.get_opt(d).await? {
-                        let value = s.data.and_then(|d| d.get("value").cloned()).map(|v| v.0).unwrap_or_default();
-                        write_payload(&args.out, &name, &value)?;
-                        say(format!(
-                            "{name}: payload written to {} ({} bytes)",
-                            args.out.join(format!("{name}.userdata")).display(),
-                            value.len()
-                        ));
-                    }
+                if !written.contains(&name)
+                    && let Some(s) = secrets.get_opt(d).await?
+                {
+                    let value = s.data.and_then(|d| d.get("value").cloned()).map(|v| v.0).unwrap_or_default();
+                    write_payload(&args.out, &name, &value)?;
+                    let file = args.out.join(format!("{name}.userdata"));
+                    say(format!("{name}: payload written to {} ({} bytes)", file.display(), value.len()));
+                    written.insert(name.clone());
                 }
                 simulate_infrastructure(&mgmt, ns, m).await?;
             }
