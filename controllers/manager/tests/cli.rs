@@ -134,3 +134,19 @@ spec:
     assert!(String::from_utf8(o.stdout).unwrap().contains("BEGIN CERTIFICATE-----\n    abc"));
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn sandbox_runs_the_example_to_joined_machines() {
+    let out_dir = std::env::temp_dir().join(format!("capwin-sandbox-{}", std::process::id()));
+    let o = capwin(&["sandbox", "--out", out_dir.to_str().unwrap(), "--timeout", "60s"], None);
+    let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{stdout}\n{}", stderr(&o));
+    assert!(stdout.contains("all 2 Windows machines joined; join tokens left in the workload cluster: 0"), "{stdout}");
+    for m in ["demo-windows-0", "demo-windows-1"] {
+        let doc = std::fs::read_to_string(out_dir.join(format!("{m}.cloud-config.yaml"))).unwrap();
+        assert!(doc.starts_with("#cloud-config\n") && doc.contains("flannel-vxlan"), "{m}");
+        let raw = std::fs::read(out_dir.join(format!("{m}.userdata"))).unwrap();
+        assert!(raw.len() <= 16_384, "the AWS payload fits EC2 user data");
+    }
+    std::fs::remove_dir_all(out_dir).unwrap();
+}

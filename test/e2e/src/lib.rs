@@ -29,6 +29,11 @@ fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// A free loopback port (for a manager flag).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
 /// The `capwin` binary cargo built next to this test (or `CAPWIN_BIN`).
 pub fn capwin_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("CAPWIN_BIN") {
@@ -124,13 +129,15 @@ impl Env {
             kubeconfig.display().to_string(),
             "--namespace".into(),
             namespace.clone(),
-            "--metrics-bind-address".into(),
-            "0".into(),
-            "--health-probe-bind-address".into(),
-            "0".into(),
-            "--log-format".into(),
-            "json".into(),
         ];
+        // Defaults a scenario may override.
+        for (flag, value) in
+            [("--metrics-bind-address", "0"), ("--health-probe-bind-address", "0"), ("--log-format", "json")]
+        {
+            if !manager_args.contains(&flag) {
+                args.extend([flag.to_string(), value.to_string()]);
+            }
+        }
         args.extend(manager_args.iter().map(|s| s.to_string()));
         let log = dir.join("manager.log");
         let mut env =

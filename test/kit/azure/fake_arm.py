@@ -29,6 +29,7 @@ import re
 import secrets
 import signal
 import socket
+import socketserver
 import ssl
 import subprocess
 import sys
@@ -269,14 +270,14 @@ def deep_merge(base, new):
 
 
 SECRET_KEYS = {"adminpassword", "customdata", "client_secret", "client_assertion", "password", "secret",
-               "protectedsettings", "userdata", "access_token", "refresh_token", "sig", "text"}
+               "protectedsettings", "userdata", "access_token", "refresh_token", "sig"}
 
 
 def redact(obj):
     if isinstance(obj, dict):
         out = {}
         for k, v in obj.items():
-            if str(k).lower() in SECRET_KEYS and k != "text":
+            if str(k).lower() in SECRET_KEYS:
                 out[k] = "<redacted%s>" % (": %d chars" % len(v) if isinstance(v, str) else "")
             else:
                 out[k] = redact(v)
@@ -622,7 +623,7 @@ class Arm:
         if len(segs) < 2 or low[0] != "subscriptions":
             ctx.rtype = "?"
             raise ArmError(404, "InvalidRequestUri", "The request URI '%s' is not valid." % ctx.path)
-        sub = segs[1]
+        sub = self.s.subs.get(segs[1].lower(), segs[1])
         rest, lrest = segs[2:], low[2:]
         if not rest:
             ctx.rtype = "Microsoft.Resources/subscriptions"
@@ -1063,8 +1064,8 @@ class Arm:
                 raise ArmError(400, "InvalidRequestFormat", "ipConfigurations[%d].properties.subnet.id is "
                                "required." % i)
             subnet = self.s.get(sid)
-            vnet = self.s.get(subnet["vnet"]) if subnet else None
-            if not subnet or subnet["type"] != SUBNET or vnet["location"] != loc:
+            vnet = self.s.get(subnet.get("vnet")) if subnet else None
+            if not subnet or subnet["type"] != SUBNET or not vnet or vnet["location"] != loc:
                 raise ArmError(400, "InvalidResourceReference",
                                "Resource %s referenced by resource %s was not found. Please make sure that the "
                                "referenced resource exists, and that both resources are in the same region."
@@ -1356,12 +1357,12 @@ class Arm:
                     or any(not isinstance(z, str) or z not in ("1", "2", "3") for z in zones)):
                 raise invalid_param("The value of parameter zones is invalid. A virtual machine can be in at most "
                                     "one of the zones '1', '2', '3'.", "zones")
-        identity = self.check_identity(body.get("identity"), existing)
+        identity = self.check_identity(body.get("identity"), existing, res_id(sub, rg, VM, name))
         if existing:
             return self.vm_update(ctx, existing, loc, tags, props, zones, identity, body)
         return self.vm_create(ctx, sub, rg, name, loc, tags, props, zones, identity)
 
-    def check_identity(self, ident, existing):
+    def check_identity(self, ident, existing, rid):
         if ident is None:
             return (existing or {}).get("identity")
         if not isinstance(ident, dict) or not ident.get("type"):
@@ -1374,7 +1375,7 @@ class Arm:
             return None
         out = {"type": t}
         if "systemassigned" in types:
-            out["principalId"] = det_uuid("principal", t, id(ident))
+            out["principalId"] = det_uuid("principal", rid.lower())
             out["tenantId"] = self.s.cfg("tenant") or "00000000-0000-0000-0000-000000000000"
         if "userassigned" in types:
             uai = ident.get("userAssignedIdentities")
@@ -1574,7 +1575,7 @@ class Arm:
         except ArmError as e:
             if e.status != 404 or self.s.cfg("imageNotFound") != "async":
                 raise
-            failure = {"code": e.code, "message": e.message, "status": 404}
+            failure = {"code": e.code, "message": e.message, "status": 409}
         if image:
             if size_gb is not None and size_gb < image["osDiskSizeGB"]:
                 raise ArmError(409, "OperationNotAllowed", "Disk with size %dGB, which is smaller than the size "
@@ -1769,6 +1770,12 @@ class Arm:
         if pending and pending.status == "InProgress":
             return Resp(200, self.render(rec), self.lro_headers(pending))
         failure = self.match_fault_failure(ctx, name)
+        if rec.get("image") is None:  # created in imageNotFound=async mode: still missing?
+            ref = {k: v for k, v in cur["storageProfile"]["imageReference"].items() if k != "exactVersion"}
+            try:
+                rec["image"], _ = self.find_image(rec["sub"], rec["location"], ref)
+            except ArmError as e:
+                failure = failure or {"code": e.code, "message": e.message, "status": 409}
         rec["state"] = "Updating"
         rec["state_time"] = iso()
         rid = rec["id"]
@@ -1826,7 +1833,7 @@ class Arm:
     def remove_vm(self, r):
         self.s.res.pop(r["id"].lower(), None)
         disk = self.s.get(r.get("disk"))
-        if disk and disk.get("managedBy", "").lower() == r["id"].lower():
+        if disk and (disk.get("managedBy") or "").lower() == r["id"].lower():
             if gp(r, "props", "storageProfile", "osDisk", "deleteOption") == "Delete":
                 self.s.res.pop(disk["id"].lower(), None)
             else:
@@ -2052,6 +2059,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
     sys_version = ""
     timeout = 120
 
+    def version_string(self):
+        return self.server_version
+
     def log_message(self, fmt, *args):
         sys.stderr.write("%s %s\n" % (iso(), fmt % args))
 
@@ -2128,8 +2138,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                         raise ArmError(400, "MissingApiVersionParameter", "The api-version query parameter "
                                        "(?api-version=) is required for all requests.")
                     if not API_VERSION_RE.match(ctx.api_version):
-                        raise ArmError(400, "InvalidApiVersionParameter", "The api-version '%s' is invalid. The "
-                                       "supported versions are '2015-01-01,2024-11-01'." % ctx.api_version)
+                        raise ArmError(400, "InvalidApiVersionParameter", "The api-version '%s' is invalid. An "
+                                       "api-version is a date such as '2024-07-01', optionally with a '-preview' "
+                                       "suffix." % ctx.api_version)
                 fault = take_fault(st, ctx, family)
             except ArmError as e:
                 resp = error_resp(e, family)
@@ -2150,6 +2161,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
                         resp = dispatch(st, arm, ctx, family)
                     except ArmError as e:
                         resp = error_resp(e, family)
+                    except Exception as e:  # a bug in the fake: say so rather than drop the connection
+                        import traceback
+                        traceback.print_exc()
+                        resp = error_resp(ArmError(500, "CapwinFakeInternalError", "The fake ARM server failed: "
+                                                   "%s: %s" % (type(e).__name__, e)), family)
                     if fault and fault["when"] == "after" and (fault["drop"] or fault["status"]):
                         resp = None if fault["drop"] else fault_resp(st, fault, ctx, family)
                         injected = True
@@ -2659,6 +2675,10 @@ class Server(http.server.ThreadingHTTPServer):
         self.state = state
         self.arm = Arm(state)
         super().__init__(addr, Handler)
+
+    def server_bind(self):  # no getfqdn() reverse lookup
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
 
     def finish_request(self, request, client_address):
         request.settimeout(30)

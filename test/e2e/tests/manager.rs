@@ -1,0 +1,134 @@
+//! The manager process: probes, metrics, leader election, watch filter.
+
+use std::time::Duration;
+
+use capwin_e2e::{Env, free_port};
+use kube::Api;
+use serde_json::json;
+
+async fn get(url: &str) -> (u16, String) {
+    // A tiny HTTP/1.0 GET, so the test needs no HTTP client crate.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = url.trim_start_matches("http://");
+    let (host, path) = addr.split_once('/').unwrap();
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    s.write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let code = out.split_whitespace().nth(1).unwrap_or("0").parse().unwrap_or(0);
+    (code, out.split("\r\n\r\n").nth(1).unwrap_or_default().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_metrics_leader_election_and_watch_filter() {
+    let (metrics, health) = (free_port(), free_port());
+    let m = format!("127.0.0.1:{metrics}");
+    let h = format!("127.0.0.1:{health}");
+    let env = Env::start(
+        "mgr",
+        &[
+            "--leader-elect",
+            "--leader-election-namespace",
+            "e2e-mgr",
+            "--metrics-bind-address",
+            &m,
+            "--health-probe-bind-address",
+            &h,
+            "--watch-filter",
+            "team-a",
+        ],
+    )
+    .await
+    .unwrap();
+    let ready = env
+        .wait("readyz", Duration::from_secs(20), || async {
+            let url = format!("http://{h}/readyz");
+            Ok(tokio::net::TcpStream::connect(&h).await.ok().map(|_| url))
+        })
+        .await
+        .unwrap();
+    env.wait("ready", Duration::from_secs(20), || async { Ok((get(&ready).await.0 == 200).then_some(())) })
+        .await
+        .unwrap();
+    assert_eq!(get(&format!("http://{h}/healthz")).await.0, 200);
+
+    // The Lease names this manager as leader.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(env.mgmt.clone(), "e2e-mgr");
+    let lease = leases.get("capwin-manager").await.unwrap();
+    assert!(lease.spec.unwrap().holder_identity.unwrap_or_default().contains('_'), "holder is host_pid");
+
+    // Only objects labelled with the watch filter are reconciled.
+    for (name, labels) in
+        [("filtered-in", json!({"cluster.x-k8s.io/watch-filter": "team-a"})), ("filtered-out", json!({}))]
+    {
+        env.create(
+            "bootstrap.cluster.x-k8s.io",
+            "v1alpha1",
+            "WindowsKubeadmConfig",
+            json!({"metadata": {"name": name, "labels": labels}, "spec": {}}),
+        )
+        .await
+        .unwrap();
+    }
+    env.wait("the labelled config to be reconciled", Duration::from_secs(20), || async {
+        let o = env.configs().get("filtered-in").await?;
+        Ok(o.data["status"]["conditions"].is_array().then_some(()))
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        env.configs().get("filtered-out").await.unwrap().data["status"].is_null(),
+        "the unlabelled config is left alone"
+    );
+
+    let (code, body) = get(&format!("http://{m}/metrics")).await;
+    assert_eq!(code, 200);
+    assert!(body.contains("capwin_reconciles_total{controller=\"bootstrap\",result=\"blocked\"}"), "{body}");
+    assert!(
+        body.contains("capwin_reconcile_errors_total{controller=\"bootstrap\",reason=\"WaitingForMachineOwner\"}"),
+        "{body}"
+    );
+    assert!(body.contains("capwin_reconcile_duration_seconds_bucket"), "{body}");
+
+    // A second manager waits for the lease instead of running controllers.
+    let second_log = std::env::temp_dir().join(format!("capwin-second-{}.log", std::process::id()));
+    let file = std::fs::File::create(&second_log).unwrap();
+    let mut second = tokio::process::Command::new(capwin_e2e::capwin_bin())
+        .args(["manager", "--kubeconfig"])
+        .arg(env.kubeconfig())
+        .args(["--namespace", "e2e-mgr", "--leader-elect", "--leader-election-namespace", "e2e-mgr"])
+        .args(["--metrics-bind-address", "0", "--health-probe-bind-address", "0"])
+        .stderr(std::process::Stdio::from(file))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    second.kill().await.unwrap();
+    let log = std::fs::read_to_string(&second_log).unwrap();
+    std::fs::remove_file(&second_log).ok();
+    assert!(log.contains("waiting for leadership") && !log.contains("became leader"), "{log}");
+    assert!(env.manager_log().contains("became leader"));
+}
+
+#[tokio::test]
+async fn bad_flags_fail_fast_with_a_message() {
+    let out = tokio::process::Command::new(capwin_e2e::capwin_bin())
+        .args(["manager", "--sync-period", "soon"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not a duration"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = tokio::process::Command::new(capwin_e2e::capwin_bin())
+        .args(["manager", "--kubeconfig", "/nonexistent/kubeconfig"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/kubeconfig"));
+}
