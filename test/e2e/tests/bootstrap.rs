@@ -335,3 +335,38 @@ async fn bad_input_gets_a_named_condition_and_no_secret() {
         assert!(env.secrets().get_opt(name).await.unwrap().is_none(), "{name}: no partial Secret");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inputs_re_render_before_the_vm_boots_and_never_after() {
+    let env = Env::start("rerender", &[]).await.unwrap();
+    cluster(&env, "rr", 1, "AzureWindowsMachine", json!({})).await;
+    ready_reason(&env, "rr-win-0", "DataSecretAvailable").await;
+    let value = |s: k8s_openapi::api::core::v1::Secret| s.data.unwrap()["value"].0.clone();
+    let first = value(env.secrets().get("rr-win-0").await.unwrap());
+
+    // Before the VM exists: a spec change reaches the payload.
+    env.configs().patch("rr-win-0", &PatchParams::default(), &Patch::Merge(json!({"spec": {"verbosity": 7}}))).await.unwrap();
+    let second = env
+        .wait("the payload to follow the spec", T, || async {
+            let v = value(env.secrets().get("rr-win-0").await?);
+            Ok((v != first).then_some(v))
+        })
+        .await
+        .unwrap();
+    assert!(String::from_utf8_lossy(&second).contains("\"verbosity\":7"));
+
+    // The VM boots with it; later changes no longer touch the Secret.
+    let infra = env.api(I, "v1alpha1", "AzureWindowsMachine");
+    let pid = "azure:///subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/rr-win-0";
+    infra.patch("rr-win-0", &PatchParams::default(), &Patch::Merge(json!({"spec": {"providerID": pid}}))).await.unwrap();
+    infra.patch_status("rr-win-0", &PatchParams::default(), &Patch::Merge(json!({"status": {"initialization": {"provisioned": true}}}))).await.unwrap();
+    env.wait("the Machine to be provisioned", T, || async {
+        let m = env.capi("Machine").get("rr-win-0").await?;
+        Ok((m.data["spec"]["providerID"] == pid).then_some(()))
+    })
+    .await
+    .unwrap();
+    env.configs().patch("rr-win-0", &PatchParams::default(), &Patch::Merge(json!({"spec": {"verbosity": 9}}))).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(value(env.secrets().get("rr-win-0").await.unwrap()), second, "the booted VM's payload is frozen");
+}
