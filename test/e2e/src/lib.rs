@@ -67,6 +67,17 @@ pub struct Env {
     log: PathBuf,
     _servers: Vec<ApiServer>,
     sim: Option<tokio::task::JoinHandle<()>>,
+    /// Cloud endpoints started for this scenario: the kit script that stops each.
+    clouds: Vec<PathBuf>,
+}
+
+/// A local cloud endpoint of the test kit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloudKit {
+    /// moto's EC2 server (`test/kit/aws/moto.sh`).
+    Aws,
+    /// The fake ARM server over HTTPS (`test/kit/azure/arm.sh`).
+    Azure,
 }
 
 impl Env {
@@ -140,8 +151,18 @@ impl Env {
         }
         args.extend(manager_args.iter().map(|s| s.to_string()));
         let log = dir.join("manager.log");
-        let mut env =
-            Self { mgmt, namespace, dir, kubeconfig, manager: None, manager_args: args, log, _servers: servers, sim };
+        let mut env = Self {
+            mgmt,
+            namespace,
+            dir,
+            kubeconfig,
+            manager: None,
+            manager_args: args,
+            log,
+            _servers: servers,
+            sim,
+            clouds: vec![],
+        };
         env.start_manager().await?;
         Ok(env)
     }
@@ -159,6 +180,29 @@ impl Env {
             .context("starting capwin manager")?;
         self.manager = Some(child);
         Ok(())
+    }
+
+    /// Starts a local cloud endpoint for this scenario (its own state folder, so scenarios never
+    /// share one) and returns its URL; it is stopped by PID when the scenario ends.
+    pub fn start_cloud(&mut self, cloud: CloudKit) -> anyhow::Result<String> {
+        let script = match cloud {
+            CloudKit::Aws => repo().join("test/kit/aws/moto.sh"),
+            CloudKit::Azure => repo().join("test/kit/azure/arm.sh"),
+        };
+        let out = std::process::Command::new(&script)
+            .arg("start")
+            .env("CAPWIN_KIT_STATE", self.dir.join("kit"))
+            .output()
+            .with_context(|| format!("running {}", script.display()))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{} start failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        self.clouds.push(script);
+        let url = String::from_utf8(out.stdout)?.lines().last().unwrap_or_default().trim().to_string();
+        Ok(url)
     }
 
     /// Kills the manager at once (SIGKILL), as a crash would.
@@ -269,6 +313,10 @@ impl Drop for Env {
     fn drop(&mut self) {
         if let Some(s) = self.sim.take() {
             s.abort();
+        }
+        for script in self.clouds.drain(..) {
+            let _ =
+                std::process::Command::new(&script).arg("stop").env("CAPWIN_KIT_STATE", self.dir.join("kit")).output();
         }
         if std::thread::panicking() {
             let handle = tokio::runtime::Handle::current();

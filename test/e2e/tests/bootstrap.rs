@@ -13,11 +13,21 @@ const B: &str = "bootstrap.cluster.x-k8s.io";
 const I: &str = "infrastructure.cluster.x-k8s.io";
 
 async fn cluster(env: &Env, name: &str, replicas: u32, infra_kind: &str, config: Value) {
-    env.create("cluster.x-k8s.io", "v1beta2", "Cluster", json!({"metadata": {"name": name},
-        "spec": {"controlPlaneEndpoint": {"host": "10.0.0.4", "port": 6443},
-                 "clusterNetwork": {"pods": {"cidrBlocks": ["192.168.0.0/16"]}, "services": {"cidrBlocks": ["10.96.0.0/12"]}}}}))
+    create_cluster(env, name, true).await;
+    workers(env, name, replicas, infra_kind, config).await;
+}
+
+async fn create_cluster(env: &Env, name: &str, with_endpoint: bool) {
+    let mut spec = json!({"clusterNetwork": {"pods": {"cidrBlocks": ["192.168.0.0/16"]}, "services": {"cidrBlocks": ["10.96.0.0/12"]}}});
+    if with_endpoint {
+        spec["controlPlaneEndpoint"] = json!({"host": "10.0.0.4", "port": 6443});
+    }
+    env.create("cluster.x-k8s.io", "v1beta2", "Cluster", json!({"metadata": {"name": name}, "spec": spec}))
         .await
         .unwrap();
+}
+
+async fn workers(env: &Env, name: &str, replicas: u32, infra_kind: &str, config: Value) {
     env.create(
         B,
         "v1alpha1",
@@ -331,7 +341,15 @@ async fn bad_input_gets_a_named_condition_and_no_secret() {
     cluster(&env, "kc", 1, "AzureWindowsMachine", json!({})).await;
     ready_reason(&env, "kc-win-0", "InvalidKubeconfigSecret").await;
 
-    for name in ["orphan", "inv-win-0", "cf-win-0", "big-win-0", "ca-win-0", "kc-win-0"] {
+    // A Cluster reported ready but without an endpoint.
+    create_cluster(&env, "ep", false).await;
+    let status =
+        json!({"status": {"initialization": {"infrastructureProvisioned": true, "controlPlaneInitialized": true}}});
+    env.capi("Cluster").patch_status("ep", &PatchParams::default(), &Patch::Merge(status)).await.unwrap();
+    workers(&env, "ep", 1, "AzureWindowsMachine", json!({})).await;
+    ready_reason(&env, "ep-win-0", "MissingControlPlaneEndpoint").await;
+
+    for name in ["orphan", "inv-win-0", "cf-win-0", "big-win-0", "ca-win-0", "kc-win-0", "ep-win-0"] {
         assert!(env.secrets().get_opt(name).await.unwrap().is_none(), "{name}: no partial Secret");
     }
 }
@@ -345,7 +363,10 @@ async fn inputs_re_render_before_the_vm_boots_and_never_after() {
     let first = value(env.secrets().get("rr-win-0").await.unwrap());
 
     // Before the VM exists: a spec change reaches the payload.
-    env.configs().patch("rr-win-0", &PatchParams::default(), &Patch::Merge(json!({"spec": {"verbosity": 7}}))).await.unwrap();
+    env.configs()
+        .patch("rr-win-0", &PatchParams::default(), &Patch::Merge(json!({"spec": {"verbosity": 7}})))
+        .await
+        .unwrap();
     let second = env
         .wait("the payload to follow the spec", T, || async {
             let v = value(env.secrets().get("rr-win-0").await?);
@@ -358,15 +379,28 @@ async fn inputs_re_render_before_the_vm_boots_and_never_after() {
     // The VM boots with it; later changes no longer touch the Secret.
     let infra = env.api(I, "v1alpha1", "AzureWindowsMachine");
     let pid = "azure:///subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/rr-win-0";
-    infra.patch("rr-win-0", &PatchParams::default(), &Patch::Merge(json!({"spec": {"providerID": pid}}))).await.unwrap();
-    infra.patch_status("rr-win-0", &PatchParams::default(), &Patch::Merge(json!({"status": {"initialization": {"provisioned": true}}}))).await.unwrap();
+    infra
+        .patch("rr-win-0", &PatchParams::default(), &Patch::Merge(json!({"spec": {"providerID": pid}})))
+        .await
+        .unwrap();
+    infra
+        .patch_status(
+            "rr-win-0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": {"initialization": {"provisioned": true}}})),
+        )
+        .await
+        .unwrap();
     env.wait("the Machine to be provisioned", T, || async {
         let m = env.capi("Machine").get("rr-win-0").await?;
         Ok((m.data["spec"]["providerID"] == pid).then_some(()))
     })
     .await
     .unwrap();
-    env.configs().patch("rr-win-0", &PatchParams::default(), &Patch::Merge(json!({"spec": {"verbosity": 9}}))).await.unwrap();
+    env.configs()
+        .patch("rr-win-0", &PatchParams::default(), &Patch::Merge(json!({"spec": {"verbosity": 9}})))
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(value(env.secrets().get("rr-win-0").await.unwrap()), second, "the booted VM's payload is frozen");
 }

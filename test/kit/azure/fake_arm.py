@@ -161,7 +161,7 @@ DEFAULT_CONFIG = {
     "listPageSize": 100,
     "clients": {},                 # token endpoint: client_id -> secret; empty: any client and secret
     "tenant": None,                # token endpoint: the only tenant accepted; None: any
-    "uppercaseNrpRefs": True,      # NIC.virtualMachine.id and subnet ipConfigurations ids upper-case the RG (as NRP does)
+    "uppercaseNrpRefs": True,      # NIC.virtualMachine.id, subnet ipConfigurations ids: RG upper-cased (as NRP)
     "bootDiagnosticsRequired": True,  # retrieveBootDiagnosticsData needs bootDiagnostics.enabled
 }
 
@@ -318,10 +318,6 @@ def parse_res_id(rid):
     rtype = ns + "/" + "/".join(rest[0::2])
     rtype = KNOWN_TYPES.get(rtype.lower(), rtype)
     return segs[1], segs[3], rtype, rest[1::2]
-
-
-def key_of(sub, rg, rtype, *names):
-    return res_id(sub, rg, rtype, *names).lower()
 
 
 def upper_rg(rid):
@@ -834,11 +830,13 @@ class Arm:
             ipc = []
             for nic in self.sorted_res(NIC):
                 for c in nic["props"]["ipConfigurations"]:
-                    if gp(c, "properties", "subnet", "id") and c["properties"]["subnet"]["id"].lower() == rec["id"].lower():
+                    sid = gp(c, "properties", "subnet", "id")
+                    if sid and sid.lower() == rec["id"].lower():
                         cid = c["id"]
                         if self.s.cfg("uppercaseNrpRefs"):
                             cid = upper_rg(cid)
-                            cid = re.sub(r"(?i)(/networkInterfaces/)(.+)$", lambda m: m.group(1) + m.group(2).upper(), cid)
+                            cid = re.sub(r"(?i)(/networkInterfaces/)(.+)$",
+                                         lambda m: m.group(1) + m.group(2).upper(), cid)
                         ipc.append({"id": cid})
             if ipc:
                 props["ipConfigurations"] = ipc
@@ -1579,7 +1577,8 @@ class Arm:
         if image:
             if size_gb is not None and size_gb < image["osDiskSizeGB"]:
                 raise ArmError(409, "OperationNotAllowed", "Disk with size %dGB, which is smaller than the size "
-                               "%dGB of corresponding disk in Image, is not allowed." % (size_gb, image["osDiskSizeGB"]))
+                               "%dGB of corresponding disk in Image, is not allowed."
+                               % (size_gb, image["osDiskSizeGB"]))
             if windows and image["osType"] != "Windows":
                 raise invalid_param("The image's OS type is %s but the request has a Windows osProfile."
                                     % image["osType"], "osProfile")
@@ -2024,7 +2023,8 @@ def make_fault(state, doc):
             raise ControlError(400, "status must be 4xx or 5xx")
     state.fault_seq += 1
     return {"id": state.fault_seq, "method": method, "path": doc.get("path", ".*"), "re": pattern, "times": times,
-            "status": status, "code": doc.get("code") or (STATUS_CODES.get(status, "InjectedFault") if status else None),
+            "status": status,
+            "code": doc.get("code") or (STATUS_CODES.get(status, "InjectedFault") if status else None),
             "message": doc.get("message"), "retryAfter": doc.get("retryAfter", 1 if status == 429 else None),
             "when": when, "delay": delay, "drop": bool(doc.get("drop")), "operationFailure": opf,
             "headers": dict(doc.get("headers") or {}), "hits": 0}
@@ -2264,7 +2264,8 @@ def fault_resp(st, f, ctx, family):
         headers.setdefault("x-ms-ratelimit-remaining-subscription-%s" % kind, "0")
     msg = default_fault_message(f, ctx)
     if family == "aad":
-        return Resp(status, {"error": "temporarily_unavailable" if status >= 500 or status == 429 else "invalid_request",
+        kind = "temporarily_unavailable" if status >= 500 or status == 429 else "invalid_request"
+        return Resp(status, {"error": kind,
                              "error_description": "AADSTS90000: %s" % msg, "error_codes": [90000],
                              "timestamp": iso(), "trace_id": str(uuid.uuid4()),
                              "correlation_id": str(uuid.uuid4())}, headers)
