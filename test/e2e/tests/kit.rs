@@ -21,3 +21,15 @@ async fn moto_starts_for_a_scenario_and_stops_with_it() {
     drop(env);
     assert_eq!(http_get(&url, "/moto-api/").await, None, "stopped with the scenario");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_arm_stand_in_starts_over_https_and_stops_with_the_scenario() {
+    let mut env = Env::start("kitarm", &[]).await.unwrap();
+    let url = env.start_cloud(CloudKit::Azure).unwrap();
+    assert!(url.starts_with("https://127.0.0.1:"), "{url}");
+    let host = url.trim_start_matches("https://").trim_end_matches('/').to_string();
+    assert!(tokio::net::TcpStream::connect(&host).await.is_ok());
+    drop(env);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(tokio::net::TcpStream::connect(&host).await.is_err(), "stopped with the scenario");
+}
