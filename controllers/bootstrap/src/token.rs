@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use capwin_payload::BootstrapToken;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::jiff::Timestamp;
 
 /// The group kubeadm's default node bootstrap RBAC is bound to.
 pub const NODE_GROUP: &str = "system:bootstrappers:kubeadm:default-node-token";
@@ -40,40 +41,16 @@ pub fn secret_name(id: &str) -> String {
     format!("bootstrap-token-{id}")
 }
 
-/// RFC 3339 UTC.
+/// RFC 3339 UTC, whole seconds (`2026-11-21T20:02:03Z`), as kubeadm writes `expiration`.
 pub fn rfc3339(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    i64::try_from(secs).ok().and_then(|s| Timestamp::from_second(s).ok()).map(|ts| ts.to_string()).unwrap_or_default()
 }
 
-/// Parses what [`rfc3339`] writes (and kubeadm's `Z` form).
+/// Parses an RFC 3339 timestamp (with an offset, as kubeadm and we write them).
 pub fn parse_rfc3339(s: &str) -> Option<SystemTime> {
-    let b = s.as_bytes();
-    if b.len() != 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[19] != b'Z' {
-        return None;
-    }
-    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
-    let (y, m, d, hh, mm, ss) = (n(0..4)?, n(5..7)?, n(8..10)?, n(11..13)?, n(14..16)?, n(17..19)?);
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let secs = days * 86_400 + hh * 3600 + mm * 60 + ss;
-    u64::try_from(secs).ok().map(|s| UNIX_EPOCH + Duration::from_secs(s))
+    let ts: Timestamp = s.parse().ok()?;
+    u64::try_from(ts.as_second()).ok().map(|secs| UNIX_EPOCH + Duration::from_secs(secs))
 }
 
 /// The token Secret kubeadm expects.

@@ -1,4 +1,4 @@
-//! RFC 3339 timestamps without a date-time dependency.
+//! RFC 3339 timestamps (through the `jiff` that k8s-openapi re-exports).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -10,20 +10,11 @@ pub fn now_rfc3339() -> String {
 
 /// Seconds since the epoch as RFC 3339 UTC.
 pub fn format_unix(secs: u64) -> String {
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil-from-days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = if m <= 2 { y + 1 } else { y };
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| k8s_openapi::jiff::Timestamp::from_second(s).ok())
+        .map(|ts| ts.to_string())
+        .unwrap_or_else(|| "1970-01-01T00:00:00Z".into())
 }
 
 #[cfg(test)]
