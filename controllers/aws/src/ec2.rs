@@ -1,0 +1,361 @@
+//! The one seam to EC2: the calls the shim makes, behind a trait, and their `aws-sdk-ec2`
+//! implementation. Retries: the SDK's standard mode retries `RequestLimitExceeded` and 5xx with
+//! backoff; what is left after that comes back as an [`Ec2Error`] the reconciler requeues with
+//! its own backoff.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use aws_sdk_ec2::error::ProvideErrorMetadata;
+use aws_sdk_ec2::types::{
+    BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
+    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceType, ResourceType, Tag, TagSpecification,
+    VolumeType,
+};
+
+use crate::model::{Image, Instance};
+
+/// An EC2 failure, reduced to what decisions need. Never carries credentials.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("EC2 {operation}: {code}: {message}")]
+pub struct Ec2Error {
+    pub operation: &'static str,
+    /// EC2's error code, e.g. `InvalidAMIID.NotFound`, `RequestLimitExceeded`, or `Transport`.
+    pub code: String,
+    pub message: String,
+}
+
+impl Ec2Error {
+    pub fn throttled(&self) -> bool {
+        matches!(self.code.as_str(), "RequestLimitExceeded" | "Throttling" | "ThrottlingException")
+    }
+    pub fn not_found(&self) -> bool {
+        self.code.ends_with(".NotFound")
+    }
+}
+
+fn err<E: ProvideErrorMetadata + std::fmt::Debug>(operation: &'static str, e: E) -> Ec2Error {
+    let code = e.code().unwrap_or("Transport").to_string();
+    let message = e.message().map(String::from).unwrap_or_else(|| "no response from the EC2 endpoint".into());
+    Ec2Error { operation, code, message }
+}
+
+/// Everything `RunInstances` is given.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LaunchSpec {
+    pub image_id: String,
+    pub instance_type: String,
+    pub subnet_id: String,
+    pub security_group_ids: Vec<String>,
+    pub iam_instance_profile: Option<String>,
+    pub key_name: Option<String>,
+    /// Base64 user data.
+    pub user_data: String,
+    pub client_token: String,
+    pub tags: Vec<(String, String)>,
+    pub root_device_name: String,
+    pub root_volume_gib: i32,
+    pub root_volume_type: String,
+    pub root_volume_encrypted: bool,
+    pub root_volume_kms_key: Option<String>,
+    /// `optional` or `required`.
+    pub http_tokens: String,
+    pub hop_limit: i32,
+}
+
+/// The EC2 calls the shim makes.
+pub trait Ec2: Send + Sync {
+    /// Instances carrying every one of these tags (any state).
+    fn find_by_tags(&self, tags: &[(String, String)]) -> impl Future<Output = Result<Vec<Instance>, Ec2Error>> + Send;
+    fn describe(&self, id: &str) -> impl Future<Output = Result<Option<Instance>, Ec2Error>> + Send;
+    fn run(&self, spec: &LaunchSpec) -> impl Future<Output = Result<Instance, Ec2Error>> + Send;
+    fn terminate(&self, id: &str) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+    /// Windows images of `owner` whose name matches `pattern` (`*`/`?` wildcards).
+    fn find_images(&self, owner: &str, pattern: &str) -> impl Future<Output = Result<Vec<Image>, Ec2Error>> + Send;
+    fn image(&self, id: &str) -> impl Future<Output = Result<Option<Image>, Ec2Error>> + Send;
+    /// Subnets by ID or filters: (id, availability zone).
+    fn subnets(
+        &self,
+        ids: &[String],
+        filters: &[(String, Vec<String>)],
+    ) -> impl Future<Output = Result<Vec<(String, String)>, Ec2Error>> + Send;
+    /// The serial console text (decoded), if any.
+    fn console_output(&self, id: &str) -> impl Future<Output = Result<Option<String>, Ec2Error>> + Send;
+}
+
+/// The `aws-sdk-ec2` implementation.
+#[derive(Clone)]
+pub struct SdkEc2 {
+    client: aws_sdk_ec2::Client,
+}
+
+/// Static credentials (from a per-cluster identity Secret). `Debug` hides the secret.
+#[derive(Clone)]
+pub struct StaticCredentials {
+    pub access_key_id: String,
+    pub secret_access_key: String,
+    pub session_token: Option<String>,
+}
+
+impl std::fmt::Debug for StaticCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "StaticCredentials({}, <redacted>)", self.access_key_id)
+    }
+}
+
+impl SdkEc2 {
+    /// The default credential chain (environment, profile, IRSA/web identity, instance role) or
+    /// static credentials; `AWS_ENDPOINT_URL` (or `endpoint`) points it at another endpoint.
+    pub async fn new(region: &str, endpoint: Option<&str>, credentials: Option<StaticCredentials>) -> Self {
+        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(region.to_string()))
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5));
+        if let Some(e) = endpoint {
+            loader = loader.endpoint_url(e);
+        }
+        if let Some(c) = credentials {
+            loader = loader.credentials_provider(aws_credential_types::Credentials::new(
+                c.access_key_id,
+                c.secret_access_key,
+                c.session_token,
+                None,
+                "capwin-identity",
+            ));
+        }
+        Self { client: aws_sdk_ec2::Client::new(&loader.load().await) }
+    }
+}
+
+fn instance(i: &aws_sdk_ec2::types::Instance) -> Instance {
+    Instance {
+        id: i.instance_id().unwrap_or_default().to_string(),
+        state: i.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default(),
+        availability_zone: i.placement().and_then(|p| p.availability_zone()).unwrap_or_default().to_string(),
+        private_ip: i.private_ip_address().map(String::from),
+        private_dns: i.private_dns_name().filter(|d| !d.is_empty()).map(String::from),
+        client_token: i.client_token().filter(|t| !t.is_empty()).map(String::from),
+    }
+}
+
+fn image(i: &aws_sdk_ec2::types::Image) -> Image {
+    Image {
+        id: i.image_id().unwrap_or_default().to_string(),
+        name: i.name().unwrap_or_default().to_string(),
+        creation_date: i.creation_date().unwrap_or_default().to_string(),
+        root_device_name: i.root_device_name().map(String::from),
+    }
+}
+
+impl Ec2 for SdkEc2 {
+    async fn find_by_tags(&self, tags: &[(String, String)]) -> Result<Vec<Instance>, Ec2Error> {
+        let mut req = self.client.describe_instances();
+        for (k, v) in tags {
+            req = req.filters(Filter::builder().name(format!("tag:{k}")).values(v).build());
+        }
+        let out = req.send().await.map_err(|e| err("DescribeInstances", e))?;
+        Ok(out.reservations().iter().flat_map(|r| r.instances()).map(instance).collect())
+    }
+
+    async fn describe(&self, id: &str) -> Result<Option<Instance>, Ec2Error> {
+        match self.client.describe_instances().instance_ids(id).send().await {
+            Ok(out) => Ok(out.reservations().iter().flat_map(|r| r.instances()).map(instance).next()),
+            Err(e) if e.code() == Some("InvalidInstanceID.NotFound") => Ok(None),
+            Err(e) => Err(err("DescribeInstances", e)),
+        }
+    }
+
+    async fn run(&self, s: &LaunchSpec) -> Result<Instance, Ec2Error> {
+        let tags: Vec<Tag> = s.tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
+        let mut req = self
+            .client
+            .run_instances()
+            .image_id(&s.image_id)
+            .instance_type(InstanceType::from(s.instance_type.as_str()))
+            .min_count(1)
+            .max_count(1)
+            .subnet_id(&s.subnet_id)
+            .user_data(&s.user_data)
+            .client_token(&s.client_token)
+            .metadata_options(
+                InstanceMetadataOptionsRequest::builder()
+                    .http_endpoint(InstanceMetadataEndpointState::Enabled)
+                    .http_tokens(HttpTokensState::from(s.http_tokens.as_str()))
+                    .http_put_response_hop_limit(s.hop_limit)
+                    .build(),
+            )
+            .block_device_mappings(
+                BlockDeviceMapping::builder()
+                    .device_name(&s.root_device_name)
+                    .ebs(
+                        EbsBlockDevice::builder()
+                            .volume_size(s.root_volume_gib)
+                            .volume_type(VolumeType::from(s.root_volume_type.as_str()))
+                            .encrypted(s.root_volume_encrypted)
+                            .set_kms_key_id(s.root_volume_kms_key.clone())
+                            .delete_on_termination(true)
+                            .build(),
+                    )
+                    .build(),
+            )
+            .tag_specifications(
+                TagSpecification::builder().resource_type(ResourceType::Instance).set_tags(Some(tags.clone())).build(),
+            )
+            .tag_specifications(
+                TagSpecification::builder().resource_type(ResourceType::Volume).set_tags(Some(tags)).build(),
+            );
+        for sg in &s.security_group_ids {
+            req = req.security_group_ids(sg);
+        }
+        if let Some(p) = &s.iam_instance_profile {
+            req = req.iam_instance_profile(IamInstanceProfileSpecification::builder().name(p).build());
+        }
+        if let Some(k) = &s.key_name {
+            req = req.key_name(k);
+        }
+        let out = req.send().await.map_err(|e| err("RunInstances", e))?;
+        out.instances().first().map(instance).ok_or_else(|| Ec2Error {
+            operation: "RunInstances",
+            code: "EmptyResponse".into(),
+            message: "RunInstances returned no instance".into(),
+        })
+    }
+
+    async fn terminate(&self, id: &str) -> Result<(), Ec2Error> {
+        match self.client.terminate_instances().instance_ids(id).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("InvalidInstanceID.NotFound") => Ok(()),
+            Err(e) => Err(err("TerminateInstances", e)),
+        }
+    }
+
+    async fn find_images(&self, owner: &str, pattern: &str) -> Result<Vec<Image>, Ec2Error> {
+        let out = self
+            .client
+            .describe_images()
+            .owners(owner)
+            .filters(Filter::builder().name("name").values(pattern).build())
+            .filters(Filter::builder().name("platform").values("windows").build())
+            .filters(Filter::builder().name("state").values("available").build())
+            .send()
+            .await
+            .map_err(|e| err("DescribeImages", e))?;
+        Ok(out.images().iter().map(image).collect())
+    }
+
+    async fn image(&self, id: &str) -> Result<Option<Image>, Ec2Error> {
+        match self.client.describe_images().image_ids(id).send().await {
+            Ok(out) => Ok(out.images().first().map(image)),
+            Err(e) if e.code().is_some_and(|c| c.starts_with("InvalidAMIID")) => Ok(None),
+            Err(e) => Err(err("DescribeImages", e)),
+        }
+    }
+
+    async fn subnets(
+        &self,
+        ids: &[String],
+        filters: &[(String, Vec<String>)],
+    ) -> Result<Vec<(String, String)>, Ec2Error> {
+        let mut req = self.client.describe_subnets().set_subnet_ids((!ids.is_empty()).then(|| ids.to_vec()));
+        for (name, values) in filters {
+            req = req.filters(Filter::builder().name(name).set_values(Some(values.clone())).build());
+        }
+        match req.send().await {
+            Ok(out) => Ok(out
+                .subnets()
+                .iter()
+                .map(|s| {
+                    (
+                        s.subnet_id().unwrap_or_default().to_string(),
+                        s.availability_zone().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect()),
+            Err(e) if e.code() == Some("InvalidSubnetID.NotFound") => Ok(vec![]),
+            Err(e) => Err(err("DescribeSubnets", e)),
+        }
+    }
+
+    async fn console_output(&self, id: &str) -> Result<Option<String>, Ec2Error> {
+        let out =
+            self.client.get_console_output().instance_id(id).send().await.map_err(|e| err("GetConsoleOutput", e))?;
+        let Some(b64) = out.output() else { return Ok(None) };
+        use base64::Engine;
+        let bytes = base64::engine::general_purpose::STANDARD.decode(b64.trim()).unwrap_or_default();
+        Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
+    }
+}
+
+/// Counts calls per operation: the EC2 call budget per machine lifecycle is measured with it.
+pub struct Counting<E> {
+    pub inner: E,
+    pub counts: Arc<[AtomicU64; 8]>,
+}
+
+/// Operation names in [`Counting::counts`] order.
+pub const OPERATIONS: [&str; 8] = [
+    "DescribeInstances(tags)",
+    "DescribeInstances(id)",
+    "RunInstances",
+    "TerminateInstances",
+    "DescribeImages(lookup)",
+    "DescribeImages(id)",
+    "DescribeSubnets",
+    "GetConsoleOutput",
+];
+
+impl<E: Ec2> Counting<E> {
+    pub fn new(inner: E) -> Self {
+        Self { inner, counts: Arc::new(Default::default()) }
+    }
+    fn hit(&self, i: usize) {
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+    }
+    /// `(operation, calls)` for every operation called at least once.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        OPERATIONS
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (*n, self.counts[i].load(Ordering::Relaxed)))
+            .filter(|(_, c)| *c > 0)
+            .collect()
+    }
+}
+
+impl<E: Ec2> Ec2 for Counting<E> {
+    async fn find_by_tags(&self, tags: &[(String, String)]) -> Result<Vec<Instance>, Ec2Error> {
+        self.hit(0);
+        self.inner.find_by_tags(tags).await
+    }
+    async fn describe(&self, id: &str) -> Result<Option<Instance>, Ec2Error> {
+        self.hit(1);
+        self.inner.describe(id).await
+    }
+    async fn run(&self, spec: &LaunchSpec) -> Result<Instance, Ec2Error> {
+        self.hit(2);
+        self.inner.run(spec).await
+    }
+    async fn terminate(&self, id: &str) -> Result<(), Ec2Error> {
+        self.hit(3);
+        self.inner.terminate(id).await
+    }
+    async fn find_images(&self, owner: &str, pattern: &str) -> Result<Vec<Image>, Ec2Error> {
+        self.hit(4);
+        self.inner.find_images(owner, pattern).await
+    }
+    async fn image(&self, id: &str) -> Result<Option<Image>, Ec2Error> {
+        self.hit(5);
+        self.inner.image(id).await
+    }
+    async fn subnets(
+        &self,
+        ids: &[String],
+        filters: &[(String, Vec<String>)],
+    ) -> Result<Vec<(String, String)>, Ec2Error> {
+        self.hit(6);
+        self.inner.subnets(ids, filters).await
+    }
+    async fn console_output(&self, id: &str) -> Result<Option<String>, Ec2Error> {
+        self.hit(7);
+        self.inner.console_output(id).await
+    }
+}

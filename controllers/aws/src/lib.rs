@@ -1,0 +1,13 @@
+//! The EC2 side of the `AWSWindowsMachine` shim. This is the only crate that links
+//! `aws-sdk-ec2` (about four minutes of one core to compile), so edits elsewhere neither
+//! rebuild nor relink it.
+//!
+//! - [`model`]: pure pieces (tags, client token, user data, AMI choice, provider ID, states);
+//! - [`ec2`]: the one seam to EC2 (a trait, its SDK implementation and a call counter);
+//! - [`launch`]: AMI and subnet resolution, the launch request, idempotent creation.
+//!
+//! The `AWSWindowsMachine` reconciler that drives these comes with issue 5's remaining work.
+
+pub mod ec2;
+pub mod launch;
+pub mod model;
