@@ -8,7 +8,8 @@
 //!   `InfrastructureReady`/`ControlPlaneInitialized` conditions), and writes `<cluster>-ca`
 //!   (`tls.crt`, `tls.key`, a real self-signed CA) and `<cluster>-kubeconfig` (`value`: a
 //!   kubeconfig for the workload API server) with the cluster-name label and an owner reference
-//!   to the Cluster. Paused clusters are left alone.
+//!   to the Cluster (unless the Cluster carries [`SKIP_SECRETS_ANNOTATION`]). Paused clusters
+//!   are left alone.
 //! - **MachineDeployment**: keeps `spec.replicas` Machines (name `<md>-<n>`), each with a
 //!   bootstrap config and an infrastructure machine cloned from the templates the deployment
 //!   references (`spec.template.metadata` labels/annotations included), labelled with the
@@ -40,6 +41,8 @@ use serde_json::{Value, json};
 pub const CAPI_VERSION: &str = "v1beta2";
 /// Label CAPI puts on everything that belongs to a cluster.
 pub const CLUSTER_NAME_LABEL: &str = "cluster.x-k8s.io/cluster-name";
+/// Annotation on a Cluster that keeps the simulator from writing its `-ca`/`-kubeconfig` Secrets.
+pub const SKIP_SECRETS_ANNOTATION: &str = "testkit.capwin.io/skip-cluster-secrets";
 /// Label linking Machines to their MachineDeployment.
 pub const DEPLOYMENT_NAME_LABEL: &str = "cluster.x-k8s.io/deployment-name";
 
@@ -125,7 +128,10 @@ impl CapiSim {
             {
                 continue;
             }
-            self.cluster_secrets(&c, &ar).await?;
+            // Tests of a provider's handling of missing Secrets opt out per Cluster.
+            if c.annotations().get(SKIP_SECRETS_ANNOTATION).map(String::as_str) != Some("true") {
+                self.cluster_secrets(&c, &ar).await?;
+            }
             if c.data["status"]["initialization"]["controlPlaneInitialized"] != true {
                 let status = json!({"status": {
                     "initialization": {"infrastructureProvisioned": true, "controlPlaneInitialized": true},

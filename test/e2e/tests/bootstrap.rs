@@ -341,6 +341,21 @@ async fn bad_input_gets_a_named_condition_and_no_secret() {
     cluster(&env, "kc", 1, "AzureWindowsMachine", json!({})).await;
     ready_reason(&env, "kc-win-0", "InvalidKubeconfigSecret").await;
 
+    // Missing CA and kubeconfig Secrets: a Cluster whose Secrets CAPI has not written.
+    create_cluster(&env, "nosec", true).await;
+    let skip = json!({"metadata": {"annotations": {capwin_testkit::capi::SKIP_SECRETS_ANNOTATION: "true"}}});
+    env.capi("Cluster").patch("nosec", &PatchParams::default(), &Patch::Merge(skip)).await.unwrap();
+    workers(&env, "nosec", 1, "AzureWindowsMachine", json!({})).await;
+    ready_reason(&env, "nosec-win-0", "MissingCASecret").await;
+    let (crt, key) = capwin_testkit::capi::self_signed_ca("nosec").unwrap();
+    let ca = {
+        use base64::Engine;
+        let b = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        json!({"metadata": {"name": "nosec-ca"}, "data": {"tls.crt": b(&crt), "tls.key": b(&key)}})
+    };
+    env.secrets().create(&Default::default(), &serde_json::from_value(ca).unwrap()).await.unwrap();
+    ready_reason(&env, "nosec-win-0", "MissingKubeconfigSecret").await;
+
     // A Cluster reported ready but without an endpoint.
     create_cluster(&env, "ep", false).await;
     let status =
@@ -349,7 +364,7 @@ async fn bad_input_gets_a_named_condition_and_no_secret() {
     workers(&env, "ep", 1, "AzureWindowsMachine", json!({})).await;
     ready_reason(&env, "ep-win-0", "MissingControlPlaneEndpoint").await;
 
-    for name in ["orphan", "inv-win-0", "cf-win-0", "big-win-0", "ca-win-0", "kc-win-0", "ep-win-0"] {
+    for name in ["orphan", "inv-win-0", "cf-win-0", "big-win-0", "ca-win-0", "kc-win-0", "ep-win-0", "nosec-win-0"] {
         assert!(env.secrets().get_opt(name).await.unwrap().is_none(), "{name}: no partial Secret");
     }
 }
