@@ -1,7 +1,21 @@
 #!/usr/bin/env python3
-"""Checks capwin's clusterctl packaging: config/ (two providers), tilt-provider.yaml, Dockerfile.
+"""Checks capwin's clusterctl packaging: config/ (two providers), tilt-provider.yaml, Dockerfile,
+and the output of `capwin release`.
 
-Renders config/bootstrap, config/infrastructure and config/crd with
+Usage (run with the manifests venv python; test/config/check.sh and test/release/check.sh do):
+
+    check.py                 self-test, then the real checks
+    check.py --self-test     fixtures only (test/config/fixtures/, release layouts included)
+    check.py --no-self-test  the real checks only
+    check.py --render DIR    print the rendered kustomize root (what the checks see)
+    check.py --release DIR --version vX.Y.Z
+                             check a `capwin release --version vX.Y.Z --out DIR` layout
+
+The default run ends with `config checks: N passed, M failed`, --release with
+`release checks: N passed, M failed`; exit 1 on any failure, 2 on a usage error or when kubectl is
+missing (both modes render config/ with it).
+
+Default run: renders config/bootstrap, config/infrastructure and config/crd with
 `kubectl kustomize --load-restrictor=LoadRestrictionsNone`, then checks each provider's components
 stream against the clusterctl rules (one Namespace, everything in it, provider label, CRD names and
 contract labels, one Deployment with a container named `manager`, probes, resources, the restricted
@@ -11,13 +25,18 @@ test/manifests/validate.py, and checks tilt-provider.yaml, the Dockerfile and .d
 statically. A self-test runs the same checks on test/config/fixtures/, where each bad fixture must
 give exactly the expected problems.
 
-    check.py                 self-test, then the real checks
-    check.py --self-test     fixtures only
-    check.py --no-self-test  the real checks only
-    check.py --render DIR    print the rendered kustomize root (what the checks see)
-
-Ends with `config checks: N passed, M failed`; exit 1 on any failure, 2 when kubectl is missing.
-Run it with the manifests venv python (test/config/check.sh does).
+--release DIR: DIR is a clusterctl local repository, checked with the rules clusterctl enforces
+(capi-contracts.md section 6, "clusterctl conventions"): exactly the folders bootstrap-capwin/vX.Y.Z/
+and infrastructure-capwin/vX.Y.Z/; in them exactly <type>-components.yaml and metadata.yaml, plus
+the cluster-template-*.yaml files in the infrastructure one only; metadata.yaml decoded strictly as
+clusterctl >= 1.11 does (apiVersion, kind, non-empty releaseSeries of {major, minor, contract}, no
+unknown or duplicate keys, one series for the version's major.minor with contract v1beta2); each
+components file passes the same provider rules as the kustomize output above, every image in it has
+the tag vX.Y.Z, it equals the kustomize render of its config/ root apart from that tag (compared as
+objects, so order and formatting may differ) and is valid against the schemas; the templates are
+byte-identical copies of templates/ with valid ${VAR} references. The self-test runs these checks
+on the layouts in test/config/fixtures/release/; the default run also on a layout it assembles from
+the render and templates/, as `capwin release` should.
 """
 import argparse
 import base64
@@ -29,6 +48,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 
 import yaml
 
@@ -163,7 +183,8 @@ def pluralize(kind):
     return k + 's'
 
 
-def variable_problems(text):
+def variable_problems(text, prefix=VARIABLE_PREFIX):
+    """Malformed ${...} references; with a prefix, names not starting with it (but standard ones)."""
     out = []
     for m in re.finditer(r'\$\{', text):
         end = text.find('}', m.start())
@@ -178,8 +199,8 @@ def variable_problems(text):
                        '[A-Z0-9_]' % ref)
             continue
         name = re.match(r'\$\{([A-Z0-9_]+)', ref).group(1)
-        if not name.startswith(VARIABLE_PREFIX) and name not in STANDARD_VARIABLES:
-            out.append('variables: ${%s} does not start with %s' % (name, VARIABLE_PREFIX))
+        if prefix and not name.startswith(prefix) and name not in STANDARD_VARIABLES:
+            out.append('variables: ${%s} does not start with %s' % (name, prefix))
     return out
 
 
@@ -460,6 +481,386 @@ def components_problems(text, spec):
 
 
 # --------------------------------------------------------------------------------------------
+# A `capwin release` output: a clusterctl local repository <provider-label>/<version>/...
+# --------------------------------------------------------------------------------------------
+
+RELEASE_VERSION_RE = re.compile(r'^v(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)'
+                                r'(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$')
+METADATA_API_VERSION = 'clusterctl.cluster.x-k8s.io/v1alpha3'
+CONTRACT = CONTRACT_LABEL.rpartition('/')[2]  # the contract our CRDs carry, so metadata.yaml's too
+TEMPLATES = os.path.join(REPO, 'templates')
+TEMPLATE_RE = re.compile(r'^cluster-template-[^/]+\.yaml$')
+POD_TEMPLATE_KINDS = {'Deployment', 'DaemonSet', 'StatefulSet', 'ReplicaSet', 'Job'}
+IMAGE_TAG_RE = re.compile(r':[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}(?=\}?$)')
+
+
+class StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys, as clusterctl's strict decoding does."""
+
+
+def _mapping_without_duplicates(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, 'duplicate key %r' % (key,), key_node.start_mark)
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates)
+
+
+def strict_docs(text):
+    return [d for d in yaml.load_all(text, Loader=StrictLoader) if d is not None]
+
+
+def one_line(err):
+    return ' '.join(str(err).split())
+
+
+def is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def version_series(version):
+    m = RELEASE_VERSION_RE.match(version)
+    return int(m.group(1)), int(m.group(2))
+
+
+def metadata_problems(text, version):
+    """clusterctl's (strict) reading of metadata.yaml for a release of `version`."""
+    try:
+        docs = strict_docs(text)
+    except yaml.YAMLError as e:
+        return ['not valid YAML: %s' % one_line(e)]
+    if len(docs) != 1 or not isinstance(docs[0], dict):
+        return ['want exactly one YAML mapping (a Metadata object), found %d document(s)' % len(docs)]
+    m, out = docs[0], []
+    for k in m:
+        # Metadata = TypeMeta + ObjectMeta (`metadata`, never needed) + releaseSeries.
+        if k not in ('apiVersion', 'kind', 'metadata', 'releaseSeries'):
+            out.append('unknown key %r (clusterctl >= 1.11 decodes metadata.yaml strictly)' % (k,))
+    if m.get('apiVersion') != METADATA_API_VERSION:
+        out.append('apiVersion is %r; want %s' % (m.get('apiVersion'), METADATA_API_VERSION))
+    if m.get('kind') != 'Metadata':
+        out.append('kind is %r; want Metadata' % (m.get('kind'),))
+    if 'metadata' in m and not isinstance(m['metadata'], dict):
+        out.append('metadata is %r; want a mapping (or leave it out)' % (m['metadata'],))
+    series = m.get('releaseSeries')
+    if not isinstance(series, list) or not series:
+        return out + ['releaseSeries is %r; want a non-empty list of {major, minor, contract}' % (series,)]
+    seen = {}
+    for i, s in enumerate(series):
+        where = 'releaseSeries[%d]' % i
+        if not isinstance(s, dict):
+            out.append('%s is %r; want a mapping {major, minor, contract}' % (where, s))
+            continue
+        ok = True
+        for k in s:
+            if k not in ('major', 'minor', 'contract'):
+                out.append('%s: unknown key %r' % (where, k))
+                ok = False
+        for k in ('major', 'minor'):
+            if k not in s:
+                out.append('%s: %s missing' % (where, k))
+                ok = False
+            elif not is_int(s[k]) or s[k] < 0:
+                out.append('%s: %s is %r; want a non-negative integer' % (where, k, s[k]))
+                ok = False
+        if 'contract' not in s:
+            out.append('%s: contract missing' % where)
+            ok = False
+        elif not isinstance(s['contract'], str) or not re.fullmatch(r'v[0-9]+((alpha|beta)[0-9]+)?',
+                                                                    s['contract']):
+            out.append('%s: contract is %r; want a Cluster API contract such as %s' % (
+                where, s['contract'], CONTRACT))
+            ok = False
+        if ok:
+            seen.setdefault((s['major'], s['minor']), []).append(s['contract'])
+    for (major, minor), contracts in sorted(seen.items()):
+        if len(contracts) > 1:
+            out.append('releaseSeries: %d entries for %d.%d; want one' % (len(contracts), major, minor))
+    major, minor = version_series(version)
+    contracts = seen.get((major, minor))
+    if not contracts:
+        out.append('releaseSeries has no valid entry for %d.%d (the series of %s); clusterctl refuses '
+                   'the release' % (major, minor, version))
+    elif contracts[0] != CONTRACT:
+        out.append('the %d.%d series has contract %s; the CRDs carry %s, so want %s' % (
+            major, minor, contracts[0], CONTRACT_LABEL, CONTRACT))
+    return out
+
+
+def pod_containers(docs):
+    """(object, container) for every container and init container of every pod template."""
+    for o in docs:
+        if o.get('kind') in POD_TEMPLATE_KINDS:
+            pod = (((o.get('spec') or {}).get('template') or {}).get('spec')) or {}
+            for c in (pod.get('initContainers') or []) + (pod.get('containers') or []):
+                yield o, c
+
+
+def image_tag_problems(docs, version):
+    out, seen = [], 0
+    for o, c in pod_containers(docs):
+        seen += 1
+        image = str(c.get('image', ''))
+        m = re.fullmatch(r'\$\{[A-Z0-9_]+:=([^}]*)\}', image)
+        cm = CANONICAL_IMAGE_RE.match(m.group(1) if m else image)
+        who = '%s container %s' % (ident(o), c.get('name'))
+        if not cm:
+            out.append('image: %s: %r has no canonical registry/name:tag (as a ${VAR:=default} default '
+                       'or the image itself)' % (who, image))
+        elif cm.group('tag') != version:
+            out.append('image: %s: %s has tag %s; want %s' % (who, image, cm.group('tag'), version))
+    if not seen:
+        out.append('image: no pod template with containers')
+    return out
+
+
+def without_image_tags(docs):
+    docs = copy.deepcopy(docs)
+    for _, c in pod_containers(docs):
+        if isinstance(c.get('image'), str):
+            c['image'] = IMAGE_TAG_RE.sub(':<tag>', c['image'])
+    return docs
+
+
+MISSING = type('Missing', (), {'__repr__': lambda self: 'absent'})()
+
+
+def first_difference(there, here, path=''):
+    """(path, value there, value here) of the first difference, or None. MISSING when absent."""
+    if isinstance(there, dict) and isinstance(here, dict):
+        for k in sorted(set(there) | set(here), key=str):
+            p = '%s.%s' % (path, k) if path else str(k)
+            if k not in there or k not in here:
+                return p, there.get(k, MISSING), here.get(k, MISSING)
+            d = first_difference(there[k], here[k], p)
+            if d:
+                return d
+        return None
+    if isinstance(there, list) and isinstance(here, list):
+        for i, (a, b) in enumerate(zip(there, here)):
+            d = first_difference(a, b, '%s[%d]' % (path, i))
+            if d:
+                return d
+        if len(there) != len(here):
+            return path, '%d items' % len(there), '%d items' % len(here)
+        return None
+    if type(there) is not type(here) or there != here:
+        return path, there, here
+    return None
+
+
+def short(v):
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + '...'
+
+
+def render_drift(docs, ref_docs, what):
+    """How `docs` differ from the render `ref_docs` (named `what`), image tags aside."""
+    def index(ds):
+        out = {}
+        for o in without_image_tags(ds):
+            md = o.get('metadata') or {}
+            out.setdefault((str(o.get('apiVersion')), str(o.get('kind')), str(md.get('namespace') or ''),
+                            str(md.get('name'))), []).append(o)
+        return out
+    here, there = index(docs), index(ref_docs)
+    out = []
+    for key in sorted(set(here) | set(there)):
+        name = '%s/%s' % (key[1], key[3])
+        if key not in there:
+            out.append('%s is not in %s' % (name, what))
+        elif key not in here:
+            out.append('%s of %s is missing' % (name, what))
+        elif len(here[key]) != len(there[key]):
+            out.append('%s appears %d times; %d in %s' % (name, len(here[key]), len(there[key]), what))
+        else:
+            for a, b in zip(there[key], here[key]):
+                d = first_difference(a, b)
+                if d:
+                    out.append('%s differs from %s (image tags aside) at %s: %s there, %s here' % (
+                        name, what, d[0], short(d[1]), short(d[2])))
+                    break
+    return out
+
+
+def is_template_name(name):
+    return name.startswith('cluster-template') or name.startswith('clusterclass')
+
+
+def release_checks(root, version, reference, templates_dir):
+    """[(case name, problems)] for the clusterctl local repository `root`, a release of `version`.
+
+    reference: {provider key: (what, text)}, the kustomize render each components file must equal
+    apart from the image tag (a provider missing from it is reported, not compared);
+    templates_dir: where the cluster-template-*.yaml come from."""
+    if not os.path.isdir(root):
+        return [('release layout', ['layout: %s is not a directory' % root])]
+    major, minor = version_series(version)
+    labels = {p['label']: key for key, p in PROVIDERS.items()}
+    layout, templates, cases = [], [], []
+    infra_dir = None
+
+    def misplaced_template(rel):
+        templates.append('templates: %s: templates belong in infrastructure-capwin/%s/ only' % (
+            rel, version))
+
+    for name in sorted(os.listdir(root)):
+        if name in labels:
+            if not os.path.isdir(os.path.join(root, name)):
+                layout.append('layout: %s is not a directory' % name)
+        elif is_template_name(name):
+            misplaced_template(name)
+        else:
+            layout.append('layout: %s: unexpected; a capwin release holds only %s' % (
+                name, ' and '.join(sorted(labels))))
+    for key, p in PROVIDERS.items():
+        label = p['label']
+        pdir, vdir = os.path.join(root, label), os.path.join(root, label, version)
+        rel_v = '%s/%s' % (label, version)
+        meta_case = '%s: metadata.yaml (strict %s, %d.%d has contract %s)' % (
+            label, METADATA_API_VERSION.rpartition('/')[2], major, minor, CONTRACT)
+        comp_name = '%s-components.yaml' % key
+        if not os.path.isdir(pdir):
+            layout.append('layout: %s missing' % label)
+        else:
+            for name in sorted(os.listdir(pdir)):
+                if name == version:
+                    continue
+                if is_template_name(name):
+                    misplaced_template('%s/%s' % (label, name))
+                else:
+                    layout.append('layout: %s/%s: unexpected; want only the version folder %s' % (
+                        label, name, version))
+            if not os.path.isdir(vdir):
+                layout.append('layout: %s missing' % rel_v)
+        if not os.path.isdir(vdir):
+            cases.append((meta_case, ['%s/metadata.yaml not checked: no %s' % (rel_v, rel_v)]))
+            cases.append(('%s: components' % label,
+                          ['%s/%s not checked: no %s' % (rel_v, comp_name, rel_v)]))
+            continue
+        if key == 'infrastructure':
+            infra_dir = vdir
+        wanted = [comp_name, 'metadata.yaml']
+        for name in sorted(os.listdir(vdir)):
+            rel = '%s/%s' % (rel_v, name)
+            if name in wanted:
+                if not os.path.isfile(os.path.join(vdir, name)):
+                    layout.append('layout: %s is not a file' % rel)
+            elif key == 'infrastructure' and TEMPLATE_RE.match(name):
+                continue  # the templates case checks them
+            elif key != 'infrastructure' and is_template_name(name):
+                misplaced_template(rel)
+            else:
+                layout.append('layout: %s: unexpected; clusterctl reads %s here' % (
+                    rel, ', '.join(wanted + (['cluster-template-<flavour>.yaml']
+                                             if key == 'infrastructure' else []))))
+
+        rel = '%s/metadata.yaml' % rel_v
+        path = os.path.join(vdir, 'metadata.yaml')
+        if os.path.isfile(path):
+            cases.append((meta_case, ['%s: %s' % (rel, x) for x in
+                                      metadata_problems(read_text(path), version)]))
+        else:
+            cases.append((meta_case, ['%s missing' % rel]))
+
+        rel = '%s/%s' % (rel_v, comp_name)
+        path = os.path.join(vdir, comp_name)
+        if not os.path.isfile(path):
+            cases.append(('%s: components' % label, ['%s missing' % rel]))
+            continue
+        text = read_text(path)
+        try:
+            docs = strict_docs(text)
+            assert docs and all(isinstance(d, dict) for d in docs), 'not a stream of objects'
+        except (yaml.YAMLError, AssertionError) as e:
+            cases.append(('%s: components' % label, ['%s: not valid YAML: %s' % (rel, one_line(e))]))
+            continue
+        try:
+            rules = components_problems(text, p)
+        except Exception as e:  # a shape the rules do not expect: report, keep checking the rest
+            rules = ['the rules could not run: %s: %s' % (type(e).__name__, one_line(e))]
+        cases.append(('%s: components: clusterctl rules, Deployment, RBAC table, variables' % label,
+                      ['%s: %s' % (rel, x) for x in rules]))
+        cases.append(('%s: components: every image tagged %s' % (label, version),
+                      ['%s: %s' % (rel, x) for x in image_tag_problems(docs, version)]))
+        ref = reference.get(key)
+        what = ref[0] if ref else 'kubectl kustomize %s' % p['root']
+        drift = (render_drift(docs, load_docs(ref[1]), what) if ref
+                 else ['not compared: no render of %s' % p['root']])
+        cases.append(('%s: components: equal to %s apart from the image tag' % (label, what),
+                      ['%s: %s' % (rel, x) for x in drift]))
+
+    sources = {os.path.basename(f): f
+               for f in glob.glob(os.path.join(templates_dir, 'cluster-template-*.yaml'))}
+    src_rel = os.path.relpath(templates_dir, REPO) + '/'
+    if infra_dir:
+        rel_v = 'infrastructure-capwin/%s' % version
+        present = sorted(n for n in os.listdir(infra_dir) if TEMPLATE_RE.match(n))
+        for name in present:
+            rel = '%s/%s' % (rel_v, name)
+            if not os.path.isfile(os.path.join(infra_dir, name)):
+                templates.append('templates: %s is not a file' % rel)
+                continue
+            data = open(os.path.join(infra_dir, name), 'rb').read()
+            if name not in sources:
+                templates.append('templates: %s is not in %s' % (rel, src_rel))
+            elif data != open(sources[name], 'rb').read():
+                templates.append('templates: %s differs from %s' % (
+                    rel, os.path.relpath(sources[name], REPO)))
+            try:
+                text = data.decode('utf-8')
+            except UnicodeDecodeError as e:
+                templates.append('templates: %s is not UTF-8: %s' % (rel, e))
+                continue
+            templates += ['templates: %s: %s' % (rel, x) for x in variable_problems(text, prefix=None)]
+        for name in sorted(set(sources) - set(present)):
+            templates.append('templates: %s of %s is missing' % (name, src_rel))
+    else:
+        templates.append('templates: not checked: no infrastructure-capwin/%s' % version)
+    cases.insert(0, ('release layout: %s/%s, %s/%s, file names' % (
+        PROVIDERS['bootstrap']['label'], version, PROVIDERS['infrastructure']['label'], version), layout))
+    cases.append(('templates: cluster-template-*.yaml in infrastructure-capwin only, as in %s, valid '
+                  '${VAR}s' % src_rel, templates))
+    return cases
+
+
+def read_text(path):
+    return open(path, encoding='utf-8', errors='replace').read()
+
+
+def retagged(text, version):
+    """The components `text` with every pod template image's tag set to `version` (the way
+    `capwin release` is meant to produce its components; the self-test's oracle)."""
+    out = text
+    for _, c in pod_containers(load_docs(text)):
+        image = c.get('image', '')
+        out = out.replace(image, IMAGE_TAG_RE.sub(':' + version, image))
+    return out
+
+
+def assemble_release(out, version, rendered, templates_dir=TEMPLATES):
+    """Write by hand the layout `capwin release --version VERSION --out OUT` should write."""
+    major, minor = version_series(version)
+    for key, p in PROVIDERS.items():
+        d = os.path.join(out, p['label'], version)
+        os.makedirs(d)
+        with open(os.path.join(d, '%s-components.yaml' % key), 'w', encoding='utf-8') as f:
+            f.write(retagged(rendered[key], version))
+        with open(os.path.join(d, 'metadata.yaml'), 'w', encoding='utf-8') as f:
+            f.write('apiVersion: %s\nkind: Metadata\nreleaseSeries:\n- major: %d\n  minor: %d\n'
+                    '  contract: %s\n' % (METADATA_API_VERSION, major, minor, CONTRACT))
+        if key == 'infrastructure':
+            for t in glob.glob(os.path.join(templates_dir, 'cluster-template-*.yaml')):
+                shutil.copyfile(t, os.path.join(d, os.path.basename(t)))
+
+
+# --------------------------------------------------------------------------------------------
 # .dockerignore (Docker's rules, enough for our patterns: *, ?, **, !exceptions, parents)
 # --------------------------------------------------------------------------------------------
 
@@ -608,6 +1009,163 @@ FIXTURE_EXPECTATIONS = {
 }
 
 
+RELEASE_FIXTURES = os.path.join(FIXTURES, 'release')
+RELEASE_FIXTURE_VERSION = 'v0.1.0'
+# release/<name>/ is release/good/ (symlinks to its files) with the changes the files' headers and
+# these comments name; checked as a release of v0.1.0 against the stand-in renders
+# fixtures/good-components.yaml and fixtures/good-infrastructure-components.yaml and the stand-in
+# templates in release/templates/. Each must give exactly these problems.
+RELEASE_FIXTURE_EXPECTATIONS = {
+    # infrastructure metadata.yaml: contract v1beta1 for 0.1.
+    'bad-metadata-contract': [
+        'infrastructure-capwin/v0.1.0/metadata.yaml: the 0.1 series has contract v1beta1; the CRDs '
+        'carry cluster.x-k8s.io/v1beta2, so want v1beta2',
+    ],
+    # bootstrap metadata.yaml: unknown key, string minor, clusterAPIVersion instead of contract.
+    'bad-metadata-shape': [
+        "bootstrap-capwin/v0.1.0/metadata.yaml: unknown key 'provider' (clusterctl >= 1.11 decodes "
+        "metadata.yaml strictly)",
+        "bootstrap-capwin/v0.1.0/metadata.yaml: releaseSeries[0]: minor is '1'; want a non-negative "
+        "integer",
+        "bootstrap-capwin/v0.1.0/metadata.yaml: releaseSeries[1]: unknown key 'clusterAPIVersion'",
+        'bootstrap-capwin/v0.1.0/metadata.yaml: releaseSeries[1]: contract missing',
+        'bootstrap-capwin/v0.1.0/metadata.yaml: releaseSeries has no valid entry for 0.1 (the series '
+        'of v0.1.0); clusterctl refuses the release',
+    ],
+    # bootstrap-components.yaml written as components.yaml.
+    'bad-missing-components': [
+        'layout: bootstrap-capwin/v0.1.0/components.yaml: unexpected; clusterctl reads '
+        'bootstrap-components.yaml, metadata.yaml here',
+        'bootstrap-capwin/v0.1.0/bootstrap-components.yaml missing',
+    ],
+    # infrastructure-components.yaml with a second Namespace.
+    'bad-two-namespaces': [
+        'infrastructure-capwin/v0.1.0/infrastructure-components.yaml: namespace: 2 Namespace objects '
+        '(capwin-infrastructure-system, capwin-extra); clusterctl needs exactly one',
+        'infrastructure-capwin/v0.1.0/infrastructure-components.yaml: Namespace/capwin-extra is not in '
+        'fixtures/good-infrastructure-components.yaml',
+    ],
+    # a template copied into the bootstrap provider's folder too.
+    'bad-template-placement': [
+        'templates: bootstrap-capwin/v0.1.0/cluster-template-demo.yaml: templates belong in '
+        'infrastructure-capwin/v0.1.0/ only',
+    ],
+    # bootstrap image tag left at dev; infrastructure memory limit changed.
+    'bad-image-and-drift': [
+        'bootstrap-capwin/v0.1.0/bootstrap-components.yaml: image: '
+        'Deployment/capwin-bootstrap-controller-manager container manager: '
+        '${CAPWIN_IMAGE:=ghcr.io/capwin/capwin:dev} has tag dev; want v0.1.0',
+        'infrastructure-capwin/v0.1.0/infrastructure-components.yaml: '
+        'Deployment/capwin-infrastructure-controller-manager differs from '
+        'fixtures/good-infrastructure-components.yaml (image tags aside) at '
+        "spec.template.spec.containers[0].resources.limits.memory: '256Mi' there, '512Mi' here",
+    ],
+    # demo template edited (two malformed variables), other template missing, an unknown extra one.
+    'bad-template-drift': [
+        'templates: infrastructure-capwin/v0.1.0/cluster-template-demo.yaml differs from '
+        'test/config/fixtures/release/templates/cluster-template-demo.yaml',
+        'templates: infrastructure-capwin/v0.1.0/cluster-template-demo.yaml: variables: '
+        '${NAMESPACE:-default} must look like ${NAME} or ${NAME:=default} with NAME in [A-Z0-9_]',
+        'templates: infrastructure-capwin/v0.1.0/cluster-template-demo.yaml: variables: '
+        '${cluster_name} must look like ${NAME} or ${NAME:=default} with NAME in [A-Z0-9_]',
+        'templates: infrastructure-capwin/v0.1.0/cluster-template-demo.yaml: variables: '
+        '${cluster_name} must look like ${NAME} or ${NAME:=default} with NAME in [A-Z0-9_]',
+        'templates: infrastructure-capwin/v0.1.0/cluster-template-extra.yaml is not in '
+        'test/config/fixtures/release/templates/',
+        'templates: cluster-template-other.yaml of test/config/fixtures/release/templates/ is missing',
+    ],
+    # a README.md beside the providers; the infrastructure version folder named 0.1.0.
+    'bad-layout': [
+        'layout: README.md: unexpected; a capwin release holds only bootstrap-capwin and '
+        'infrastructure-capwin',
+        'layout: infrastructure-capwin/0.1.0: unexpected; want only the version folder v0.1.0',
+        'layout: infrastructure-capwin/v0.1.0 missing',
+        'infrastructure-capwin/v0.1.0/metadata.yaml not checked: no infrastructure-capwin/v0.1.0',
+        'infrastructure-capwin/v0.1.0/infrastructure-components.yaml not checked: no '
+        'infrastructure-capwin/v0.1.0',
+        'templates: not checked: no infrastructure-capwin/v0.1.0',
+    ],
+}
+
+
+def release_fixture_problems(name):
+    reference = {'bootstrap': ('fixtures/good-components.yaml', fixture('good-components.yaml')),
+                 'infrastructure': ('fixtures/good-infrastructure-components.yaml',
+                                    fixture('good-infrastructure-components.yaml'))}
+    checks = release_checks(os.path.join(RELEASE_FIXTURES, name), RELEASE_FIXTURE_VERSION, reference,
+                            os.path.join(RELEASE_FIXTURES, 'templates'))
+    return [x for _, problems in checks for x in problems]
+
+
+def expect_exactly(got, expected):
+    missing, extra = list(expected), []
+    for g in got:
+        if g in missing:
+            missing.remove(g)
+        else:
+            extra.append(g)
+    assert not missing and not extra, 'missing:\n  %s\nunexpected:\n  %s' % (
+        '\n  '.join(missing) or '-', '\n  '.join(extra) or '-')
+
+
+def release_self_test_cases():
+    cases = []
+
+    def good_infrastructure():
+        expect_clean(components_problems(fixture('good-infrastructure-components.yaml'),
+                                         PROVIDERS['infrastructure']))
+    cases.append(('selftest: good-infrastructure-components.yaml has no problems (infrastructure rules)',
+                  good_infrastructure))
+
+    def good_release():
+        expect_clean(release_fixture_problems('good'))
+    cases.append(('selftest: release/good passes every release check', good_release))
+
+    def all_fixtures_listed():
+        dirs = set(os.listdir(RELEASE_FIXTURES)) - {'good', 'templates'}
+        assert dirs == set(RELEASE_FIXTURE_EXPECTATIONS), 'release fixtures %s, expectations for %s' % (
+            sorted(dirs), sorted(RELEASE_FIXTURE_EXPECTATIONS))
+    cases.append(('selftest: every release/ fixture has its expected problems', all_fixtures_listed))
+
+    for name, expected in RELEASE_FIXTURE_EXPECTATIONS.items():
+        def bad(name=name, expected=expected):
+            expect_exactly(release_fixture_problems(name), expected)
+        cases.append(('selftest: release/%s gives exactly its %d problems' % (name, len(expected)), bad))
+
+    def metadata_rules():
+        head = 'apiVersion: %s\nkind: Metadata\n' % METADATA_API_VERSION
+        ok = head + 'releaseSeries:\n- {major: 0, minor: 1, contract: v1beta1}\n' \
+                    '- {major: 1, minor: 2, contract: v1beta2}\n'
+        expect_clean(metadata_problems(ok, 'v1.2.0-rc.1+build.5'))
+        expect_clean(metadata_problems(ok + 'metadata: {name: capwin}\n', 'v1.2.3'))
+        for text, version, want in (
+                (ok, 'v0.1.0', 'the 0.1 series has contract v1beta1'),
+                (ok, 'v1.3.0', 'no valid entry for 1.3'),
+                (head + 'kind: Metadata\nreleaseSeries: []\n', 'v0.1.0', 'duplicate key'),
+                (head + 'releaseSeries: []\n', 'v0.1.0', 'want a non-empty list'),
+                (head + 'releaseSeries:\n- {major: true, minor: 1, contract: v1beta2}\n', 'v1.1.0',
+                 'major is True; want a non-negative integer'),
+                (head + 'releaseSeries:\n- {major: 0, minor: 1, contract: v1beta2}\n'
+                        '- {major: 0, minor: 1, contract: v1beta2}\n', 'v0.1.0', '2 entries for 0.1'),
+                (ok + '---\n' + ok, 'v1.2.0', 'found 2 document(s)'),
+                (ok.replace('v1alpha3', 'v1alpha2'), 'v1.2.0',
+                 "apiVersion is 'clusterctl.cluster.x-k8s.io/v1alpha2'"),
+                (ok.replace('contract: v1beta2', 'contract: 1beta2'), 'v1.2.0', "contract is '1beta2'")):
+            got = metadata_problems(text, version)
+            assert any(want in g for g in got), 'want %r for %r (%s), got %s' % (want, text, version, got)
+    cases.append(('selftest: metadata.yaml rules (duplicate keys, bools, pre-releases, documents)',
+                  metadata_rules))
+
+    def release_usage():
+        for args in (['--release', RELEASE_FIXTURES], ['--release', RELEASE_FIXTURES, '--version', '0.1.0'],
+                     ['--version', 'v0.1.0']):
+            p = subprocess.run([sys.executable, os.path.abspath(__file__), *args],
+                               capture_output=True, text=True)
+            assert p.returncode == 2 and '--version' in p.stderr, (args, p.returncode, p.stderr)
+    cases.append(('selftest: --release needs --version vX.Y.Z (usage errors exit 2)', release_usage))
+    return cases
+
+
 def self_test_cases():
     spec = PROVIDERS['bootstrap']
     cases = []
@@ -659,21 +1217,23 @@ def self_test_cases():
         assert bind_address_problem('--x', '0') is None
         assert bind_address_problem('--x', ':9440') and bind_address_problem('--x', 'localhost:1')
     cases.append(('selftest: CRD plurals, bind addresses', plural_and_bind_rules))
-    return cases
+    return cases + release_self_test_cases()
+
+
+def render_case(rendered, key, root):
+    """A case rendering `root` into rendered[key]."""
+    def fn():
+        rendered[key] = render(root)
+        assert load_docs(rendered[key]), '%s rendered nothing' % root
+    return ('render %s' % root, fn)
 
 
 def repo_cases():
     cases = []
     rendered = {}
-
-    def do_render(key, root):
-        def fn():
-            rendered[key] = render(root)
-            assert load_docs(rendered[key]), '%s rendered nothing' % root
-        return fn
     for key, p in PROVIDERS.items():
-        cases.append(('render %s' % p['root'], do_render(key, p['root'])))
-    cases.append(('render config/crd', do_render('crd', 'config/crd')))
+        cases.append(render_case(rendered, key, p['root']))
+    cases.append(render_case(rendered, 'crd', 'config/crd'))
 
     def need(*keys):
         missing = [k for k in keys if k not in rendered]
@@ -785,6 +1345,15 @@ def repo_cases():
         expect_clean(problems)
     cases.append(('variables: each documented in config/README.md with its default', variables_documented))
 
+    def assembled_release():
+        need('bootstrap', 'infrastructure')
+        with tempfile.TemporaryDirectory(prefix='capwin-release-') as out:
+            assemble_release(out, 'v0.1.0', rendered)
+            reference = {k: ('kubectl kustomize %s' % PROVIDERS[k]['root'], rendered[k]) for k in PROVIDERS}
+            expect_clean([x for _, ps in release_checks(out, 'v0.1.0', reference, TEMPLATES) for x in ps])
+    cases.append(('release: a layout assembled from the render and templates/ passes --release',
+                  assembled_release))
+
     def tilt_provider():
         path = os.path.join(REPO, 'tilt-provider.yaml')
         text = open(path, encoding='utf-8').read()
@@ -842,6 +1411,29 @@ def repo_cases():
     return cases
 
 
+def release_mode_cases(root, version):
+    """The --release cases; a generator, so the renders run before the checks use them."""
+    rendered = {}
+    for key, p in PROVIDERS.items():
+        yield render_case(rendered, key, p['root'])
+    reference = {k: ('kubectl kustomize %s' % PROVIDERS[k]['root'], t) for k, t in rendered.items()}
+    for name, problems in release_checks(root, version, reference, TEMPLATES):
+        yield name, (lambda problems=problems: expect_clean(problems))
+    for key, p in PROVIDERS.items():
+        path = os.path.join(root, p['label'], version, '%s-components.yaml' % key)
+        if not os.path.isfile(path):
+            continue
+
+        def schemas(path=path):
+            text = read_text(path)
+            rc, out = validate(text, '--default-vars')
+            assert rc == 0, out
+            rc, out = validate(text, '--vars', os.path.join(FIXTURES, 'capwin.vars'))
+            assert rc == 0, out
+        yield ('%s: components: validate.py --default-vars and --vars fixtures/capwin.vars' % p['label'],
+               schemas)
+
+
 def main():
     global failed
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
@@ -849,7 +1441,16 @@ def main():
     g.add_argument('--self-test', action='store_true', help='only the fixture cases')
     g.add_argument('--no-self-test', action='store_true', help='only the real checks')
     g.add_argument('--render', metavar='DIR', help='print the rendered kustomize root and exit')
+    g.add_argument('--release', metavar='DIR',
+                   help='check the clusterctl local repository `capwin release --out DIR` wrote')
+    ap.add_argument('--version', metavar='vX.Y.Z', help='the version of the --release')
     args = ap.parse_args()
+    if args.version and not args.release:
+        ap.error('--version goes with --release DIR')
+    if args.release and not args.version:
+        ap.error('--release needs --version vX.Y.Z')
+    if args.release and not RELEASE_VERSION_RE.match(args.version):
+        ap.error('--version %s is not a release version vMAJOR.MINOR.PATCH' % args.version)
     if args.render:
         try:
             sys.stdout.write(render(args.render))
@@ -858,11 +1459,14 @@ def main():
             return 2
         return 0
 
-    cases = []
-    if not args.no_self_test:
-        cases += self_test_cases()
-    if not args.self_test:
-        cases += repo_cases()
+    if args.release:
+        what, cases = 'release checks', release_mode_cases(args.release, args.version)
+    else:
+        what, cases = 'config checks', []
+        if not args.no_self_test:
+            cases += self_test_cases()
+        if not args.self_test:
+            cases += repo_cases()
     status = 0
     for name, fn in cases:
         try:
@@ -873,7 +1477,7 @@ def main():
             print('check.py: %s' % e, file=sys.stderr)
             status = 2
             break
-    print('config checks: %d passed, %d failed' % (passed, failed))
+    print('%s: %d passed, %d failed' % (what, passed, failed))
     return status or (1 if failed else 0)
 
 

@@ -4,9 +4,11 @@
 //! - `capwin render --config FILE ...`: render a `WindowsKubeadmConfig` into the payload bytes.
 //! - `capwin manager [flags]`: run the controllers.
 //! - `capwin sandbox`: the test kit, an example Windows cluster, and the controllers, end to end.
+//! - `capwin release --version vX.Y.Z`: the clusterctl repository layout.
 
 mod leader;
 mod manager;
+mod release;
 mod render;
 mod sandbox;
 mod serve;
@@ -37,6 +39,8 @@ enum Command {
     Manager(manager::ManagerArgs),
     /// Bring up the test kit, apply an example Windows cluster and watch it join.
     Sandbox(sandbox::SandboxArgs),
+    /// Write a clusterctl repository layout (components, metadata, templates) for a version.
+    Release(release::ReleaseArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +50,7 @@ fn main() -> ExitCode {
         Command::Render(args) => render::run(args),
         Command::Manager(args) => runtime().and_then(|rt| rt.block_on(manager::run(args))),
         Command::Sandbox(args) => runtime().and_then(|rt| rt.block_on(sandbox::run(args))),
+        Command::Release(args) => release::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
