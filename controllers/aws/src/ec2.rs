@@ -79,6 +79,11 @@ pub trait Ec2: Send + Sync {
         ids: &[String],
         filters: &[(String, Vec<String>)],
     ) -> impl Future<Output = Result<Vec<(String, String)>, Ec2Error>> + Send;
+    /// Security group IDs matching filters (e.g. `group-name`, `vpc-id`, `tag:…`).
+    fn security_groups(
+        &self,
+        filters: &[(String, Vec<String>)],
+    ) -> impl Future<Output = Result<Vec<String>, Ec2Error>> + Send;
     /// The serial console text (decoded), if any.
     fn console_output(&self, id: &str) -> impl Future<Output = Result<Option<String>, Ec2Error>> + Send;
 }
@@ -110,7 +115,9 @@ impl SdkEc2 {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(region.to_string()))
             .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5));
-        if let Some(e) = endpoint {
+        // The standard override, read explicitly so it works whatever the SDK's config sources.
+        let from_env = std::env::var("AWS_ENDPOINT_URL").ok().filter(|e| !e.is_empty());
+        if let Some(e) = endpoint.map(String::from).or(from_env) {
             loader = loader.endpoint_url(e);
         }
         if let Some(c) = credentials {
@@ -275,6 +282,15 @@ impl Ec2 for SdkEc2 {
         }
     }
 
+    async fn security_groups(&self, filters: &[(String, Vec<String>)]) -> Result<Vec<String>, Ec2Error> {
+        let mut req = self.client.describe_security_groups();
+        for (name, values) in filters {
+            req = req.filters(Filter::builder().name(name).set_values(Some(values.clone())).build());
+        }
+        let out = req.send().await.map_err(|e| err("DescribeSecurityGroups", e))?;
+        Ok(out.security_groups().iter().filter_map(|g| g.group_id().map(String::from)).collect())
+    }
+
     async fn console_output(&self, id: &str) -> Result<Option<String>, Ec2Error> {
         let out =
             self.client.get_console_output().instance_id(id).send().await.map_err(|e| err("GetConsoleOutput", e))?;
@@ -288,7 +304,7 @@ impl Ec2 for SdkEc2 {
 /// Counts calls per operation: the EC2 call budget per machine lifecycle is measured with it.
 pub struct Counting<E> {
     pub inner: E,
-    pub counts: Arc<[AtomicU64; 8]>,
+    pub counts: Arc<[AtomicU64; 9]>,
 }
 
 /// Operation names in [`Counting::counts`] order.
@@ -353,6 +369,10 @@ impl<E: Ec2> Ec2 for Counting<E> {
     ) -> Result<Vec<(String, String)>, Ec2Error> {
         self.hit(6);
         self.inner.subnets(ids, filters).await
+    }
+    async fn security_groups(&self, filters: &[(String, Vec<String>)]) -> Result<Vec<String>, Ec2Error> {
+        self.hit(8);
+        self.inner.security_groups(filters).await
     }
     async fn console_output(&self, id: &str) -> Result<Option<String>, Ec2Error> {
         self.hit(7);

@@ -6,8 +6,9 @@
 //! - [`ec2`]: the one seam to EC2 (a trait, its SDK implementation and a call counter);
 //! - [`launch`]: AMI and subnet resolution, the launch request, idempotent creation.
 //!
-//! The `AWSWindowsMachine` reconciler that drives these comes with issue 5's remaining work.
+//! - [`reconcile`]: the `AWSWindowsMachine` reconciler (`capwin manager --controllers aws`).
 
 pub mod ec2;
 pub mod launch;
 pub mod model;
+pub mod reconcile;

@@ -66,6 +66,9 @@ pub struct ManagerArgs {
     /// Lifetime of kubeadm bootstrap tokens; refreshed until the Node joins.
     #[arg(long, default_value = "15m", value_parser = parse_duration)]
     bootstrap_token_ttl: Duration,
+    /// AWS region for the aws controller (default: AWS_REGION).
+    #[arg(long)]
+    aws_region: Option<String>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -161,6 +164,19 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
                     namespace = args.namespace.as_deref().unwrap_or("(all)"),
                     "bootstrap controller started"
                 );
+            }
+            ControllerName::Aws => {
+                // An empty AWS_REGION (unset clusterctl variable) counts as unset.
+                let region = args
+                    .aws_region
+                    .clone()
+                    .or_else(|| std::env::var("AWS_REGION").ok())
+                    .filter(|r| !r.is_empty())
+                    .context("the aws controller needs a region: --aws-region or AWS_REGION")?;
+                let ec2 = capwin_aws::ec2::SdkEc2::new(&region, None, None).await;
+                let ctx = capwin_aws::reconcile::Context::new(client.clone(), ec2, args.namespace.clone());
+                tasks.push(tokio::spawn(capwin_aws::reconcile::run(ctx)));
+                tracing::info!(region, "aws controller started");
             }
             other => anyhow::bail!("the {other:?} controller is not part of this build yet"),
         }

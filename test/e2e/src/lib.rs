@@ -69,6 +69,8 @@ pub struct Env {
     sim: Option<tokio::task::JoinHandle<()>>,
     /// Cloud endpoints started for this scenario: the kit script that stops each.
     clouds: Vec<PathBuf>,
+    /// Environment of the manager process (cloud endpoints and credentials).
+    manager_env: Vec<(String, String)>,
 }
 
 /// A local cloud endpoint of the test kit.
@@ -83,6 +85,12 @@ pub enum CloudKit {
 impl Env {
     /// Starts the kit (or connects to the real cluster) and the manager.
     pub async fn start(name: &str, manager_args: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(name, manager_args, &[]).await
+    }
+
+    /// Like [`Env::start`], with local cloud endpoints started first and handed to the manager
+    /// (moto: `AWS_ENDPOINT_URL`, test credentials, region us-east-1).
+    pub async fn start_with(name: &str, manager_args: &[&str], clouds: &[CloudKit]) -> anyhow::Result<Self> {
         let dir = std::env::temp_dir().join(format!("capwin-e2e-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let namespace = format!("e2e-{name}");
@@ -162,7 +170,20 @@ impl Env {
             _servers: servers,
             sim,
             clouds: vec![],
+            manager_env: vec![],
         };
+        for c in clouds {
+            let url = env.start_cloud(*c)?;
+            if *c == CloudKit::Aws {
+                let vars = [
+                    ("AWS_ENDPOINT_URL", url.as_str()),
+                    ("AWS_ACCESS_KEY_ID", "testing"),
+                    ("AWS_SECRET_ACCESS_KEY", "testing"),
+                    ("AWS_REGION", "us-east-1"),
+                ];
+                env.manager_env.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            }
+        }
         env.start_manager().await?;
         Ok(env)
     }
@@ -172,7 +193,12 @@ impl Env {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
         let child = tokio::process::Command::new(capwin_bin())
             .args(&self.manager_args)
-            .env("RUST_LOG", "info,capwin_bootstrap=debug")
+            .env(
+                "RUST_LOG",
+                std::env::var("CAPWIN_E2E_LOG")
+                    .unwrap_or_else(|_| "info,capwin_bootstrap=debug,capwin_aws=debug".into()),
+            )
+            .envs(self.manager_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))
             .kill_on_drop(true)
@@ -214,6 +240,11 @@ impl Env {
 
     pub fn manager_log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The manager's environment entry `key`, e.g. the moto URL under `AWS_ENDPOINT_URL`.
+    pub fn manager_env(&self, key: &str) -> Option<&str> {
+        self.manager_env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 
     pub fn kubeconfig(&self) -> &std::path::Path {

@@ -1,0 +1,426 @@
+//! The `AWSWindowsMachine` reconciler (CAPI v1beta2 infrastructure-machine contract): waits for
+//! the bootstrap data, creates one EC2 instance idempotently, reports `spec.providerID`,
+//! addresses and `status.initialization.provisioned`, mirrors the instance state in `Ready`, and
+//! on deletion terminates the instance and waits until it is gone.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use capwin_api::aws::AWSWindowsMachine;
+use capwin_api::common::{
+    InfraMachineInitialization, InfraMachineStatus, MachineAddress, MachineAddressType, set_condition,
+};
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::{Controller, watcher};
+use kube::{Client, Resource, ResourceExt};
+use serde_json::json;
+
+use crate::ec2::{Counting, Ec2, SdkEc2};
+use crate::launch::{self, LaunchError, MachineContext};
+use crate::model::{self, StateReading};
+
+/// Finalizer holding the object until its instance is terminated.
+pub const FINALIZER: &str = "infrastructure.cluster.x-k8s.io/capwin-aws";
+
+/// What the reconciler shares.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub ec2: Counting<SdkEc2>,
+    pub namespace: Option<String>,
+}
+
+impl Context {
+    pub fn new(client: Client, ec2: SdkEc2, namespace: Option<String>) -> Arc<Self> {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter { controller: "capwin-aws".into(), instance: std::env::var("POD_NAME").ok() },
+        );
+        Arc::new(Self { client, recorder, ec2: Counting::new(ec2), namespace })
+    }
+}
+
+/// The one error type.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    #[error("{reason}: {message}")]
+    Blocked { reason: &'static str, message: String, retry: Option<Duration> },
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+fn blocked(reason: &'static str, message: impl Into<String>, retry: Option<Duration>) -> Error {
+    Error::Blocked { reason, message: message.into(), retry }
+}
+
+impl From<LaunchError> for Error {
+    fn from(e: LaunchError) -> Self {
+        let retry = match &e {
+            LaunchError::Ec2(_) => Duration::from_secs(20),
+            _ => Duration::from_secs(120),
+        };
+        blocked(e.reason(), e.to_string(), Some(retry))
+    }
+}
+
+fn capi(kind: &str) -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("cluster.x-k8s.io", "v1beta2", kind),
+        &format!("{}s", kind.to_lowercase()),
+    )
+}
+
+fn now() -> String {
+    let secs = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    k8s_openapi::jiff::Timestamp::from_second(secs as i64).map(|t| t.to_string()).unwrap_or_default()
+}
+
+pub async fn reconcile(obj: Arc<AWSWindowsMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
+    tracing::debug!(machine = %obj.name_any(), "reconciling AWSWindowsMachine");
+    let api: Api<AWSWindowsMachine> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let result = finalizer(&api, FINALIZER, obj.clone(), |ev| async {
+        match ev {
+            Finalizer::Apply(m) => apply(&m, &ctx).await,
+            Finalizer::Cleanup(m) => cleanup(&m, &ctx).await,
+        }
+    })
+    .await;
+    match result {
+        Ok(a) => Ok(a),
+        Err(kube::runtime::finalizer::Error::ApplyFailed(Error::Blocked { reason, message, retry })) => {
+            record(&obj, &ctx, false, reason, &message, None).await?;
+            Ok(retry.map(Action::requeue).unwrap_or_else(Action::await_change))
+        }
+        Err(kube::runtime::finalizer::Error::CleanupFailed(Error::Blocked { reason, message, retry })) => {
+            record(&obj, &ctx, false, reason, &message, None).await?;
+            Ok(Action::requeue(retry.unwrap_or(Duration::from_secs(10))))
+        }
+        Err(e) => Err(Error::Finalizer(Box::new(e))),
+    }
+}
+
+pub fn error_policy(obj: Arc<AWSWindowsMachine>, err: &Error, _: Arc<Context>) -> Action {
+    tracing::warn!(machine = %obj.name_any(), error = %err, "AWSWindowsMachine reconcile failed");
+    Action::requeue(Duration::from_secs(15))
+}
+
+/// Writes `Ready` (and the rest of a status), with an event when the reason changes.
+async fn record(
+    m: &AWSWindowsMachine,
+    ctx: &Context,
+    ready: bool,
+    reason: &str,
+    message: &str,
+    update: Option<InfraMachineStatus>,
+) -> Result<(), Error> {
+    let mut status = update.unwrap_or_else(|| m.status.clone().unwrap_or_default());
+    let before = capwin_api::common::condition_reason(&status.conditions, "Ready").map(String::from);
+    set_condition(&mut status.conditions, "Ready", ready, reason, message, m.metadata.generation, &now());
+    if m.status.as_ref() != Some(&status) {
+        let api: Api<AWSWindowsMachine> = Api::namespaced(ctx.client.clone(), &m.namespace().unwrap_or_default());
+        api.patch_status(&m.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await?;
+    }
+    if before.as_deref() != Some(reason) {
+        let type_ = if ready || matches!(reason, "InstancePending" | "InstanceCreated") {
+            EventType::Normal
+        } else {
+            EventType::Warning
+        };
+        let ev = KubeEvent {
+            type_,
+            reason: reason.into(),
+            note: Some(message.into()),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        let _ = ctx.recorder.publish(&ev, &m.object_ref(&())).await;
+    }
+    Ok(())
+}
+
+async fn apply(m: &AWSWindowsMachine, ctx: &Context) -> Result<Action, Error> {
+    let ns = m.namespace().unwrap_or_default();
+    let Some(owner) = m.owner_references().iter().find(|o| o.kind == "Machine").cloned() else {
+        return Err(blocked("WaitingForMachineOwner", "no CAPI Machine owns this AWSWindowsMachine yet", None));
+    };
+    let machines: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &capi("Machine"));
+    let Some(machine) = machines.get_opt(&owner.name).await? else {
+        return Err(blocked(
+            "WaitingForMachineOwner",
+            format!("Machine {} does not exist", owner.name),
+            Some(Duration::from_secs(30)),
+        ));
+    };
+    let cluster_name = machine.data["spec"]["clusterName"].as_str().unwrap_or_default().to_string();
+    let clusters: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &capi("Cluster"));
+    let Some(cluster) = clusters.get_opt(&cluster_name).await? else {
+        return Err(blocked(
+            "WaitingForCluster",
+            format!("Cluster {cluster_name} does not exist"),
+            Some(Duration::from_secs(30)),
+        ));
+    };
+    if cluster.data["spec"]["paused"] == true || m.annotations().contains_key("cluster.x-k8s.io/paused") {
+        return Err(blocked("Paused", "the Cluster or this object is paused", None));
+    }
+
+    // An instance already belongs to this machine: only report on it, never replace it.
+    if let Some(id) = &m.spec.instance_id {
+        return report(m, ctx, id).await;
+    }
+    if cluster.data["status"]["initialization"]["infrastructureProvisioned"] != true {
+        return Err(blocked(
+            "WaitingForClusterInfrastructure",
+            "the Cluster's infrastructure is not provisioned yet",
+            Some(Duration::from_secs(30)),
+        ));
+    }
+    let Some(secret_name) = machine.data["spec"]["bootstrap"]["dataSecretName"].as_str().map(String::from) else {
+        return Err(blocked(
+            "WaitingForBootstrapData",
+            "Machine.spec.bootstrap.dataSecretName is not set yet",
+            Some(Duration::from_secs(30)),
+        ));
+    };
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let payload =
+        secrets.get_opt(&secret_name).await?.and_then(|s| s.data).and_then(|d| d.get("value").cloned()).ok_or_else(
+            || {
+                blocked(
+                    "WaitingForBootstrapData",
+                    format!("Secret {secret_name} has no key value"),
+                    Some(Duration::from_secs(15)),
+                )
+            },
+        )?;
+
+    tracing::info!(machine = %m.name_any(), "bootstrap data present; resolving the launch");
+    let mctx = machine_context(ctx, m, &machine, &cluster, &cluster_name).await?;
+    let image = launch::resolve_ami(&ctx.ec2, &m.spec, &mctx).await?;
+    let (subnet, _az) = launch::resolve_subnet(&ctx.ec2, &m.spec, &mctx).await?;
+    let groups = resolve_security_groups(ctx, m, &mctx).await?;
+    let request = launch::launch_spec(&m.spec, &mctx, &image, &subnet, groups, &payload.0)?;
+    let (instance, created) = launch::ensure_instance(&ctx.ec2, &request, &launch::identity_tags(&mctx)).await?;
+    // Record the instance at once: status is not restored by `clusterctl move`, spec is.
+    let api: Api<AWSWindowsMachine> = Api::namespaced(ctx.client.clone(), &ns);
+    api.patch(
+        &m.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"instanceID": instance.id, "providerID": model::provider_id(&instance)}})),
+    )
+    .await?;
+    if created {
+        let note = format!("created instance {} ({}, {})", instance.id, m.spec.instance_type, image.name);
+        let ev = KubeEvent {
+            type_: EventType::Normal,
+            reason: "InstanceCreated".into(),
+            note: Some(note),
+            action: "Create".into(),
+            secondary: None,
+        };
+        let _ = ctx.recorder.publish(&ev, &m.object_ref(&())).await;
+    }
+    Ok(Action::requeue(Duration::from_secs(5)))
+}
+
+async fn machine_context(
+    ctx: &Context,
+    m: &AWSWindowsMachine,
+    machine: &DynamicObject,
+    cluster: &DynamicObject,
+    cluster_name: &str,
+) -> Result<MachineContext, Error> {
+    let ns = m.namespace().unwrap_or_default();
+    // The Windows version the bootstrap config names (for the AMI look-up).
+    let boot = &machine.data["spec"]["bootstrap"]["configRef"];
+    let mut windows_year = "2025".to_string();
+    if boot["kind"] == "WindowsKubeadmConfig" {
+        let ar = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("bootstrap.cluster.x-k8s.io", "v1alpha1", "WindowsKubeadmConfig"),
+            "windowskubeadmconfigs",
+        );
+        let configs: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ar);
+        if let Some(c) = configs.get_opt(boot["name"].as_str().unwrap_or_default()).await? {
+            windows_year = c.data["spec"]["windows"]["version"].as_str().unwrap_or("2025").to_string();
+        }
+    }
+    // Subnets and the node security group of the cluster's AWSCluster, when it has one.
+    let mut cluster_subnets = Vec::new();
+    let mut node_sg = None;
+    let infra = &cluster.data["spec"]["infrastructureRef"];
+    if infra["kind"] == "AWSCluster" {
+        let ar = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("infrastructure.cluster.x-k8s.io", "v1beta2", "AWSCluster"),
+            "awsclusters",
+        );
+        let awsclusters: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ar);
+        if let Some(a) = awsclusters.get_opt(infra["name"].as_str().unwrap_or_default()).await? {
+            for s in a.data["spec"]["network"]["subnets"].as_array().cloned().unwrap_or_default() {
+                let id = s["resourceID"].as_str().or(s["id"].as_str()).unwrap_or_default().to_string();
+                if s["isPublic"] != true && id.starts_with("subnet-") {
+                    cluster_subnets.push((id, s["availabilityZone"].as_str().unwrap_or_default().to_string()));
+                }
+            }
+            node_sg = a.data["status"]["networkStatus"]["securityGroups"]["node"]["id"].as_str().map(String::from);
+        }
+    }
+    Ok(MachineContext {
+        cluster: cluster_name.to_string(),
+        namespace: ns,
+        machine: m.name_any(),
+        machine_uid: m.uid().unwrap_or_default(),
+        failure_domain: machine.data["spec"]["failureDomain"].as_str().map(String::from),
+        kubernetes_version: machine.data["spec"]["version"].as_str().unwrap_or_default().to_string(),
+        windows_year,
+        cluster_subnets,
+        cluster_node_security_group: node_sg,
+    })
+}
+
+async fn resolve_security_groups(
+    ctx: &Context,
+    m: &AWSWindowsMachine,
+    mctx: &MachineContext,
+) -> Result<Vec<String>, Error> {
+    if m.spec.security_groups.is_empty() {
+        return mctx
+            .cluster_node_security_group
+            .clone()
+            .map(|g| vec![g])
+            .ok_or_else(|| LaunchError::NoSecurityGroup.into());
+    }
+    let mut out = Vec::new();
+    for (i, r) in m.spec.security_groups.iter().enumerate() {
+        match (&r.id, &r.filters) {
+            (Some(id), _) => out.push(id.clone()),
+            (None, Some(filters)) => {
+                let f: Vec<(String, Vec<String>)> =
+                    filters.iter().map(|f| (f.name.clone(), f.values.clone())).collect();
+                let found = ctx.ec2.security_groups(&f).await.map_err(LaunchError::from)?;
+                if found.is_empty() {
+                    return Err(blocked(
+                        "SecurityGroupNotFound",
+                        format!("spec.securityGroups[{i}]: no security group matches the filters"),
+                        Some(Duration::from_secs(120)),
+                    ));
+                }
+                out.extend(found);
+            }
+            (None, None) => {
+                return Err(blocked(
+                    "SecurityGroupNotFound",
+                    format!("spec.securityGroups[{i}]: needs id or filters"),
+                    None,
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads the instance and writes what CAPI copies to the Machine.
+async fn report(m: &AWSWindowsMachine, ctx: &Context, id: &str) -> Result<Action, Error> {
+    let Some(instance) = ctx.ec2.describe(id).await.map_err(LaunchError::from)? else {
+        return Err(blocked(
+            "InstanceTerminated",
+            format!("instance {id} no longer exists; it is not recreated (Machines are immutable): delete the Machine"),
+            None,
+        ));
+    };
+    let mut status = m.status.clone().unwrap_or_default();
+    status.instance_state = Some(instance.state.clone());
+    let (ready, reason, message, requeue) = match model::read_state(&instance.state) {
+        StateReading::Pending => {
+            (false, "InstancePending", format!("instance {id} is starting"), Duration::from_secs(10))
+        }
+        StateReading::Running => {
+            (true, "InstanceRunning", format!("instance {id} is running"), Duration::from_secs(300))
+        }
+        StateReading::Stopped => {
+            (false, "InstanceStopped", format!("instance {id} is {}", instance.state), Duration::from_secs(60))
+        }
+        StateReading::Terminated => (
+            false,
+            "InstanceTerminated",
+            format!("instance {id} was terminated outside capwin; it is not recreated: delete the Machine"),
+            Duration::from_secs(600),
+        ),
+    };
+    if ready {
+        let mut addresses = Vec::new();
+        if let Some(ip) = &instance.private_ip {
+            addresses.push(MachineAddress { r#type: MachineAddressType::InternalIP, address: ip.clone() });
+        }
+        if let Some(dns) = &instance.private_dns {
+            addresses.push(MachineAddress { r#type: MachineAddressType::InternalDNS, address: dns.clone() });
+            addresses.push(MachineAddress { r#type: MachineAddressType::Hostname, address: dns.clone() });
+        }
+        status.addresses = addresses;
+        status.failure_domain = Some(instance.availability_zone.clone());
+        status.initialization = Some(InfraMachineInitialization { provisioned: Some(true) });
+    }
+    record(m, ctx, ready, reason, &message, Some(status)).await?;
+    Ok(Action::requeue(requeue))
+}
+
+/// Terminates the instance and waits until EC2 reports it terminated.
+async fn cleanup(m: &AWSWindowsMachine, ctx: &Context) -> Result<Action, Error> {
+    let id = match &m.spec.instance_id {
+        Some(id) => Some(id.clone()),
+        None => {
+            // A create may have happened before the ID was recorded.
+            let mctx = MachineContext {
+                cluster: m.labels().get("cluster.x-k8s.io/cluster-name").cloned().unwrap_or_default(),
+                namespace: m.namespace().unwrap_or_default(),
+                machine: m.name_any(),
+                ..Default::default()
+            };
+            let found = ctx.ec2.find_by_tags(&launch::identity_tags(&mctx)).await.map_err(LaunchError::from)?;
+            model::live_instance(&found).map(|i| i.id.clone())
+        }
+    };
+    let Some(id) = id else { return Ok(Action::await_change()) };
+    match ctx.ec2.describe(&id).await.map_err(LaunchError::from)? {
+        None => Ok(Action::await_change()),
+        Some(i) if i.state == "terminated" => Ok(Action::await_change()),
+        Some(i) => {
+            if i.state != "shutting-down" {
+                ctx.ec2.terminate(&id).await.map_err(LaunchError::from)?;
+            }
+            Err(blocked("Deleting", format!("waiting for instance {id} to terminate"), Some(Duration::from_secs(5))))
+        }
+    }
+}
+
+/// Runs the controller.
+pub async fn run(ctx: Arc<Context>) {
+    let (api, machines): (Api<AWSWindowsMachine>, Api<DynamicObject>) = match &ctx.namespace {
+        Some(ns) => {
+            (Api::namespaced(ctx.client.clone(), ns), Api::namespaced_with(ctx.client.clone(), ns, &capi("Machine")))
+        }
+        None => (Api::all(ctx.client.clone()), Api::all_with(ctx.client.clone(), &capi("Machine"))),
+    };
+    Controller::new(api, watcher::Config::default())
+        // A Machine gains its bootstrap data (and its deletion) on the Machine.
+        .watches_with(machines, capi("Machine"), watcher::Config::default(), |m: DynamicObject| {
+            let r = &m.data["spec"]["infrastructureRef"];
+            (r["kind"] == "AWSWindowsMachine").then(|| {
+                kube::runtime::reflector::ObjectRef::new(r["name"].as_str().unwrap_or_default())
+                    .within(&m.namespace().unwrap_or_default())
+            })
+        })
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "aws controller event");
+            }
+        })
+        .await;
+}
