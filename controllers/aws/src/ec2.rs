@@ -114,7 +114,14 @@ impl SdkEc2 {
     pub async fn new(region: &str, endpoint: Option<&str>, credentials: Option<StaticCredentials>) -> Self {
         let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new(region.to_string()))
-            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5));
+            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5))
+            // Generous connect and per-attempt limits: a loaded endpoint is slow, not gone.
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(std::time::Duration::from_secs(10))
+                    .operation_attempt_timeout(std::time::Duration::from_secs(60))
+                    .build(),
+            );
         // The standard override, read explicitly so it works whatever the SDK's config sources.
         let from_env = std::env::var("AWS_ENDPOINT_URL").ok().filter(|e| !e.is_empty());
         if let Some(e) = endpoint.map(String::from).or(from_env) {

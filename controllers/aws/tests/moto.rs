@@ -57,8 +57,16 @@ impl Moto {
     }
 }
 
+/// One moto at a time: three starting at once on two cores make their first calls time out.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 impl Drop for Moto {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.state.join("moto.log")).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("---- moto log ----\n{}", lines[lines.len().saturating_sub(40)..].join("\n"));
+        }
         for cmd in ["proxy-stop", "stop"] {
             let _ = Command::new(kit()).arg(cmd).env("CAPWIN_KIT_STATE", &self.state).output();
         }
@@ -93,6 +101,7 @@ fn spec() -> AWSWindowsMachineSpec {
 
 #[tokio::test]
 async fn lookup_launch_idempotently_report_and_terminate() {
+    let _serial = SERIAL.lock().await;
     let moto = Moto::start(false);
     let ec2 = Counting::new(moto.ec2().await);
     let c = ctx("w-0");
@@ -138,6 +147,7 @@ async fn lookup_launch_idempotently_report_and_terminate() {
 
 #[tokio::test]
 async fn bad_input_names_the_field() {
+    let _serial = SERIAL.lock().await;
     let moto = Moto::start(false);
     let ec2 = moto.ec2().await;
     let c = ctx("w-bad");
@@ -169,6 +179,7 @@ async fn bad_input_names_the_field() {
 
 #[tokio::test]
 async fn throttling_is_retried_then_surfaced() {
+    let _serial = SERIAL.lock().await;
     let moto = Moto::start(true);
     let ec2 = moto.ec2().await;
     let tags = launch::identity_tags(&ctx("w-t"));

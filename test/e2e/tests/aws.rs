@@ -11,6 +11,8 @@ use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(60);
+/// One moto at a time: concurrent moto starts on two cores make first calls slow.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const B: &str = "bootstrap.cluster.x-k8s.io";
 const I: &str = "infrastructure.cluster.x-k8s.io";
 
@@ -76,6 +78,7 @@ fn ready(o: &kube::api::DynamicObject) -> Option<(String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_run_join_and_terminate_after_a_crash_mid_create() {
+    let _serial = SERIAL.lock().await;
     let env = Env::start_with("aws", &["--controllers", "bootstrap,aws"], &[CloudKit::Aws]).await.unwrap();
     let ec2 = ec2(&env).await;
     // A previous manager sent RunInstances for this machine and died before recording it.
@@ -157,6 +160,7 @@ async fn create_run_join_and_terminate_after_a_crash_mid_create() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gives_a_named_condition_and_no_instance() {
+    let _serial = SERIAL.lock().await;
     let env = Env::start_with("awsbad", &["--controllers", "bootstrap,aws"], &[CloudKit::Aws]).await.unwrap();
     let mut spec = machine_spec();
     spec["ami"] = json!({"id": "ami-0000000000000000a"});
