@@ -79,6 +79,8 @@ pub trait Ec2: Send + Sync {
         ids: &[String],
         filters: &[(String, Vec<String>)],
     ) -> impl Future<Output = Result<Vec<(String, String)>, Ec2Error>> + Send;
+    /// vCPUs and memory (MiB) of an instance type, `None` when EC2 does not know the type.
+    fn instance_type(&self, name: &str) -> impl Future<Output = Result<Option<(i32, i64)>, Ec2Error>> + Send;
     /// Security group IDs matching filters (e.g. `group-name`, `vpc-id`, `tag:…`).
     fn security_groups(
         &self,
@@ -289,6 +291,19 @@ impl Ec2 for SdkEc2 {
         }
     }
 
+    async fn instance_type(&self, name: &str) -> Result<Option<(i32, i64)>, Ec2Error> {
+        match self.client.describe_instance_types().instance_types(InstanceType::from(name)).send().await {
+            Ok(out) => Ok(out.instance_types().first().map(|t| {
+                (
+                    t.v_cpu_info().and_then(|v| v.default_v_cpus()).unwrap_or(0),
+                    t.memory_info().and_then(|m| m.size_in_mib()).unwrap_or(0),
+                )
+            })),
+            Err(e) if e.code().is_some_and(|c| c.starts_with("InvalidInstanceType")) => Ok(None),
+            Err(e) => Err(err("DescribeInstanceTypes", e)),
+        }
+    }
+
     async fn security_groups(&self, filters: &[(String, Vec<String>)]) -> Result<Vec<String>, Ec2Error> {
         let mut req = self.client.describe_security_groups();
         for (name, values) in filters {
@@ -311,7 +326,7 @@ impl Ec2 for SdkEc2 {
 /// Counts calls per operation: the EC2 call budget per machine lifecycle is measured with it.
 pub struct Counting<E> {
     pub inner: E,
-    pub counts: Arc<[AtomicU64; 9]>,
+    pub counts: Arc<[AtomicU64; 10]>,
 }
 
 /// Operation names in [`Counting::counts`] order.
@@ -376,6 +391,10 @@ impl<E: Ec2> Ec2 for Counting<E> {
     ) -> Result<Vec<(String, String)>, Ec2Error> {
         self.hit(6);
         self.inner.subnets(ids, filters).await
+    }
+    async fn instance_type(&self, name: &str) -> Result<Option<(i32, i64)>, Ec2Error> {
+        self.hit(9);
+        self.inner.instance_type(name).await
     }
     async fn security_groups(&self, filters: &[(String, Vec<String>)]) -> Result<Vec<String>, Ec2Error> {
         self.hit(8);

@@ -6,12 +6,14 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use capwin_api::aws::AWSWindowsMachine;
+use capwin_api::aws::{AWSWindowsMachine, AWSWindowsMachineTemplate};
+use capwin_api::common::NodeInfo;
 use capwin_api::common::{
     InfraMachineInitialization, InfraMachineStatus, MachineAddress, MachineAddressType, set_condition,
 };
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
@@ -399,8 +401,64 @@ async fn cleanup(m: &AWSWindowsMachine, ctx: &Context) -> Result<Action, Error> 
     }
 }
 
-/// Runs the controller.
+/// Template status for autoscaling from zero: `nodeInfo.operatingSystem: windows` and the
+/// instance type's CPU and memory as `capacity`.
+pub async fn reconcile_template(t: Arc<AWSWindowsMachineTemplate>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let api: Api<AWSWindowsMachineTemplate> = Api::namespaced(ctx.client.clone(), &t.namespace().unwrap_or_default());
+    let instance_type = &t.spec.template.spec.instance_type;
+    let mut status = t.status.clone().unwrap_or_default();
+    status.node_info = Some(NodeInfo { operating_system: Some("windows".into()), architecture: Some("amd64".into()) });
+    match ctx.ec2.instance_type(instance_type).await {
+        Ok(Some((cpus, mib))) => {
+            status.capacity = std::collections::BTreeMap::from([
+                ("cpu".to_string(), Quantity(cpus.to_string())),
+                ("memory".to_string(), Quantity(format!("{mib}Mi"))),
+            ]);
+            set_condition(&mut status.conditions, "Ready", true, "CapacityKnown", "", t.metadata.generation, &now());
+        }
+        Ok(None) => {
+            let msg = format!("spec.template.spec.instanceType: EC2 does not know {instance_type}");
+            set_condition(
+                &mut status.conditions,
+                "Ready",
+                false,
+                "InstanceTypeNotFound",
+                &msg,
+                t.metadata.generation,
+                &now(),
+            );
+        }
+        Err(e) => {
+            set_condition(
+                &mut status.conditions,
+                "Ready",
+                false,
+                if e.throttled() { "Throttled" } else { "EC2Error" },
+                &e.to_string(),
+                t.metadata.generation,
+                &now(),
+            );
+        }
+    }
+    if t.status.as_ref() != Some(&status) {
+        api.patch_status(&t.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await?;
+    }
+    Ok(Action::requeue(Duration::from_secs(3600)))
+}
+
+/// Runs the controllers for machines and their templates.
 pub async fn run(ctx: Arc<Context>) {
+    let templates: Api<AWSWindowsMachineTemplate> = match &ctx.namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let template_ctx = ctx.clone();
+    tokio::spawn(async move {
+        Controller::new(templates, watcher::Config::default())
+            .run(reconcile_template, |_, _, _| Action::requeue(Duration::from_secs(30)), template_ctx)
+            .for_each(|_| async {})
+            .await;
+    });
     let (api, machines): (Api<AWSWindowsMachine>, Api<DynamicObject>) = match &ctx.namespace {
         Some(ns) => {
             (Api::namespaced(ctx.client.clone(), ns), Api::namespaced_with(ctx.client.clone(), ns, &capi("Machine")))

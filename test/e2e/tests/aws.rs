@@ -126,6 +126,18 @@ async fn create_run_join_and_terminate_after_a_crash_mid_create() {
     assert_eq!(m.data["status"]["failureDomain"], "us-east-1c");
     assert!(m.data["status"]["addresses"].as_array().unwrap().iter().any(|a| a["type"] == "InternalIP"));
 
+    // The template reports what the autoscaler needs to scale Windows workers from zero.
+    let templates = env.api(I, "v1alpha1", "AWSWindowsMachineTemplate");
+    let t = env
+        .wait("the template's capacity", T, || async {
+            let t = templates.get("aws").await?;
+            Ok((!t.data["status"]["capacity"].is_null()).then_some(t))
+        })
+        .await
+        .unwrap();
+    assert_eq!(t.data["status"]["nodeInfo"]["operatingSystem"], "windows");
+    assert_eq!(t.data["status"]["capacity"], json!({"cpu": "4", "memory": "16384Mi"}), "m6i.xlarge");
+
     // CAPI copies the providerID; the Windows node joins; its token goes.
     env.wait("Machine.spec.providerID", T, || async {
         let mm = env.capi("Machine").get("aws-0").await?;
