@@ -33,17 +33,99 @@ pub const FINALIZER: &str = "infrastructure.cluster.x-k8s.io/capwin-aws";
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
-    pub ec2: Counting<SdkEc2>,
+    /// EC2 with the manager's own credentials (the default chain).
+    pub ec2: Arc<Counting<SdkEc2>>,
     pub namespace: Option<String>,
+    pub region: String,
+    /// Where per-cluster identity Secrets live (the manager's namespace).
+    pub identity_namespace: String,
+    /// EC2 clients per identity Secret, rebuilt when the Secret changes.
+    identities: std::sync::Mutex<std::collections::HashMap<String, (String, Arc<Counting<SdkEc2>>)>>,
 }
 
+/// Annotation on an identity Secret listing the namespaces (comma-separated, or `*`) whose
+/// machines may use it. Without it, no namespace may.
+pub const ALLOWED_NAMESPACES_ANNOTATION: &str = "capwin.cluster.x-k8s.io/allowed-namespaces";
+
 impl Context {
-    pub fn new(client: Client, ec2: SdkEc2, namespace: Option<String>) -> Arc<Self> {
+    pub fn new(
+        client: Client,
+        ec2: SdkEc2,
+        namespace: Option<String>,
+        region: String,
+        identity_namespace: String,
+    ) -> Arc<Self> {
         let recorder = Recorder::new(
             client.clone(),
             Reporter { controller: "capwin-aws".into(), instance: std::env::var("POD_NAME").ok() },
         );
-        Arc::new(Self { client, recorder, ec2: Counting::new(ec2), namespace })
+        Arc::new(Self {
+            client,
+            recorder,
+            ec2: Arc::new(Counting::new(ec2)),
+            namespace,
+            region,
+            identity_namespace,
+            identities: std::sync::Mutex::default(),
+        })
+    }
+
+    /// The EC2 client for a machine: its identity Secret's credentials when it names one (and
+    /// its namespace is allowed to), else the manager's own.
+    pub async fn ec2_for(&self, m: &AWSWindowsMachine) -> Result<Arc<Counting<SdkEc2>>, Error> {
+        let Some(r) = &m.spec.identity_ref else { return Ok(self.ec2.clone()) };
+        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.identity_namespace);
+        let name = &r.secret_name;
+        let Some(s) = secrets.get_opt(name).await? else {
+            return Err(blocked(
+                "IdentityNotFound",
+                format!("spec.identityRef: Secret {}/{name} does not exist", self.identity_namespace),
+                Some(Duration::from_secs(60)),
+            ));
+        };
+        let ns = m.namespace().unwrap_or_default();
+        let allowed = s
+            .annotations()
+            .get(ALLOWED_NAMESPACES_ANNOTATION)
+            .map(|a| a.split(',').map(str::trim).any(|n| n == "*" || n == ns))
+            .unwrap_or(false);
+        if !allowed {
+            return Err(blocked(
+                "IdentityNotAllowed",
+                format!(
+                    "spec.identityRef: namespace {ns} may not use identity {name} (see its {ALLOWED_NAMESPACES_ANNOTATION} annotation)"
+                ),
+                Some(Duration::from_secs(20)),
+            ));
+        }
+        let version = s.resource_version().unwrap_or_default();
+        if let Some((v, c)) = self.identities.lock().unwrap_or_else(|p| p.into_inner()).get(name)
+            && *v == version
+        {
+            return Ok(c.clone());
+        }
+        let key = |k: &str| {
+            s.data
+                .as_ref()
+                .and_then(|d| d.get(k))
+                .and_then(|v| String::from_utf8(v.0.clone()).ok())
+                .filter(|v| !v.is_empty())
+        };
+        let (Some(id), Some(secret)) = (key("AccessKeyID"), key("SecretAccessKey")) else {
+            return Err(blocked(
+                "InvalidIdentity",
+                format!("spec.identityRef: Secret {name} needs the keys AccessKeyID and SecretAccessKey"),
+                Some(Duration::from_secs(60)),
+            ));
+        };
+        let creds = crate::ec2::StaticCredentials {
+            access_key_id: id,
+            secret_access_key: secret,
+            session_token: key("SessionToken"),
+        };
+        let client = Arc::new(Counting::new(SdkEc2::new(&self.region, None, Some(creds)).await));
+        self.identities.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), (version, client.clone()));
+        Ok(client)
     }
 }
 
@@ -204,12 +286,13 @@ async fn apply(m: &AWSWindowsMachine, ctx: &Context) -> Result<Action, Error> {
         )?;
 
     tracing::info!(machine = %m.name_any(), "bootstrap data present; resolving the launch");
+    let ec2 = ctx.ec2_for(m).await?;
     let mctx = machine_context(ctx, m, &machine, &cluster, &cluster_name).await?;
-    let image = launch::resolve_ami(&ctx.ec2, &m.spec, &mctx).await?;
-    let (subnet, _az) = launch::resolve_subnet(&ctx.ec2, &m.spec, &mctx).await?;
-    let groups = resolve_security_groups(ctx, m, &mctx).await?;
+    let image = launch::resolve_ami(ec2.as_ref(), &m.spec, &mctx).await?;
+    let (subnet, _az) = launch::resolve_subnet(ec2.as_ref(), &m.spec, &mctx).await?;
+    let groups = resolve_security_groups(ec2.as_ref(), m, &mctx).await?;
     let request = launch::launch_spec(&m.spec, &mctx, &image, &subnet, groups, &payload.0)?;
-    let (instance, created) = launch::ensure_instance(&ctx.ec2, &request, &launch::identity_tags(&mctx)).await?;
+    let (instance, created) = launch::ensure_instance(ec2.as_ref(), &request, &launch::identity_tags(&mctx)).await?;
     // Record the instance at once: status is not restored by `clusterctl move`, spec is.
     let api: Api<AWSWindowsMachine> = Api::namespaced(ctx.client.clone(), &ns);
     api.patch(
@@ -286,8 +369,8 @@ async fn machine_context(
     })
 }
 
-async fn resolve_security_groups(
-    ctx: &Context,
+async fn resolve_security_groups<E: Ec2>(
+    ec2: &E,
     m: &AWSWindowsMachine,
     mctx: &MachineContext,
 ) -> Result<Vec<String>, Error> {
@@ -305,7 +388,7 @@ async fn resolve_security_groups(
             (None, Some(filters)) => {
                 let f: Vec<(String, Vec<String>)> =
                     filters.iter().map(|f| (f.name.clone(), f.values.clone())).collect();
-                let found = ctx.ec2.security_groups(&f).await.map_err(LaunchError::from)?;
+                let found = ec2.security_groups(&f).await.map_err(LaunchError::from)?;
                 if found.is_empty() {
                     return Err(blocked(
                         "SecurityGroupNotFound",
@@ -329,7 +412,8 @@ async fn resolve_security_groups(
 
 /// Reads the instance and writes what CAPI copies to the Machine.
 async fn report(m: &AWSWindowsMachine, ctx: &Context, id: &str) -> Result<Action, Error> {
-    let Some(instance) = ctx.ec2.describe(id).await.map_err(LaunchError::from)? else {
+    let ec2 = ctx.ec2_for(m).await?;
+    let Some(instance) = ec2.describe(id).await.map_err(LaunchError::from)? else {
         return Err(blocked(
             "InstanceTerminated",
             format!("instance {id} no longer exists; it is not recreated (Machines are immutable): delete the Machine"),
@@ -384,17 +468,19 @@ async fn cleanup(m: &AWSWindowsMachine, ctx: &Context) -> Result<Action, Error> 
                 machine: m.name_any(),
                 ..Default::default()
             };
-            let found = ctx.ec2.find_by_tags(&launch::identity_tags(&mctx)).await.map_err(LaunchError::from)?;
+            let found =
+                ctx.ec2_for(m).await?.find_by_tags(&launch::identity_tags(&mctx)).await.map_err(LaunchError::from)?;
             model::live_instance(&found).map(|i| i.id.clone())
         }
     };
     let Some(id) = id else { return Ok(Action::await_change()) };
-    match ctx.ec2.describe(&id).await.map_err(LaunchError::from)? {
+    let ec2 = ctx.ec2_for(m).await?;
+    match ec2.describe(&id).await.map_err(LaunchError::from)? {
         None => Ok(Action::await_change()),
         Some(i) if i.state == "terminated" => Ok(Action::await_change()),
         Some(i) => {
             if i.state != "shutting-down" {
-                ctx.ec2.terminate(&id).await.map_err(LaunchError::from)?;
+                ec2.terminate(&id).await.map_err(LaunchError::from)?;
             }
             Err(blocked("Deleting", format!("waiting for instance {id} to terminate"), Some(Duration::from_secs(5))))
         }

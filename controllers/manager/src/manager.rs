@@ -69,6 +69,10 @@ pub struct ManagerArgs {
     /// AWS region for the aws controller (default: AWS_REGION).
     #[arg(long)]
     aws_region: Option<String>,
+    /// Namespace of the per-cluster AWS identity Secrets (default: POD_NAMESPACE, else
+    /// capwin-infrastructure-system).
+    #[arg(long)]
+    aws_identity_namespace: Option<String>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -174,7 +178,18 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
                     .filter(|r| !r.is_empty())
                     .context("the aws controller needs a region: --aws-region or AWS_REGION")?;
                 let ec2 = capwin_aws::ec2::SdkEc2::new(&region, None, None).await;
-                let ctx = capwin_aws::reconcile::Context::new(client.clone(), ec2, args.namespace.clone());
+                let identity_ns = args
+                    .aws_identity_namespace
+                    .clone()
+                    .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                    .unwrap_or_else(|| "capwin-infrastructure-system".into());
+                let ctx = capwin_aws::reconcile::Context::new(
+                    client.clone(),
+                    ec2,
+                    args.namespace.clone(),
+                    region.clone(),
+                    identity_ns,
+                );
                 tasks.push(tokio::spawn(capwin_aws::reconcile::run(ctx)));
                 tracing::info!(region, "aws controller started");
             }

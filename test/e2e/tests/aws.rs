@@ -193,3 +193,44 @@ async fn bad_input_gives_a_named_condition_and_no_instance() {
     );
     let _ = m.name_any();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_secrets_only_for_the_namespaces_they_name() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::start_with(
+        "awsid",
+        &["--controllers", "bootstrap,aws", "--aws-identity-namespace", "e2e-awsid"],
+        &[CloudKit::Aws],
+    )
+    .await
+    .unwrap();
+    let secret_value = "s3cr3t-capwin-identity-value";
+    let identity = json!({"metadata": {"name": "team-aws", "annotations": {"capwin.cluster.x-k8s.io/allowed-namespaces": "someone-else"}},
+        "stringData": {"AccessKeyID": "AKIACAPWINTEST", "SecretAccessKey": secret_value}});
+    env.secrets().create(&Default::default(), &serde_json::from_value(identity).unwrap()).await.unwrap();
+    let mut spec = machine_spec();
+    spec["identityRef"] = json!({"secretName": "team-aws"});
+    aws_cluster(&env, "awsid", spec).await;
+    let machines = env.api(I, "v1alpha1", "AWSWindowsMachine");
+    env.wait("IdentityNotAllowed", T, || async {
+        let m = machines.get_opt("awsid-0").await?;
+        Ok(m.filter(|m| ready(m).is_some_and(|(_, r)| r == "IdentityNotAllowed")))
+    })
+    .await
+    .unwrap();
+    let ec2 = ec2(&env).await;
+    let tags = model::ownership_tags("awsid", &env.namespace, "awsid-0");
+    assert!(ec2.find_by_tags(&tags).await.unwrap().is_empty(), "no instance with a disallowed identity");
+
+    // Allowed now: the machine is created with the identity's credentials.
+    let allow =
+        json!({"metadata": {"annotations": {"capwin.cluster.x-k8s.io/allowed-namespaces": "someone-else, e2e-awsid"}}});
+    env.secrets().patch("team-aws", &PatchParams::default(), &Patch::Merge(allow)).await.unwrap();
+    env.wait("the machine to run with the identity", T, || async {
+        let m = machines.get_opt("awsid-0").await?;
+        Ok(m.filter(|m| ready(m).is_some_and(|(s, r)| s == "True" && r == "InstanceRunning")))
+    })
+    .await
+    .unwrap();
+    assert!(!env.manager_log().contains(secret_value), "the identity's secret never reaches the log");
+}
