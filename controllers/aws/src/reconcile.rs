@@ -34,14 +34,17 @@ pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
     /// EC2 with the manager's own credentials (the default chain).
-    pub ec2: Arc<Counting<SdkEc2>>,
+    pub ec2: Ec2Client,
     pub namespace: Option<String>,
     pub region: String,
     /// Where per-cluster identity Secrets live (the manager's namespace).
     pub identity_namespace: String,
     /// EC2 clients per identity Secret, rebuilt when the Secret changes.
-    identities: std::sync::Mutex<std::collections::HashMap<String, (String, Arc<Counting<SdkEc2>>)>>,
+    identities: std::sync::Mutex<std::collections::HashMap<String, (String, Ec2Client)>>,
 }
+
+/// An EC2 client with its call counter.
+pub type Ec2Client = Arc<Counting<SdkEc2>>;
 
 /// Annotation on an identity Secret listing the namespaces (comma-separated, or `*`) whose
 /// machines may use it. Without it, no namespace may.
@@ -72,7 +75,7 @@ impl Context {
 
     /// The EC2 client for a machine: its identity Secret's credentials when it names one (and
     /// its namespace is allowed to), else the manager's own.
-    pub async fn ec2_for(&self, m: &AWSWindowsMachine) -> Result<Arc<Counting<SdkEc2>>, Error> {
+    pub async fn ec2_for(&self, m: &AWSWindowsMachine) -> Result<Ec2Client, Error> {
         let Some(r) = &m.spec.identity_ref else { return Ok(self.ec2.clone()) };
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.identity_namespace);
         let name = &r.secret_name;
