@@ -22,7 +22,10 @@ struct Moto {
 
 impl Moto {
     fn start(with_proxy: bool) -> Self {
-        let state = std::env::temp_dir().join(format!("capwin-aws-{}-{}", std::process::id(), with_proxy));
+        // A folder of its own per server: a shared one would let one test stop another's moto.
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let state = std::env::temp_dir().join(format!("capwin-aws-{}-{n}", std::process::id()));
         let run = |cmd: &str| {
             let out =
                 Command::new(kit()).arg(cmd).env("CAPWIN_KIT_STATE", &state).output().expect("the AWS kit script runs");
