@@ -52,59 +52,7 @@ free_port() {
 # listens on (so another server already on that port never passes for ours);
 # fails when PID dies or after the timeout.
 wait_ready() {
-  "$1" - "$2" "$3" "$timeout" <<'PYEOF'
-import os, sys, time, urllib.parse, urllib.request
-url, pid, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-port = urllib.parse.urlsplit(url).port
-deadline = time.monotonic() + timeout
-
-
-def alive():
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead
-    except OSError:
-        return False
-
-
-def listens():
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                next(f)
-                for line in f:
-                    c = line.split()
-                    if c[3] == "0A" and int(c[1].rsplit(":", 1)[1], 16) == port:
-                        inodes.add("socket:[%s]" % c[9])
-        except OSError:
-            pass
-    try:
-        fds = os.listdir("/proc/%d/fd" % pid)
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            if os.readlink("/proc/%d/fd/%s" % (pid, fd)) in inodes:
-                return True
-        except OSError:
-            pass
-    return False
-
-
-while time.monotonic() < deadline:
-    if not alive():
-        sys.exit(2)
-    if listens():
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200 and alive() and listens():
-                    sys.exit(0)
-        except OSError:
-            pass
-    time.sleep(0.1)
-sys.exit(1)
-PYEOF
+  "$1" "$here/../../lib/wait_ready.py" "$2" "$3" "$timeout"
 }
 
 # ec2_smoke PY URL AMIS: one (fake-)signed DescribeImages for the first AMI of the

@@ -46,60 +46,7 @@ clear_state() { rm -f "$state/arm.pid" "$state/arm.url" "$state/arm.ca" "$state/
 # wait_ready URL CA PID: polls URL/_capwin/health over TLS (trusting only CA) until it
 # answers 200 from a socket that PID listens on; fails when PID dies or on timeout.
 wait_ready() {
-  "$py" - "$1" "$2" "$3" "$timeout" <<'PYEOF'
-import json, os, ssl, sys, time, urllib.parse, urllib.request
-url, ca, pid, timeout = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
-port = urllib.parse.urlsplit(url).port
-deadline = time.monotonic() + timeout
-tls = ssl.create_default_context(cafile=ca)
-
-
-def alive():
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def listens():
-    inodes = set()
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        try:
-            with open(table) as f:
-                next(f)
-                for line in f:
-                    c = line.split()
-                    if c[3] == "0A" and int(c[1].rsplit(":", 1)[1], 16) == port:
-                        inodes.add("socket:[%s]" % c[9])
-        except OSError:
-            pass
-    try:
-        fds = os.listdir("/proc/%d/fd" % pid)
-    except OSError:
-        return False
-    for fd in fds:
-        try:
-            if os.readlink("/proc/%d/fd/%s" % (pid, fd)) in inodes:
-                return True
-        except OSError:
-            pass
-    return False
-
-
-while time.monotonic() < deadline:
-    if not alive():
-        sys.exit(2)
-    if listens():
-        try:
-            with urllib.request.urlopen(url + "/_capwin/health", timeout=2, context=tls) as r:
-                if r.status == 200 and json.load(r).get("pid") == pid:
-                    sys.exit(0)
-        except OSError:
-            pass
-    time.sleep(0.1)
-sys.exit(1)
-PYEOF
+  "$py" "$here/../../lib/wait_ready.py" "$1/_capwin/health" "$3" "$timeout" "$2"
 }
 
 stop_arm() {
