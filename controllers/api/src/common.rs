@@ -169,3 +169,21 @@ pub fn set_condition(
 pub fn condition_reason<'a>(conditions: &'a [Condition], type_: &str) -> Option<&'a str> {
     conditions.iter().find(|c| c.r#type == type_).map(|c| c.reason.as_str())
 }
+
+/// The `ApiResource` of a CAPI core kind at the version capwin reads (`cluster.x-k8s.io/v1beta2`).
+pub fn capi_resource(kind: &str) -> kube::core::ApiResource {
+    kube::core::ApiResource::from_gvk_with_plural(
+        &kube::core::GroupVersionKind::gvk("cluster.x-k8s.io", "v1beta2", kind),
+        &format!("{}s", kind.to_lowercase()),
+    )
+}
+
+/// Now as RFC 3339 UTC with whole seconds (condition timestamps).
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    i64::try_from(secs)
+        .ok()
+        .and_then(|s| k8s_openapi::jiff::Timestamp::from_second(s).ok())
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}

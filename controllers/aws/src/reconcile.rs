@@ -4,7 +4,7 @@
 //! on deletion terminates the instance and waits until it is gone.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use capwin_api::aws::{AWSWindowsMachine, AWSWindowsMachineTemplate};
 use capwin_api::common::NodeInfo;
@@ -157,17 +157,7 @@ impl From<LaunchError> for Error {
     }
 }
 
-fn capi(kind: &str) -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("cluster.x-k8s.io", "v1beta2", kind),
-        &format!("{}s", kind.to_lowercase()),
-    )
-}
-
-fn now() -> String {
-    let secs = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    k8s_openapi::jiff::Timestamp::from_second(secs as i64).map(|t| t.to_string()).unwrap_or_default()
-}
+use capwin_api::common::{capi_resource as capi, now_rfc3339 as now};
 
 pub async fn reconcile(obj: Arc<AWSWindowsMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
     tracing::debug!(machine = %obj.name_any(), "reconciling AWSWindowsMachine");

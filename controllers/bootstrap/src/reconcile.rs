@@ -107,9 +107,7 @@ fn blocked(reason: &'static str, message: impl Into<String>, retry: Option<Durat
     Error::Blocked(Blocked::new(reason, message, retry))
 }
 
-fn now_rfc3339() -> String {
-    token::rfc3339(SystemTime::now())
-}
+use capwin_api::common::now_rfc3339;
 
 /// Reconciles one config (with the finalizer helper managing cleanup).
 pub async fn reconcile(cfg: Arc<WindowsKubeadmConfig>, ctx: Arc<Context>) -> Result<Action, Error> {

@@ -1,6 +1,6 @@
 //! Read-only views of the CAPI core objects the reconciler reads (v1beta2), over `DynamicObject`.
 
-use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+use kube::api::DynamicObject;
 use serde_json::Value;
 
 pub const CLUSTER_NAME_LABEL: &str = "cluster.x-k8s.io/cluster-name";
@@ -8,12 +8,7 @@ pub const PAUSED_ANNOTATION: &str = "cluster.x-k8s.io/paused";
 pub const CONTROL_PLANE_LABEL: &str = "cluster.x-k8s.io/control-plane";
 pub const WATCH_FILTER_LABEL: &str = "cluster.x-k8s.io/watch-filter";
 
-pub fn capi_resource(kind: &str) -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("cluster.x-k8s.io", "v1beta2", kind),
-        &format!("{}s", kind.to_lowercase()),
-    )
-}
+pub use capwin_api::common::capi_resource;
 
 /// A CAPI `Machine`.
 pub struct Machine<'a>(pub &'a DynamicObject);

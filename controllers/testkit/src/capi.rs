@@ -62,6 +62,8 @@ pub struct CapiSim {
     mgmt: Client,
     workload: Client,
     cfg: SimConfig,
+    /// Discovery results by (group, kind): one discovery per kind, not one per reference.
+    resolved: std::sync::Mutex<BTreeMap<(String, String), ApiResource>>,
 }
 
 fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
@@ -103,7 +105,18 @@ fn controller_ref(o: &DynamicObject, ar: &ApiResource) -> Value {
 
 impl CapiSim {
     pub fn new(mgmt: Client, workload: Client, cfg: SimConfig) -> Self {
-        Self { mgmt, workload, cfg }
+        Self { mgmt, workload, cfg, resolved: std::sync::Mutex::default() }
+    }
+
+    /// The resource behind a reference, through the discovery cache.
+    async fn resolve(&self, api_group: &str, kind: &str) -> anyhow::Result<ApiResource> {
+        let key = (api_group.to_string(), kind.to_string());
+        if let Some(ar) = self.resolved.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+            return Ok(ar.clone());
+        }
+        let ar = resolve(&self.mgmt, api_group, kind).await?;
+        self.resolved.lock().unwrap_or_else(|p| p.into_inner()).insert(key, ar.clone());
+        Ok(ar)
     }
 
     fn api(&self, ar: &ApiResource) -> Api<DynamicObject> {
@@ -241,10 +254,10 @@ impl CapiSim {
     ) -> anyhow::Result<()> {
         let group = r["apiGroup"].as_str().unwrap_or_default();
         let tkind = r["kind"].as_str().unwrap_or_default();
-        let tar = resolve(&self.mgmt, group, tkind).await?;
+        let tar = self.resolve(group, tkind).await?;
         let tmpl = self.api(&tar).get(r["name"].as_str().unwrap_or_default()).await?;
         let kind = tkind.strip_suffix("Template").unwrap_or(tkind);
-        let ar = resolve(&self.mgmt, group, kind).await?;
+        let ar = self.resolve(group, kind).await?;
         let mut labels: BTreeMap<String, String> =
             serde_json::from_value(tmpl.data["spec"]["template"]["metadata"]["labels"].clone()).unwrap_or_default();
         labels.insert(CLUSTER_NAME_LABEL.into(), cluster.into());
@@ -269,12 +282,12 @@ impl CapiSim {
             let mut spec_patch = json!({});
             let mut status = json!({"initialization": {}, "conditions": []});
             let boot_ref = &spec["bootstrap"]["configRef"];
-            if let Ok(ar) = resolve(
-                &self.mgmt,
-                boot_ref["apiGroup"].as_str().unwrap_or_default(),
-                boot_ref["kind"].as_str().unwrap_or_default(),
-            )
-            .await
+            if let Ok(ar) = self
+                .resolve(
+                    boot_ref["apiGroup"].as_str().unwrap_or_default(),
+                    boot_ref["kind"].as_str().unwrap_or_default(),
+                )
+                .await
                 && let Some(cfg) = self.api(&ar).get_opt(boot_ref["name"].as_str().unwrap_or_default()).await?
             {
                 let created = cfg.data["status"]["initialization"]["dataSecretCreated"] == true;
@@ -286,12 +299,12 @@ impl CapiSim {
             }
             let infra_ref = &spec["infrastructureRef"];
             let mut provider_id = spec["providerID"].as_str().map(String::from);
-            if let Ok(ar) = resolve(
-                &self.mgmt,
-                infra_ref["apiGroup"].as_str().unwrap_or_default(),
-                infra_ref["kind"].as_str().unwrap_or_default(),
-            )
-            .await
+            if let Ok(ar) = self
+                .resolve(
+                    infra_ref["apiGroup"].as_str().unwrap_or_default(),
+                    infra_ref["kind"].as_str().unwrap_or_default(),
+                )
+                .await
                 && let Some(inf) = self.api(&ar).get_opt(infra_ref["name"].as_str().unwrap_or_default()).await?
             {
                 let provisioned = inf.data["status"]["initialization"]["provisioned"] == true;

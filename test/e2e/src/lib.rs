@@ -319,6 +319,23 @@ impl Env {
         }
     }
 
+    /// Waits until `name`'s `Ready` condition has `reason` (and, when given, that status).
+    pub async fn wait_ready_reason(
+        &self,
+        api: &Api<DynamicObject>,
+        name: &str,
+        reason: &str,
+        status: Option<bool>,
+    ) -> DynamicObject {
+        let want = status.map(|s| if s { "True" } else { "False" });
+        self.wait(&format!("{name} Ready reason {reason}"), Duration::from_secs(60), || async {
+            let o = api.get_opt(name).await?;
+            Ok(o.filter(|o| condition(o, "Ready").is_some_and(|(s, r, _)| r == reason && want.is_none_or(|w| s == w))))
+        })
+        .await
+        .unwrap()
+    }
+
     /// Dumps what a failed scenario left, to stderr.
     async fn dump(&self) {
         eprintln!("---- capwin manager log ({}) ----", self.log.display());
@@ -338,6 +355,14 @@ impl Env {
             }
         }
     }
+}
+
+/// A condition of an object as (status, reason, message).
+pub fn condition(o: &DynamicObject, type_: &str) -> Option<(String, String, String)> {
+    o.data["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == type_).map(|c| {
+        let field = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+        (field("status"), field("reason"), field("message"))
+    })
 }
 
 impl Drop for Env {

@@ -68,14 +68,6 @@ fn machine_spec() -> Value {
         "securityGroups": [{"filters": [{"name": "group-name", "values": ["default"]}]}]})
 }
 
-fn ready(o: &kube::api::DynamicObject) -> Option<(String, String)> {
-    o.data["status"]["conditions"]
-        .as_array()?
-        .iter()
-        .find(|c| c["type"] == "Ready")
-        .map(|c| (c["status"].as_str().unwrap_or_default().into(), c["reason"].as_str().unwrap_or_default().into()))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn create_run_join_and_terminate_after_a_crash_mid_create() {
     let _serial = SERIAL.lock().await;
@@ -106,13 +98,7 @@ async fn create_run_join_and_terminate_after_a_crash_mid_create() {
 
     aws_cluster(&env, "aws", machine_spec()).await;
     let machines = env.api(I, "v1alpha1", "AWSWindowsMachine");
-    let m = env
-        .wait("the AWSWindowsMachine to run", T, || async {
-            let m = machines.get_opt("aws-0").await?;
-            Ok(m.filter(|m| ready(m).is_some_and(|(s, r)| s == "True" && r == "InstanceRunning")))
-        })
-        .await
-        .unwrap();
+    let m = env.wait_ready_reason(&machines, "aws-0", "InstanceRunning", Some(true)).await;
     assert_eq!(
         m.data["spec"]["instanceID"],
         orphan.id.as_str(),
@@ -178,13 +164,7 @@ async fn bad_input_gives_a_named_condition_and_no_instance() {
     spec["ami"] = json!({"id": "ami-0000000000000000a"});
     aws_cluster(&env, "awsbad", spec).await;
     let machines = env.api(I, "v1alpha1", "AWSWindowsMachine");
-    let m = env
-        .wait("AMINotFound", T, || async {
-            let m = machines.get_opt("awsbad-0").await?;
-            Ok(m.filter(|m| ready(m).is_some_and(|(_, r)| r == "AMINotFound")))
-        })
-        .await
-        .unwrap();
+    let m = env.wait_ready_reason(&machines, "awsbad-0", "AMINotFound", None).await;
     assert!(m.data["spec"]["instanceID"].is_null());
     let ec2 = ec2(&env).await;
     assert!(
@@ -212,12 +192,7 @@ async fn identity_secrets_only_for_the_namespaces_they_name() {
     spec["identityRef"] = json!({"secretName": "team-aws"});
     aws_cluster(&env, "awsid", spec).await;
     let machines = env.api(I, "v1alpha1", "AWSWindowsMachine");
-    env.wait("IdentityNotAllowed", T, || async {
-        let m = machines.get_opt("awsid-0").await?;
-        Ok(m.filter(|m| ready(m).is_some_and(|(_, r)| r == "IdentityNotAllowed")))
-    })
-    .await
-    .unwrap();
+    env.wait_ready_reason(&machines, "awsid-0", "IdentityNotAllowed", None).await;
     let ec2 = ec2(&env).await;
     let tags = model::ownership_tags("awsid", &env.namespace, "awsid-0");
     assert!(ec2.find_by_tags(&tags).await.unwrap().is_empty(), "no instance with a disallowed identity");
@@ -226,11 +201,6 @@ async fn identity_secrets_only_for_the_namespaces_they_name() {
     let allow =
         json!({"metadata": {"annotations": {"capwin.cluster.x-k8s.io/allowed-namespaces": "someone-else, e2e-awsid"}}});
     env.secrets().patch("team-aws", &PatchParams::default(), &Patch::Merge(allow)).await.unwrap();
-    env.wait("the machine to run with the identity", T, || async {
-        let m = machines.get_opt("awsid-0").await?;
-        Ok(m.filter(|m| ready(m).is_some_and(|(s, r)| s == "True" && r == "InstanceRunning")))
-    })
-    .await
-    .unwrap();
+    env.wait_ready_reason(&machines, "awsid-0", "InstanceRunning", Some(true)).await;
     assert!(!env.manager_log().contains(secret_value), "the identity's secret never reaches the log");
 }

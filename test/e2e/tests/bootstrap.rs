@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use capwin_e2e::Env;
+use capwin_e2e::{Env, condition};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
@@ -63,23 +63,8 @@ async fn workers(env: &Env, name: &str, replicas: u32, infra_kind: &str, config:
     .unwrap();
 }
 
-fn condition(o: &kube::api::DynamicObject, t: &str) -> Option<(String, String, String)> {
-    o.data["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == t).map(|c| {
-        (
-            c["status"].as_str().unwrap_or_default().into(),
-            c["reason"].as_str().unwrap_or_default().into(),
-            c["message"].as_str().unwrap_or_default().into(),
-        )
-    })
-}
-
 async fn ready_reason(env: &Env, config: &str, reason: &str) -> kube::api::DynamicObject {
-    env.wait(&format!("{config} Ready reason {reason}"), T, || async {
-        let o = env.configs().get_opt(config).await?;
-        Ok(o.filter(|o| condition(o, "Ready").is_some_and(|(_, r, _)| r == reason)))
-    })
-    .await
-    .unwrap()
+    env.wait_ready_reason(&env.configs(), config, reason, None).await
 }
 
 async fn tokens(env: &Env, cluster: &str) -> Vec<k8s_openapi::api::core::v1::Secret> {
