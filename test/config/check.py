@@ -125,7 +125,9 @@ PROVIDERS = {
             (I, 'azureclusteridentities'): 'get list watch',
             (C, 'clusters'): 'get list watch',
             (C, 'machines'): 'get list watch',
-            ('', 'secrets'): 'get list watch',
+            (C, 'machinedeployments'): 'get list watch',
+            ('', 'namespaces'): 'get',
+            ('', 'secrets'): 'get list watch create patch',
             **EVENTS,
         },
         'role': LEADER_ELECTION,
@@ -1280,6 +1282,8 @@ def repo_cases():
             d = next(o for o in load_docs(rendered[key]) if o.get('kind') == 'Deployment')
             t = copy.deepcopy(d['spec']['template'])
             t['metadata']['labels'].pop(PROVIDER_LABEL)
+            # Only the infrastructure pod uses Azure workload identity.
+            t['metadata']['labels'].pop('azure.workload.identity/use', None)
             t['spec'].pop('serviceAccountName')
             c = t['spec']['containers'][0]
             c.pop('args')

@@ -2,6 +2,7 @@
 //!
 //! - [`bootstrap`]: `WindowsKubeadmConfig` / `WindowsKubeadmConfigTemplate` in
 //!   `bootstrap.cluster.x-k8s.io`, a KubeadmConfig-style spec plus typed Windows settings.
+//! - [`reference`]: the configuration reference (`docs/reference.md`) generated from the CRDs.
 //! - [`azure`] / [`aws`]: `AzureWindowsMachine(Template)` / `AWSWindowsMachine(Template)` in
 //!   `infrastructure.cluster.x-k8s.io`, the CAPI infrastructure-machine shims.
 //!
@@ -14,6 +15,7 @@ pub mod azure;
 pub mod bootstrap;
 pub mod common;
 pub mod crds;
+pub mod reference;
 
 /// The API version of every capwin kind.
 pub const API_VERSION: &str = "v1alpha1";

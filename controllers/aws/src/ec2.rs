@@ -13,6 +13,7 @@ use aws_sdk_ec2::types::{
     VolumeType,
 };
 
+use crate::metrics::Metrics;
 use crate::model::{Image, Instance};
 
 /// An EC2 failure, reduced to what decisions need. Never carries credentials.
@@ -316,44 +317,69 @@ impl Ec2 for SdkEc2 {
     async fn console_output(&self, id: &str) -> Result<Option<String>, Ec2Error> {
         let out =
             self.client.get_console_output().instance_id(id).send().await.map_err(|e| err("GetConsoleOutput", e))?;
-        let Some(b64) = out.output() else { return Ok(None) };
-        use base64::Engine;
-        let bytes = base64::engine::general_purpose::STANDARD.decode(b64.trim()).unwrap_or_default();
-        Ok(Some(String::from_utf8_lossy(&bytes).into_owned()))
+        Ok(out.output().map(decode_console))
     }
 }
 
-/// Counts calls per operation: the EC2 call budget per machine lifecycle is measured with it.
-pub struct Counting<E> {
-    pub inner: E,
-    pub counts: Arc<[AtomicU64; 10]>,
+/// `GetConsoleOutput`'s `Output` is base64 of the console bytes (not necessarily UTF-8, maybe
+/// wrapped): line breaks inside the base64 are skipped, bad bytes become U+FFFD, and text that is
+/// not base64 at all reads as no output rather than an error (diagnostics are best effort).
+pub fn decode_console(b64: &str) -> String {
+    use base64::Engine;
+    let compact: String = b64.chars().filter(|c| !c.is_ascii_whitespace()).collect();
+    let bytes = base64::engine::general_purpose::STANDARD.decode(compact).unwrap_or_default();
+    String::from_utf8_lossy(&bytes).into_owned()
 }
 
-/// Operation names in [`Counting::counts`] order.
-pub const OPERATIONS: [&str; 8] = [
-    "DescribeInstances(tags)",
-    "DescribeInstances(id)",
-    "RunInstances",
-    "TerminateInstances",
-    "DescribeImages(lookup)",
-    "DescribeImages(id)",
-    "DescribeSubnets",
-    "GetConsoleOutput",
+/// Counts calls per operation: the EC2 call budget per machine lifecycle is measured with it.
+/// Each client keeps its own counts ([`Counting::snapshot`]); with [`Counting::with_metrics`] the
+/// calls also go to the controller's Prometheus counters, shared by every client (the manager's
+/// own and one per identity Secret).
+pub struct Counting<E> {
+    pub inner: E,
+    pub counts: Arc<[AtomicU64; OPERATIONS.len()]>,
+    metrics: Option<Arc<Metrics>>,
+}
+
+/// Seam calls in [`Counting::counts`] order, as (name, EC2 API operation).
+pub const OPERATIONS: [(&str, &str); 10] = [
+    ("DescribeInstances(tags)", "DescribeInstances"),
+    ("DescribeInstances(id)", "DescribeInstances"),
+    ("RunInstances", "RunInstances"),
+    ("TerminateInstances", "TerminateInstances"),
+    ("DescribeImages(lookup)", "DescribeImages"),
+    ("DescribeImages(id)", "DescribeImages"),
+    ("DescribeSubnets", "DescribeSubnets"),
+    ("GetConsoleOutput", "GetConsoleOutput"),
+    ("DescribeSecurityGroups", "DescribeSecurityGroups"),
+    ("DescribeInstanceTypes", "DescribeInstanceTypes"),
 ];
 
 impl<E: Ec2> Counting<E> {
     pub fn new(inner: E) -> Self {
-        Self { inner, counts: Arc::new(Default::default()) }
+        Self { inner, counts: Arc::new(Default::default()), metrics: None }
     }
-    fn hit(&self, i: usize) {
+    pub fn with_metrics(inner: E, metrics: Arc<Metrics>) -> Self {
+        Self { metrics: Some(metrics), ..Self::new(inner) }
+    }
+    fn hit<T>(&self, i: usize, r: Result<T, Ec2Error>) -> Result<T, Ec2Error> {
         self.counts[i].fetch_add(1, Ordering::Relaxed);
+        if let Some(m) = &self.metrics {
+            let result = match &r {
+                Ok(_) => "ok",
+                Err(e) if e.throttled() => "throttled",
+                Err(_) => "error",
+            };
+            m.ec2_call(OPERATIONS[i].1, result);
+        }
+        r
     }
-    /// `(operation, calls)` for every operation called at least once.
+    /// `(call, count)` for every call made at least once.
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
         OPERATIONS
             .iter()
             .enumerate()
-            .map(|(i, n)| (*n, self.counts[i].load(Ordering::Relaxed)))
+            .map(|(i, (n, _))| (*n, self.counts[i].load(Ordering::Relaxed)))
             .filter(|(_, c)| *c > 0)
             .collect()
     }
@@ -361,47 +387,130 @@ impl<E: Ec2> Counting<E> {
 
 impl<E: Ec2> Ec2 for Counting<E> {
     async fn find_by_tags(&self, tags: &[(String, String)]) -> Result<Vec<Instance>, Ec2Error> {
-        self.hit(0);
-        self.inner.find_by_tags(tags).await
+        self.hit(0, self.inner.find_by_tags(tags).await)
     }
     async fn describe(&self, id: &str) -> Result<Option<Instance>, Ec2Error> {
-        self.hit(1);
-        self.inner.describe(id).await
+        self.hit(1, self.inner.describe(id).await)
     }
     async fn run(&self, spec: &LaunchSpec) -> Result<Instance, Ec2Error> {
-        self.hit(2);
-        self.inner.run(spec).await
+        self.hit(2, self.inner.run(spec).await)
     }
     async fn terminate(&self, id: &str) -> Result<(), Ec2Error> {
-        self.hit(3);
-        self.inner.terminate(id).await
+        self.hit(3, self.inner.terminate(id).await)
     }
     async fn find_images(&self, owner: &str, pattern: &str) -> Result<Vec<Image>, Ec2Error> {
-        self.hit(4);
-        self.inner.find_images(owner, pattern).await
+        self.hit(4, self.inner.find_images(owner, pattern).await)
     }
     async fn image(&self, id: &str) -> Result<Option<Image>, Ec2Error> {
-        self.hit(5);
-        self.inner.image(id).await
+        self.hit(5, self.inner.image(id).await)
     }
     async fn subnets(
         &self,
         ids: &[String],
         filters: &[(String, Vec<String>)],
     ) -> Result<Vec<(String, String)>, Ec2Error> {
-        self.hit(6);
-        self.inner.subnets(ids, filters).await
-    }
-    async fn instance_type(&self, name: &str) -> Result<Option<(i32, i64)>, Ec2Error> {
-        self.hit(9);
-        self.inner.instance_type(name).await
-    }
-    async fn security_groups(&self, filters: &[(String, Vec<String>)]) -> Result<Vec<String>, Ec2Error> {
-        self.hit(8);
-        self.inner.security_groups(filters).await
+        self.hit(6, self.inner.subnets(ids, filters).await)
     }
     async fn console_output(&self, id: &str) -> Result<Option<String>, Ec2Error> {
-        self.hit(7);
-        self.inner.console_output(id).await
+        self.hit(7, self.inner.console_output(id).await)
+    }
+    async fn security_groups(&self, filters: &[(String, Vec<String>)]) -> Result<Vec<String>, Ec2Error> {
+        self.hit(8, self.inner.security_groups(filters).await)
+    }
+    async fn instance_type(&self, name: &str) -> Result<Option<(i32, i64)>, Ec2Error> {
+        self.hit(9, self.inner.instance_type(name).await)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn console_output_decoding() {
+        use base64::Engine;
+        let text = "line one\r\nCAPWIN-BOOTSTRAP {\"step\":\"join\"}\r\n";
+        let b64 = base64::engine::general_purpose::STANDARD.encode(text);
+        assert_eq!(decode_console(&b64), text);
+        // Wrapped base64 (as some tools print it) and surrounding whitespace.
+        let wrapped: String =
+            b64.as_bytes().chunks(10).map(|c| std::str::from_utf8(c).unwrap()).collect::<Vec<_>>().join("\n");
+        assert_eq!(decode_console(&format!("  {wrapped}\n")), text);
+        // Invalid UTF-8 survives as replacement characters; garbage is no output.
+        let bytes = base64::engine::general_purpose::STANDARD.encode([b'o', b'k', 0xff, b'!']);
+        assert_eq!(decode_console(&bytes), "ok\u{fffd}!");
+        assert_eq!(decode_console("not base64 at all!"), "");
+    }
+
+    struct Fixed;
+    impl Ec2 for Fixed {
+        async fn find_by_tags(&self, _: &[(String, String)]) -> Result<Vec<Instance>, Ec2Error> {
+            Err(Ec2Error { operation: "DescribeInstances", code: "RequestLimitExceeded".into(), message: "".into() })
+        }
+        async fn describe(&self, _: &str) -> Result<Option<Instance>, Ec2Error> {
+            Ok(None)
+        }
+        async fn run(&self, _: &LaunchSpec) -> Result<Instance, Ec2Error> {
+            Err(Ec2Error { operation: "RunInstances", code: "InternalError".into(), message: "".into() })
+        }
+        async fn terminate(&self, _: &str) -> Result<(), Ec2Error> {
+            Ok(())
+        }
+        async fn find_images(&self, _: &str, _: &str) -> Result<Vec<Image>, Ec2Error> {
+            Ok(vec![])
+        }
+        async fn image(&self, _: &str) -> Result<Option<Image>, Ec2Error> {
+            Ok(None)
+        }
+        async fn subnets(&self, _: &[String], _: &[(String, Vec<String>)]) -> Result<Vec<(String, String)>, Ec2Error> {
+            Ok(vec![])
+        }
+        async fn instance_type(&self, _: &str) -> Result<Option<(i32, i64)>, Ec2Error> {
+            Ok(None)
+        }
+        async fn security_groups(&self, _: &[(String, Vec<String>)]) -> Result<Vec<String>, Ec2Error> {
+            Ok(vec![])
+        }
+        async fn console_output(&self, _: &str) -> Result<Option<String>, Ec2Error> {
+            Ok(None)
+        }
+    }
+
+    #[tokio::test]
+    async fn counting_counts_every_call_under_its_operation() {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = Metrics::register(&mut registry);
+        let c = Counting::with_metrics(Fixed, metrics);
+        let _ = c.find_by_tags(&[]).await;
+        let _ = c.describe("i-1").await;
+        let _ = c.describe("i-1").await;
+        let _ = c.run(&LaunchSpec::default()).await;
+        let _ = c.terminate("i-1").await;
+        let _ = c.find_images("o", "p").await;
+        let _ = c.image("ami-1").await;
+        let _ = c.subnets(&[], &[]).await;
+        let _ = c.console_output("i-1").await;
+        let _ = c.security_groups(&[]).await;
+        let _ = c.instance_type("m6i.xlarge").await;
+        let snap = c.snapshot();
+        assert_eq!(snap.len(), OPERATIONS.len(), "every seam call has its own slot: {snap:?}");
+        assert_eq!(snap.iter().find(|(n, _)| *n == "DescribeInstances(id)").unwrap().1, 2);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry).unwrap();
+        let line =
+            |op: &str, result: &str| format!("capwin_aws_ec2_calls_total{{operation=\"{op}\",result=\"{result}\"}}");
+        assert!(out.contains(&format!("{} 2", line("DescribeInstances", "ok"))), "{out}");
+        assert!(out.contains(&format!("{} 1", line("DescribeInstances", "throttled"))), "{out}");
+        assert!(out.contains(&format!("{} 1", line("RunInstances", "error"))), "{out}");
+        assert!(out.contains(&format!("{} 2", line("DescribeImages", "ok"))), "{out}");
+        for op in [
+            "DescribeSecurityGroups",
+            "DescribeInstanceTypes",
+            "GetConsoleOutput",
+            "TerminateInstances",
+            "DescribeSubnets",
+        ] {
+            assert!(out.contains(&format!("{} 1", line(op, "ok"))), "{op}: {out}");
+        }
     }
 }

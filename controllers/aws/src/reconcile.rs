@@ -3,14 +3,16 @@
 //! addresses and `status.initialization.provisioned`, mirrors the instance state in `Ready`, and
 //! on deletion terminates the instance and waits until it is gone.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use capwin_api::aws::{AWSWindowsMachine, AWSWindowsMachineTemplate};
 use capwin_api::common::NodeInfo;
 use capwin_api::common::{
     InfraMachineInitialization, InfraMachineStatus, MachineAddress, MachineAddressType, set_condition,
 };
+use capwin_payload::serial::{self, Phase};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -24,6 +26,7 @@ use serde_json::json;
 
 use crate::ec2::{Counting, Ec2, SdkEc2};
 use crate::launch::{self, LaunchError, MachineContext};
+use crate::metrics::Metrics;
 use crate::model::{self, StateReading};
 
 /// Finalizer holding the object until its instance is terminated.
@@ -33,14 +36,42 @@ pub const FINALIZER: &str = "infrastructure.cluster.x-k8s.io/capwin-aws";
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
-    /// EC2 with the manager's own credentials (the default chain).
-    pub ec2: Ec2Client,
+    /// EC2 with the manager's own credentials (the default chain); `None` without a region.
+    pub ec2: Option<Ec2Client>,
     pub namespace: Option<String>,
-    pub region: String,
+    /// `None` when neither `--aws-region` nor `AWS_REGION` names one: the controller still runs
+    /// (a crash loop would hide the reason) and every machine says `RegionNotSet`.
+    pub region: Option<String>,
     /// Where per-cluster identity Secrets live (the manager's namespace).
     pub identity_namespace: String,
+    pub metrics: Arc<Metrics>,
     /// EC2 clients per identity Secret, rebuilt when the Secret changes.
-    identities: std::sync::Mutex<std::collections::HashMap<String, (String, Ec2Client)>>,
+    identities: Mutex<HashMap<String, (String, Ec2Client)>>,
+    /// When each machine's console was last read (by machine UID), for the rate limit.
+    console_reads: Mutex<HashMap<String, Instant>>,
+}
+
+/// How often one machine's serial console is read while its Node has not joined: the output
+/// changes once per bootstrap step (minutes apart), and `GetConsoleOutput` is throttled per
+/// account like every EC2 call.
+pub const CONSOLE_READ_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Whether the console may be read again, given the last read (or attempt) of this machine.
+pub fn should_read_console(last: Option<Instant>, now: Instant) -> bool {
+    last.is_none_or(|l| now.saturating_duration_since(l) >= CONSOLE_READ_INTERVAL)
+}
+
+/// Condition type for what the serial console says about bootstrap, before the Node exists.
+/// Separate from `Ready`: `Ready` is the instance's state, and a failed join does not change it.
+pub const NODE_BOOTSTRAP: &str = "NodeBootstrap";
+
+/// The `NodeBootstrap` condition (status, reason, message) for a console report.
+pub fn bootstrap_condition(r: &serial::Report) -> (bool, &'static str, String) {
+    match r.phase {
+        Phase::Failed { .. } => (false, "BootstrapFailed", r.summary()),
+        Phase::Running => (false, "BootstrapInProgress", r.summary()),
+        Phase::Succeeded => (true, "BootstrapSucceeded", r.summary()),
+    }
 }
 
 /// An EC2 client with its call counter.
@@ -51,32 +82,67 @@ pub type Ec2Client = Arc<Counting<SdkEc2>>;
 pub const ALLOWED_NAMESPACES_ANNOTATION: &str = "capwin.cluster.x-k8s.io/allowed-namespaces";
 
 impl Context {
-    pub fn new(
+    /// The default-chain EC2 client is built here (`AWS_ENDPOINT_URL` is honoured); an empty
+    /// region counts as none.
+    pub async fn new(
         client: Client,
-        ec2: SdkEc2,
+        region: Option<String>,
         namespace: Option<String>,
-        region: String,
         identity_namespace: String,
+        metrics: Arc<Metrics>,
     ) -> Arc<Self> {
         let recorder = Recorder::new(
             client.clone(),
             Reporter { controller: "capwin-aws".into(), instance: std::env::var("POD_NAME").ok() },
         );
+        let region = region.filter(|r| !r.is_empty());
+        let ec2 = match &region {
+            Some(r) => Some(Arc::new(Counting::with_metrics(SdkEc2::new(r, None, None).await, metrics.clone()))),
+            None => None,
+        };
         Arc::new(Self {
             client,
             recorder,
-            ec2: Arc::new(Counting::new(ec2)),
+            ec2,
             namespace,
             region,
             identity_namespace,
-            identities: std::sync::Mutex::default(),
+            metrics,
+            identities: Mutex::default(),
+            console_reads: Mutex::default(),
         })
+    }
+
+    fn default_ec2(&self) -> Result<Ec2Client, Error> {
+        self.ec2.clone().ok_or_else(|| {
+            blocked(
+                "RegionNotSet",
+                "the manager has no AWS region: set --aws-region or AWS_REGION (clusterctl variable CAPWIN_AWS_REGION_B64)",
+                Some(Duration::from_secs(300)),
+            )
+        })
+    }
+
+    /// Takes the console-read slot of a machine when it is due (an attempt counts as a read, so
+    /// a failing call is not retried faster than the limit).
+    fn console_due(&self, uid: &str, now: Instant) -> bool {
+        let mut reads = self.console_reads.lock().unwrap_or_else(|p| p.into_inner());
+        if !should_read_console(reads.get(uid).copied(), now) {
+            return false;
+        }
+        reads.insert(uid.to_string(), now);
+        true
+    }
+
+    fn forget_console(&self, uid: &str) {
+        self.console_reads.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
     }
 
     /// The EC2 client for a machine: its identity Secret's credentials when it names one (and
     /// its namespace is allowed to), else the manager's own.
     pub async fn ec2_for(&self, m: &AWSWindowsMachine) -> Result<Ec2Client, Error> {
-        let Some(r) = &m.spec.identity_ref else { return Ok(self.ec2.clone()) };
+        let default = self.default_ec2()?;
+        let Some(r) = &m.spec.identity_ref else { return Ok(default) };
         let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.identity_namespace);
         let name = &r.secret_name;
         let Some(s) = secrets.get_opt(name).await? else {
@@ -126,7 +192,9 @@ impl Context {
             secret_access_key: secret,
             session_token: key("SessionToken"),
         };
-        let client = Arc::new(Counting::new(SdkEc2::new(&self.region, None, Some(creds)).await));
+        let region = self.region.as_deref().unwrap_or_default();
+        let client =
+            Arc::new(Counting::with_metrics(SdkEc2::new(region, None, Some(creds)).await, self.metrics.clone()));
         self.identities.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), (version, client.clone()));
         Ok(client)
     }
@@ -170,16 +238,27 @@ pub async fn reconcile(obj: Arc<AWSWindowsMachine>, ctx: Arc<Context>) -> Result
     })
     .await;
     match result {
-        Ok(a) => Ok(a),
+        Ok(a) => {
+            ctx.metrics.reconciled("ok");
+            Ok(a)
+        }
         Err(kube::runtime::finalizer::Error::ApplyFailed(Error::Blocked { reason, message, retry })) => {
+            ctx.metrics.reconciled("blocked");
+            ctx.metrics.blocked(reason);
             record(&obj, &ctx, false, reason, &message, None).await?;
             Ok(retry.map(Action::requeue).unwrap_or_else(Action::await_change))
         }
         Err(kube::runtime::finalizer::Error::CleanupFailed(Error::Blocked { reason, message, retry })) => {
+            ctx.metrics.reconciled("blocked");
+            ctx.metrics.blocked(reason);
             record(&obj, &ctx, false, reason, &message, None).await?;
             Ok(Action::requeue(retry.unwrap_or(Duration::from_secs(10))))
         }
-        Err(e) => Err(Error::Finalizer(Box::new(e))),
+        Err(e) => {
+            ctx.metrics.reconciled("error");
+            ctx.metrics.blocked("KubernetesAPI");
+            Err(Error::Finalizer(Box::new(e)))
+        }
     }
 }
 
@@ -250,7 +329,7 @@ async fn apply(m: &AWSWindowsMachine, ctx: &Context) -> Result<Action, Error> {
 
     // An instance already belongs to this machine: only report on it, never replace it.
     if let Some(id) = &m.spec.instance_id {
-        return report(m, ctx, id).await;
+        return report(m, ctx, id, &machine).await;
     }
     if cluster.data["status"]["initialization"]["infrastructureProvisioned"] != true {
         return Err(blocked(
@@ -403,8 +482,9 @@ async fn resolve_security_groups<E: Ec2>(
     Ok(out)
 }
 
-/// Reads the instance and writes what CAPI copies to the Machine.
-async fn report(m: &AWSWindowsMachine, ctx: &Context, id: &str) -> Result<Action, Error> {
+/// Reads the instance and writes what CAPI copies to the Machine; until the Machine has a Node,
+/// also what the serial console says about bootstrap.
+async fn report(m: &AWSWindowsMachine, ctx: &Context, id: &str, machine: &DynamicObject) -> Result<Action, Error> {
     let ec2 = ctx.ec2_for(m).await?;
     let Some(instance) = ec2.describe(id).await.map_err(LaunchError::from)? else {
         return Err(blocked(
@@ -445,12 +525,82 @@ async fn report(m: &AWSWindowsMachine, ctx: &Context, id: &str) -> Result<Action
         status.failure_domain = Some(instance.availability_zone.clone());
         status.initialization = Some(InfraMachineInitialization { provisioned: Some(true) });
     }
+    let mut requeue = requeue;
+    let mut failure_event = None;
+    if ready {
+        let uid = m.uid().unwrap_or_default();
+        match machine.data["status"]["nodeRef"]["name"].as_str().filter(|n| !n.is_empty()) {
+            Some(node) => {
+                // The Node exists: its own conditions tell the rest; the console is not read again.
+                ctx.forget_console(&uid);
+                let msg = serial::clean(&format!("node {node} joined"));
+                set_condition(
+                    &mut status.conditions,
+                    NODE_BOOTSTRAP,
+                    true,
+                    "NodeJoined",
+                    &msg,
+                    m.metadata.generation,
+                    &now(),
+                );
+            }
+            None => {
+                requeue = requeue.min(CONSOLE_READ_INTERVAL);
+                if ctx.console_due(&uid, Instant::now()) {
+                    failure_event = read_console(ctx, m, &ec2, id, &mut status).await;
+                }
+            }
+        }
+    }
     record(m, ctx, ready, reason, &message, Some(status)).await?;
+    if let Some(note) = failure_event {
+        let ev = KubeEvent {
+            type_: EventType::Warning,
+            reason: "BootstrapFailed".into(),
+            note: Some(note),
+            action: "Bootstrap".into(),
+            secondary: None,
+        };
+        let _ = ctx.recorder.publish(&ev, &m.object_ref(&())).await;
+    }
     Ok(Action::requeue(requeue))
+}
+
+/// Reads the console once and sets `NodeBootstrap` from it; returns the event note when this
+/// is a failure not reported before. Best effort: a failed read changes nothing.
+async fn read_console(
+    ctx: &Context,
+    m: &AWSWindowsMachine,
+    ec2: &Ec2Client,
+    id: &str,
+    status: &mut InfraMachineStatus,
+) -> Option<String> {
+    ctx.metrics.console_reads.inc();
+    // Bounded: diagnostics must not hold up the report of the instance itself.
+    let text = match tokio::time::timeout(Duration::from_secs(15), ec2.console_output(id)).await {
+        Ok(Ok(Some(t))) => t,
+        Ok(Ok(None)) => return None,
+        Ok(Err(e)) => {
+            tracing::debug!(machine = %m.name_any(), error = %e, "console output not readable");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(machine = %m.name_any(), "console output read timed out");
+            return None;
+        }
+    };
+    let report = serial::parse(&text)?;
+    let (ok, reason, msg) = bootstrap_condition(&report);
+    let before =
+        status.conditions.iter().find(|c| c.r#type == NODE_BOOTSTRAP).map(|c| (c.reason.clone(), c.message.clone()));
+    set_condition(&mut status.conditions, NODE_BOOTSTRAP, ok, reason, &msg, m.metadata.generation, &now());
+    let changed = before.as_ref().is_none_or(|(r, mm)| r != reason || *mm != msg);
+    (reason == "BootstrapFailed" && changed).then_some(msg)
 }
 
 /// Terminates the instance and waits until EC2 reports it terminated.
 async fn cleanup(m: &AWSWindowsMachine, ctx: &Context) -> Result<Action, Error> {
+    ctx.forget_console(&m.uid().unwrap_or_default());
     let id = match &m.spec.instance_id {
         Some(id) => Some(id.clone()),
         None => {
@@ -487,7 +637,15 @@ pub async fn reconcile_template(t: Arc<AWSWindowsMachineTemplate>, ctx: Arc<Cont
     let instance_type = &t.spec.template.spec.instance_type;
     let mut status = t.status.clone().unwrap_or_default();
     status.node_info = Some(NodeInfo { operating_system: Some("windows".into()), architecture: Some("amd64".into()) });
-    match ctx.ec2.instance_type(instance_type).await {
+    let looked_up = match &ctx.ec2 {
+        Some(ec2) => ec2.instance_type(instance_type).await,
+        None => Err(crate::ec2::Ec2Error {
+            operation: "DescribeInstanceTypes",
+            code: "RegionNotSet".into(),
+            message: "the manager has no AWS region: set --aws-region or AWS_REGION".into(),
+        }),
+    };
+    match looked_up {
         Ok(Some((cpus, mib))) => {
             status.capacity = std::collections::BTreeMap::from([
                 ("cpu".to_string(), Quantity(cpus.to_string())),
@@ -512,7 +670,11 @@ pub async fn reconcile_template(t: Arc<AWSWindowsMachineTemplate>, ctx: Arc<Cont
                 &mut status.conditions,
                 "Ready",
                 false,
-                if e.throttled() { "Throttled" } else { "EC2Error" },
+                match e.code.as_str() {
+                    "RegionNotSet" => "RegionNotSet",
+                    _ if e.throttled() => "Throttled",
+                    _ => "EC2Error",
+                },
                 &e.to_string(),
                 t.metadata.generation,
                 &now(),
@@ -523,6 +685,40 @@ pub async fn reconcile_template(t: Arc<AWSWindowsMachineTemplate>, ctx: Arc<Cont
         api.patch_status(&t.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await?;
     }
     Ok(Action::requeue(Duration::from_secs(3600)))
+}
+
+/// What the AWS controller reads from a Machine. Conditions, addresses and timestamps are left
+/// out on purpose: CAPI rewrites them often, and they change nothing here.
+pub fn machine_fingerprint(m: &DynamicObject) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let spec = &m.data["spec"];
+    let relevant = json!([
+        m.metadata.uid,
+        m.metadata.deletion_timestamp.is_some(),
+        m.annotations().get("cluster.x-k8s.io/paused"),
+        spec["clusterName"],
+        spec["version"],
+        spec["failureDomain"],
+        spec["bootstrap"],
+        spec["infrastructureRef"],
+        m.data["status"]["nodeRef"],
+    ]);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    relevant.to_string().hash(&mut h);
+    h.finish()
+}
+
+/// The last fingerprint seen per Machine (by namespace/name), for the Machine watch.
+#[derive(Clone, Default)]
+pub struct MachineChanges(Arc<Mutex<HashMap<String, u64>>>);
+
+impl MachineChanges {
+    /// Whether `m` differs, in what this controller reads, from the last time it was seen.
+    pub fn changed(&self, m: &DynamicObject) -> bool {
+        let key = format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any());
+        let print = machine_fingerprint(m);
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(key, print) != Some(print)
+    }
 }
 
 /// Runs the controllers for machines and their templates.
@@ -544,14 +740,20 @@ pub async fn run(ctx: Arc<Context>) {
         }
         None => (Api::all(ctx.client.clone()), Api::all_with(ctx.client.clone(), &capi("Machine"))),
     };
+    let seen = MachineChanges::default();
     Controller::new(api, watcher::Config::default())
-        // A Machine gains its bootstrap data (and its deletion) on the Machine.
-        .watches_with(machines, capi("Machine"), watcher::Config::default(), |m: DynamicObject| {
+        // A Machine gains its bootstrap data and its Node on the Machine. Only those changes
+        // trigger a reconcile: CAPI rewrites Machine status all the time, and each reconcile of a
+        // running machine costs a DescribeInstances (measured: one a second without this filter).
+        .watches_with(machines, capi("Machine"), watcher::Config::default(), move |m: DynamicObject| {
             let r = &m.data["spec"]["infrastructureRef"];
-            (r["kind"] == "AWSWindowsMachine").then(|| {
+            if r["kind"] != "AWSWindowsMachine" || !seen.changed(&m) {
+                return None;
+            }
+            Some(
                 kube::runtime::reflector::ObjectRef::new(r["name"].as_str().unwrap_or_default())
-                    .within(&m.namespace().unwrap_or_default())
-            })
+                    .within(&m.namespace().unwrap_or_default()),
+            )
         })
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
@@ -560,4 +762,105 @@ pub async fn run(ctx: Arc<Context>) {
             }
         })
         .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine(v: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn only_relevant_machine_changes_trigger_a_reconcile() {
+        let base = json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
+            "metadata": {"name": "w-0", "namespace": "ns", "uid": "u1", "resourceVersion": "1"},
+            "spec": {"clusterName": "c", "version": "v1.34.13", "bootstrap": {"configRef": {"name": "w-0"}},
+                "infrastructureRef": {"kind": "AWSWindowsMachine", "name": "w-0"}},
+            "status": {"conditions": [{"type": "Ready", "status": "False"}]}});
+        let seen = MachineChanges::default();
+        assert!(seen.changed(&machine(base.clone())), "first sight");
+        assert!(!seen.changed(&machine(base.clone())), "same object");
+
+        // CAPI's status churn and a new resourceVersion: no reconcile.
+        let mut churn = base.clone();
+        churn["metadata"]["resourceVersion"] = json!("2");
+        churn["status"]["conditions"] = json!([{"type": "Ready", "status": "True", "lastTransitionTime": "now"}]);
+        churn["status"]["addresses"] = json!([{"type": "InternalIP", "address": "10.0.0.7"}]);
+        churn["status"]["lastUpdated"] = json!("2026-11-21T00:00:00Z");
+        assert!(!seen.changed(&machine(churn.clone())));
+
+        // Bootstrap data appears: reconcile; then the Node: reconcile; then deletion.
+        let mut data = churn.clone();
+        data["spec"]["bootstrap"]["dataSecretName"] = json!("w-0");
+        assert!(seen.changed(&machine(data.clone())));
+        assert!(!seen.changed(&machine(data.clone())));
+        let mut node = data.clone();
+        node["status"]["nodeRef"] = json!({"name": "ip-10-0-0-7.ec2.internal"});
+        assert!(seen.changed(&machine(node.clone())));
+        let mut deleting = node.clone();
+        deleting["metadata"]["deletionTimestamp"] = json!("2026-11-21T00:00:00Z");
+        assert!(seen.changed(&machine(deleting)));
+
+        // Other machines are tracked apart; a recreated Machine (new UID) is new.
+        let mut other = base.clone();
+        other["metadata"]["name"] = json!("w-1");
+        assert!(seen.changed(&machine(other)));
+        let mut recreated = node.clone();
+        recreated["metadata"]["uid"] = json!("u2");
+        assert!(seen.changed(&machine(recreated)));
+        for field in ["version", "failureDomain", "clusterName"] {
+            let mut changed = node.clone();
+            changed["spec"][field] = json!("other");
+            assert_ne!(machine_fingerprint(&machine(changed)), machine_fingerprint(&machine(node.clone())), "{field}");
+        }
+    }
+
+    #[test]
+    fn the_console_is_read_at_most_once_per_interval() {
+        let t0 = Instant::now();
+        assert!(should_read_console(None, t0), "never read: read now");
+        assert!(!should_read_console(Some(t0), t0));
+        assert!(!should_read_console(Some(t0), t0 + CONSOLE_READ_INTERVAL - Duration::from_millis(1)));
+        assert!(should_read_console(Some(t0), t0 + CONSOLE_READ_INTERVAL));
+        assert!(should_read_console(Some(t0), t0 + CONSOLE_READ_INTERVAL * 10));
+        // A clock reading before the last read (another task's later `now`) never reads early.
+        assert!(!should_read_console(Some(t0 + Duration::from_secs(5)), t0));
+        assert!(CONSOLE_READ_INTERVAL >= Duration::from_secs(60));
+    }
+
+    fn report(text: &str) -> serial::Report {
+        serial::parse(text).expect("a record")
+    }
+
+    #[test]
+    fn console_reports_become_the_node_bootstrap_condition() {
+        let failed = report(
+            "CAPWIN-BOOTSTRAP {\"step\":\"join\",\"status\":\"failed\",\"message\":\"kubeadm.exe exited with code 1\"}",
+        );
+        assert_eq!(
+            bootstrap_condition(&failed),
+            (false, "BootstrapFailed", "step join exited 80: kubeadm.exe exited with code 1".to_string())
+        );
+        let running = report("CAPWIN-BOOTSTRAP {\"step\":\"containerd\",\"status\":\"running\",\"message\":\"\"}");
+        assert_eq!(bootstrap_condition(&running), (false, "BootstrapInProgress", "at step containerd".to_string()));
+        let done =
+            report("CAPWIN-BOOTSTRAP {\"step\":\"done\",\"status\":\"succeeded\",\"message\":\"node ip-10-0-0-7\"}");
+        assert_eq!(
+            bootstrap_condition(&done),
+            (true, "BootstrapSucceeded", "bootstrap succeeded: node ip-10-0-0-7".to_string())
+        );
+    }
+
+    #[test]
+    fn condition_messages_stay_bounded_and_free_of_tokens() {
+        let long = format!(
+            "CAPWIN-BOOTSTRAP {{\"step\":\"join\",\"status\":\"failed\",\"message\":\"abcdef.0123456789abcdef {}\"}}",
+            "\\u001b[31m x".repeat(500)
+        );
+        let (_, _, msg) = bootstrap_condition(&report(&long));
+        assert!(msg.chars().count() <= serial::MESSAGE_LIMIT, "{}", msg.len());
+        assert!(!msg.contains("0123456789abcdef") && !msg.chars().any(char::is_control), "{msg}");
+    }
 }

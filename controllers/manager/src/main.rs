@@ -3,7 +3,8 @@
 //! - `capwin crds [--out-dir DIR]`: print (or write) every CRD generated from the Rust types.
 //! - `capwin render --config FILE ...`: render a `WindowsKubeadmConfig` into the payload bytes.
 //! - `capwin manager [flags]`: run the controllers.
-//! - `capwin sandbox`: the test kit, an example Windows cluster, and the controllers, end to end.
+//! - `capwin sandbox`: the test kit, a cluster template from `templates/` with a local cloud
+//!   (moto or the fake ARM), and the controllers, end to end.
 //! - `capwin release --version vX.Y.Z`: the clusterctl repository layout.
 
 mod leader;
@@ -37,7 +38,7 @@ enum Command {
     Render(render::RenderArgs),
     /// Run the controllers against the management cluster.
     Manager(manager::ManagerArgs),
-    /// Bring up the test kit, apply an example Windows cluster and watch it join.
+    /// Bring up the test kit, apply a cluster template against a local cloud and watch it join.
     Sandbox(sandbox::SandboxArgs),
     /// Write a clusterctl repository layout (components, metadata, templates) for a version.
     Release(release::ReleaseArgs),

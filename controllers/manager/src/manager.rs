@@ -73,6 +73,15 @@ pub struct ManagerArgs {
     /// capwin-infrastructure-system).
     #[arg(long)]
     aws_identity_namespace: Option<String>,
+    /// Azure Resource Manager endpoint for the azure controller.
+    #[arg(long, default_value = "https://management.azure.com")]
+    azure_arm_endpoint: String,
+    /// Entra ID authority host (default: AZURE_AUTHORITY_HOST, else the public cloud's).
+    #[arg(long)]
+    azure_authority_host: Option<String>,
+    /// PEM bundle of extra CAs to trust for ARM and Entra ID (a stand-in, or a TLS proxy).
+    #[arg(long)]
+    azure_ca_bundle: Option<std::path::PathBuf>,
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -131,6 +140,8 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     let client = client(args.kubeconfig.as_deref()).await?;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
+    let aws_metrics = capwin_aws::metrics::Metrics::register(&mut registry);
+    let azure_metrics = capwin_azure::metrics::register(&mut registry);
     let ready = Arc::new(AtomicBool::new(false));
     let registry = Arc::new(registry);
     if let Some(addr) = bind(&args.health_probe_bind_address)? {
@@ -170,14 +181,13 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
                 );
             }
             ControllerName::Aws => {
-                // An empty AWS_REGION (unset clusterctl variable) counts as unset.
-                let region = args
-                    .aws_region
-                    .clone()
-                    .or_else(|| std::env::var("AWS_REGION").ok())
-                    .filter(|r| !r.is_empty())
-                    .context("the aws controller needs a region: --aws-region or AWS_REGION")?;
-                let ec2 = capwin_aws::ec2::SdkEc2::new(&region, None, None).await;
+                // An empty AWS_REGION (unset clusterctl variable) counts as unset. Without a
+                // region the controller still runs (no crash loop) and machines say RegionNotSet.
+                let region =
+                    args.aws_region.clone().or_else(|| std::env::var("AWS_REGION").ok()).filter(|r| !r.is_empty());
+                if region.is_none() {
+                    tracing::warn!("no AWS region (--aws-region or AWS_REGION): AWS machines wait with RegionNotSet");
+                }
                 let identity_ns = args
                     .aws_identity_namespace
                     .clone()
@@ -185,15 +195,20 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
                     .unwrap_or_else(|| "capwin-infrastructure-system".into());
                 let ctx = capwin_aws::reconcile::Context::new(
                     client.clone(),
-                    ec2,
-                    args.namespace.clone(),
                     region.clone(),
+                    args.namespace.clone(),
                     identity_ns,
-                );
+                    aws_metrics.clone(),
+                )
+                .await;
                 tasks.push(tokio::spawn(capwin_aws::reconcile::run(ctx)));
-                tracing::info!(region, "aws controller started");
+                tracing::info!(region = region.as_deref().unwrap_or("(none)"), "aws controller started");
             }
-            other => anyhow::bail!("the {other:?} controller is not part of this build yet"),
+            ControllerName::Azure => {
+                let ctx = azure_context(&args, client.clone(), azure_metrics.clone())?;
+                tasks.push(tokio::spawn(capwin_azure::reconcile::run(ctx)));
+                tracing::info!(arm = %args.azure_arm_endpoint, "azure controller started");
+            }
         }
     }
     ready.store(true, Ordering::SeqCst);
@@ -204,6 +219,34 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         _ = futures_all(tasks) => anyhow::bail!("a controller stopped unexpectedly"),
     }
     Ok(())
+}
+
+/// The azure controller's context. Its credential comes from the standard `AZURE_*`
+/// environment (client secret, workload identity, else managed identity).
+fn azure_context(
+    args: &ManagerArgs,
+    client: Client,
+    metrics: Arc<capwin_azure::metrics::Metrics>,
+) -> anyhow::Result<Arc<capwin_azure::reconcile::Context>> {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let arm = args
+        .azure_arm_endpoint
+        .parse()
+        .with_context(|| format!("--azure-arm-endpoint {} is not a URL", args.azure_arm_endpoint))?;
+    let ca_pem = match &args.azure_ca_bundle {
+        Some(p) => Some(std::fs::read(p).with_context(|| format!("--azure-ca-bundle {}", p.display()))?),
+        None => None,
+    };
+    let settings = capwin_azure::reconcile::Settings {
+        endpoint: capwin_azure::arm::Endpoint { arm, ca_pem },
+        authority: args.azure_authority_host.clone().or_else(|| env("AZURE_AUTHORITY_HOST")),
+        namespace: args.namespace.clone(),
+        federated_token_file: env("AZURE_FEDERATED_TOKEN_FILE"),
+        tenant: env("AZURE_TENANT_ID"),
+    };
+    let own = capwin_azure::credentials::from_environment(env);
+    tracing::info!(credential = ?own, "azure credential from the environment");
+    Ok(capwin_azure::reconcile::Context::new(client, settings, own, metrics))
 }
 
 async fn futures_all(tasks: Vec<tokio::task::JoinHandle<()>>) {

@@ -135,18 +135,139 @@ spec:
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-#[test]
-fn sandbox_runs_the_example_to_joined_machines() {
-    let out_dir = std::env::temp_dir().join(format!("capwin-sandbox-{}", std::process::id()));
-    let o = capwin(&["sandbox", "--out", out_dir.to_str().unwrap(), "--timeout", "60s"], None);
+/// Sandbox runs start moto or the fake ARM each; one at a time keeps two cores from timing each
+/// other out.
+static SANDBOX: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn sandbox(out_dir: &std::path::Path, extra: &[&str]) -> (Output, String) {
+    let _one = SANDBOX.lock().unwrap_or_else(|p| p.into_inner());
+    let mut args = vec!["sandbox", "--out", out_dir.to_str().unwrap(), "--timeout", "90s"];
+    args.extend(extra);
+    let o = capwin(&args, None);
     let stdout = String::from_utf8_lossy(&o.stdout).into_owned();
+    (o, stdout)
+}
+
+#[test]
+fn sandbox_runs_the_aws_template_to_joined_machines() {
+    let out_dir = std::env::temp_dir().join(format!("capwin-sandbox-{}", std::process::id()));
+    let (o, stdout) = sandbox(&out_dir, &[]);
     assert!(o.status.success(), "{stdout}\n{}", stderr(&o));
+    assert!(stdout.contains("applying templates/cluster-template-aws-windows-calico.yaml"), "{stdout}");
+    assert!(stdout.contains("(simulated CAPA) AWSCluster demo: made in moto VPC vpc-"), "{stdout}");
     assert!(stdout.contains("all 2 Windows machines joined; join tokens left in the workload cluster: 0"), "{stdout}");
-    for m in ["demo-windows-0", "demo-windows-1"] {
+    for m in ["demo-md-win-0", "demo-md-win-1"] {
+        // The instance is moto's, and the providerID names it.
+        let instance = stdout
+            .lines()
+            .find_map(|l| l.split(&format!("{m}: EC2 instance ")).nth(1))
+            .unwrap_or_else(|| panic!("no EC2 instance line for {m}: {stdout}"));
+        let id = instance.split_whitespace().next().unwrap();
+        assert!(id.starts_with("i-") && instance.contains(" running in us-east-1a "), "{instance}");
+        assert!(stdout.contains(&format!("{m}: providerID aws:///us-east-1a/{id}")), "{stdout}");
+        assert!(stdout.contains(&format!("{m}: Node {m} joined")), "{stdout}");
         let doc = std::fs::read_to_string(out_dir.join(format!("{m}.cloud-config.yaml"))).unwrap();
-        assert!(doc.starts_with("#cloud-config\n") && doc.contains("flannel-vxlan"), "{m}");
+        assert!(doc.starts_with("#cloud-config\n") && doc.contains("calico-vxlan"), "{m}");
         let raw = std::fs::read(out_dir.join(format!("{m}.userdata"))).unwrap();
         assert!(raw.len() <= 16_384, "the AWS payload fits EC2 user data");
     }
+    // moto is stopped: its recorded PID is gone with the state files.
+    assert!(stdout.contains("cloud endpoints stopped"), "{stdout}");
+    assert!(!out_dir.join("kit/aws/moto.pid").exists(), "moto.sh stop clears the PID file");
+    std::fs::remove_dir_all(out_dir).unwrap();
+}
+
+#[test]
+fn sandbox_runs_the_azure_template_against_the_fake_arm() {
+    let out_dir = std::env::temp_dir().join(format!("capwin-sandbox-azure-{}", std::process::id()));
+    let (o, stdout) = sandbox(&out_dir, &["--template", "azure-windows-calico"]);
+    assert!(o.status.success(), "{stdout}\n{}", stderr(&o));
+    assert!(stdout.contains("applying templates/cluster-template-azure-windows-calico.yaml"), "{stdout}");
+    assert!(stdout.contains("fake ARM (and Entra ID) at https://127.0.0.1:"), "{stdout}");
+    assert!(
+        stdout.contains("(simulated CAPZ) AzureCluster demo: resource group capwin-e2e, vnet capwin-e2e-vnet, node subnet capwin-e2e-node-subnet in westeurope"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("(simulated CAPA)") && !stdout.contains("moto"), "no AWS in an Azure run: {stdout}");
+    assert!(stdout.contains("all 2 Windows machines joined; join tokens left in the workload cluster: 0"), "{stdout}");
+    let mut vms = Vec::new();
+    for m in ["demo-md-win-0", "demo-md-win-1"] {
+        // The VM is the fake ARM's: its name, states and address are read from it.
+        let running = stdout
+            .lines()
+            .find_map(|l| l.split(&format!("{m}: VM ")).nth(1).filter(|v| v.contains("provisioningState Succeeded")))
+            .unwrap_or_else(|| panic!("no running VM line for {m}: {stdout}"));
+        let vm = running.split_whitespace().next().unwrap().to_string();
+        assert!(vm.len() <= 15 && vm.starts_with("demo-md-"), "a Windows computer name: {vm}");
+        assert!(running.contains("power state running at 10.1.0."), "{running}");
+        assert!(
+            stdout.contains(&format!(
+                "{m}: providerID azure:///subscriptions/11111111-2222-3333-4444-555555555555/resourceGroups/capwin-e2e/providers/Microsoft.Compute/virtualMachines/{vm}"
+            )),
+            "{stdout}"
+        );
+        assert!(stdout.contains(&format!("{m}: Node {m} joined")), "{stdout}");
+        assert!(stdout.contains(&format!("{m}: bootstrap Joined: the join token is deleted")), "{stdout}");
+        let doc = std::fs::read_to_string(out_dir.join(format!("{m}.cloud-config.yaml"))).unwrap();
+        assert!(doc.starts_with("#cloud-config\n") && doc.contains("calico-vxlan"), "{m}");
+        // The azure.json Secret capwin's template controller writes reaches the node.
+        assert!(doc.contains(r#"- path: "C:\\k\\azure.json""#), "{m}: {doc}");
+        vms.push(vm);
+    }
+    assert_ne!(vms[0], vms[1]);
+    // What the fake ARM held before it stopped: exactly the two VMs, one create each.
+    assert!(stdout.contains("fake ARM holds 2 VMs, 2 NICs, 2 OS disks in resource group capwin-e2e"), "{stdout}");
+    assert!(stdout.contains("PUT Microsoft.Compute/virtualMachines 2,"), "{stdout}");
+    assert!(stdout.contains("cloud endpoints stopped"), "{stdout}");
+    assert!(!out_dir.join("kit/azure/arm.pid").exists(), "arm.sh stop clears the PID file");
+    std::fs::remove_dir_all(out_dir).unwrap();
+}
+
+#[test]
+fn sandbox_applies_a_file_with_variables() {
+    let out_dir = std::env::temp_dir().join(format!("capwin-sandbox-file-{}", std::process::id()));
+    let template = concat!(env!("CARGO_MANIFEST_DIR"), "/../../templates/cluster-template-aws-windows-calico.yaml");
+    let extra = ["--cluster", template, "--var", "CLUSTER_NAME=w1", "--var", "CAPWIN_WINDOWS_WORKER_MACHINE_COUNT=1"];
+    let (o, stdout) = sandbox(&out_dir, &extra);
+    assert!(o.status.success(), "{stdout}\n{}", stderr(&o));
+    assert!(stdout.contains("all 1 Windows machines joined"), "{stdout}");
+    assert!(stdout.contains("w1-md-win-0: EC2 instance i-"), "{stdout}");
+    assert!(out_dir.join("w1-md-win-0.userdata").is_file());
+    std::fs::remove_dir_all(out_dir).unwrap();
+}
+
+#[test]
+fn sandbox_names_unset_variables_and_unknown_templates() {
+    let out_dir = std::env::temp_dir().join(format!("capwin-sandbox-bad-{}", std::process::id()));
+    let file = out_dir.join("objects.yaml");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    std::fs::write(&file, "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: '${A}-${B:=b}-${C}'}\n").unwrap();
+    let o = capwin(&["sandbox", "--out", out_dir.to_str().unwrap(), "--cluster", file.to_str().unwrap()], None);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("value for variables [A, C] is not set"), "{}", stderr(&o));
+    let o = capwin(&["sandbox", "--out", out_dir.to_str().unwrap(), "--template", "gcp-windows"], None);
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("no template \"gcp-windows\"; the sandbox has aws-windows-calico, azure-windows-calico"),
+        "{}",
+        stderr(&o)
+    );
+    std::fs::remove_dir_all(out_dir).unwrap();
+}
+
+#[test]
+fn sandbox_without_python_says_how_to_fix_it() {
+    let out_dir = std::env::temp_dir().join(format!("capwin-sandbox-nopy-{}", std::process::id()));
+    let o = Command::new(env!("CARGO_BIN_EXE_capwin"))
+        .args(["sandbox", "--out", out_dir.to_str().unwrap()])
+        // A venv folder that does not exist yet and a Python that does not exist at all.
+        .env("CAPWIN_VENV_DIR", out_dir.join("venv"))
+        .env("PYTHON", out_dir.join("no-such-python3"))
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let err = stderr(&o);
+    assert!(err.contains("could not start moto") && err.contains("python3 (3.11 or newer)"), "{err}");
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("joined"), "no silent fallback to simulation");
     std::fs::remove_dir_all(out_dir).unwrap();
 }

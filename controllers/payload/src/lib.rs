@@ -19,6 +19,7 @@ mod cloudconfig;
 mod json;
 mod kubeadm;
 mod params;
+pub mod serial;
 pub mod validate;
 
 use capwin_api::bootstrap::WindowsKubeadmConfigSpec;

@@ -295,7 +295,7 @@ impl CapiSim {
                     spec_patch["bootstrap"] = json!({"dataSecretName": cfg.data["status"]["dataSecretName"]});
                 }
                 status["initialization"]["bootstrapDataSecretCreated"] = json!(created);
-                status["conditions"].as_array_mut().expect("array").push(mirror(&cfg, "BootstrapConfigReady"));
+                status["conditions"].as_array_mut().expect("array").push(mirror(&cfg, "BootstrapConfigReady", &m));
             }
             let infra_ref = &spec["infrastructureRef"];
             let mut provider_id = spec["providerID"].as_str().map(String::from);
@@ -320,7 +320,7 @@ impl CapiSim {
                     }
                 }
                 status["initialization"]["infrastructureProvisioned"] = json!(provisioned && pid.is_some());
-                status["conditions"].as_array_mut().expect("array").push(mirror(&inf, "InfrastructureReady"));
+                status["conditions"].as_array_mut().expect("array").push(mirror(&inf, "InfrastructureReady", &m));
             }
             if let Some(pid) = &provider_id
                 && let Some(node_name) = self.node_for(&name, pid).await?
@@ -368,16 +368,23 @@ fn clone_kind(template_kind: &Value) -> Value {
     json!(k.strip_suffix("Template").unwrap_or(k))
 }
 
-fn mirror(o: &DynamicObject, as_type: &str) -> Value {
+/// A condition of `o` copied onto the Machine `m` as `as_type`. Like CAPI, the
+/// `lastTransitionTime` moves only when the status does, so an unchanged Machine is not
+/// rewritten (and its watchers are not woken) on every step.
+fn mirror(o: &DynamicObject, as_type: &str, m: &DynamicObject) -> Value {
     let ready = o.data["status"]["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == "Ready"));
-    match ready {
+    let mut c = match ready {
         Some(c) => {
-            json!({"type": as_type, "status": c["status"], "reason": c["reason"], "message": c["message"].as_str().unwrap_or_default(), "lastTransitionTime": now()})
+            json!({"type": as_type, "status": c["status"], "reason": c["reason"], "message": c["message"].as_str().unwrap_or_default()})
         }
-        None => {
-            json!({"type": as_type, "status": "Unknown", "reason": "NotReported", "message": "", "lastTransitionTime": now()})
-        }
-    }
+        None => json!({"type": as_type, "status": "Unknown", "reason": "NotReported", "message": ""}),
+    };
+    let previous = m.data["status"]["conditions"].as_array().and_then(|cs| cs.iter().find(|p| p["type"] == as_type));
+    c["lastTransitionTime"] = match previous {
+        Some(p) if p["status"] == c["status"] && p["lastTransitionTime"].is_string() => p["lastTransitionTime"].clone(),
+        _ => json!(now()),
+    };
+    c
 }
 
 fn b64(b: &[u8]) -> String {

@@ -25,6 +25,8 @@ use serde_json::{Value, json};
 /// Environment variable naming a real management cluster's kubeconfig.
 pub const REAL_CLUSTER_ENV: &str = "CAPWIN_E2E_KUBECONFIG";
 
+pub mod azure;
+
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -71,6 +73,14 @@ pub struct Env {
     clouds: Vec<PathBuf>,
     /// Environment of the manager process (cloud endpoints and credentials).
     manager_env: Vec<(String, String)>,
+    /// Fault-injecting proxies started for this scenario: the kit script that stops each.
+    proxies: Vec<PathBuf>,
+    /// Each started kit's own URL (for `AwsThrottled`: moto's, behind the proxy).
+    kit_urls: Vec<(CloudKit, String)>,
+    /// The fault-injecting proxy's URL, when one was started.
+    proxy_url: Option<String>,
+    /// The fake ARM's CA certificate (PEM path), when one was started.
+    arm_ca: Option<String>,
 }
 
 /// A local cloud endpoint of the test kit.
@@ -80,6 +90,10 @@ pub enum CloudKit {
     Aws,
     /// The fake ARM server over HTTPS (`test/kit/azure/arm.sh`).
     Azure,
+    /// moto with the kit's fault-injecting proxy (`throttle_proxy.py`) in front: the manager's
+    /// `AWS_ENDPOINT_URL` is the proxy, so every EC2 call it makes is counted and can be made to
+    /// fail ([`Env::aws_proxy`]); [`Env::kit_url`]`(CloudKit::Aws)` is moto itself.
+    AwsThrottled,
 }
 
 impl Env {
@@ -171,10 +185,14 @@ impl Env {
             sim,
             clouds: vec![],
             manager_env: vec![],
+            proxies: vec![],
+            kit_urls: vec![],
+            proxy_url: None,
+            arm_ca: None,
         };
         for c in clouds {
             let url = env.start_cloud(*c)?;
-            if *c == CloudKit::Aws {
+            if matches!(c, CloudKit::Aws | CloudKit::AwsThrottled) {
                 let vars = [
                     ("AWS_ENDPOINT_URL", url.as_str()),
                     ("AWS_ACCESS_KEY_ID", "testing"),
@@ -182,6 +200,9 @@ impl Env {
                     ("AWS_REGION", "us-east-1"),
                 ];
                 env.manager_env.extend(vars.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            }
+            if *c == CloudKit::Azure {
+                env.configure_azure(&url)?;
             }
         }
         env.start_manager().await?;
@@ -196,7 +217,7 @@ impl Env {
             .env(
                 "RUST_LOG",
                 std::env::var("CAPWIN_E2E_LOG")
-                    .unwrap_or_else(|_| "info,capwin_bootstrap=debug,capwin_aws=debug".into()),
+                    .unwrap_or_else(|_| "info,capwin_bootstrap=debug,capwin_aws=debug,capwin_azure=debug".into()),
             )
             .envs(self.manager_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::from(log.try_clone()?))
@@ -212,23 +233,66 @@ impl Env {
     /// share one) and returns its URL; it is stopped by PID when the scenario ends.
     pub fn start_cloud(&mut self, cloud: CloudKit) -> anyhow::Result<String> {
         let script = match cloud {
-            CloudKit::Aws => repo().join("test/kit/aws/moto.sh"),
+            CloudKit::Aws | CloudKit::AwsThrottled => repo().join("test/kit/aws/moto.sh"),
             CloudKit::Azure => repo().join("test/kit/azure/arm.sh"),
         };
-        let out = std::process::Command::new(&script)
-            .arg("start")
+        let url = self.kit_script(&script, "start")?;
+        self.clouds.push(script.clone());
+        if cloud == CloudKit::AwsThrottled {
+            self.kit_urls.push((CloudKit::Aws, url));
+            // Same state folder: the proxy finds this scenario's moto there.
+            let proxy = self.kit_script(&script, "proxy-start")?;
+            self.proxies.push(script);
+            self.kit_urls.push((cloud, proxy.clone()));
+            self.proxy_url = Some(proxy.clone());
+            return Ok(proxy);
+        }
+        self.kit_urls.push((cloud, url.clone()));
+        Ok(url)
+    }
+
+    /// Runs a kit script's command in this scenario's state folder; its last line of output.
+    fn kit_script(&self, script: &std::path::Path, command: &str) -> anyhow::Result<String> {
+        let out = std::process::Command::new(script)
+            .arg(command)
             .env("CAPWIN_KIT_STATE", self.dir.join("kit"))
             .output()
             .with_context(|| format!("running {}", script.display()))?;
         anyhow::ensure!(
             out.status.success(),
-            "{} start failed: {}",
+            "{} {command} failed: {}",
             script.display(),
             String::from_utf8_lossy(&out.stderr)
         );
-        self.clouds.push(script);
-        let url = String::from_utf8(out.stdout)?.lines().last().unwrap_or_default().trim().to_string();
-        Ok(url)
+        Ok(String::from_utf8(out.stdout)?.lines().last().unwrap_or_default().trim().to_string())
+    }
+
+    /// A started kit's own URL: `kit_url(CloudKit::Aws)` is moto even behind the proxy, so a
+    /// scenario's checks neither count as the manager's calls nor use up injected faults.
+    pub fn kit_url(&self, cloud: CloudKit) -> Option<&str> {
+        self.kit_urls.iter().find(|(c, _)| *c == cloud).map(|(_, u)| u.as_str())
+    }
+
+    /// Calls the fault-injecting proxy's control API (`/_capwin/...`, see
+    /// `test/kit/aws/README.md`): `aws_proxy("stats", None)` is a GET, with a body a POST.
+    pub fn aws_proxy(&self, call: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let url = format!(
+            "{}/_capwin/{call}",
+            self.proxy_url.as_deref().context("no proxy started (CloudKit::AwsThrottled)")?
+        );
+        let mut cmd = std::process::Command::new("curl");
+        cmd.args(["-sS", "--fail-with-body", "--max-time", "10"]);
+        if let Some(b) = body {
+            cmd.args(["-X", "POST", "-H", "content-type: application/json", "-d", &b.to_string()]);
+        }
+        let out = cmd.arg(&url).output().context("running curl")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{url}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).with_context(|| format!("{url} answered no JSON"))
     }
 
     /// Kills the manager at once (SIGKILL), as a crash would.
@@ -344,6 +408,9 @@ impl Env {
         for l in &lines[lines.len().saturating_sub(80)..] {
             eprintln!("{l}");
         }
+        if self.proxy_url.is_some() {
+            eprintln!("---- AWS proxy stats: {}", self.aws_proxy("stats", None).unwrap_or_default());
+        }
         for (g, v, k) in [
             ("bootstrap.cluster.x-k8s.io", "v1alpha1", "WindowsKubeadmConfig"),
             ("cluster.x-k8s.io", "v1beta2", "Machine"),
@@ -369,6 +436,12 @@ impl Drop for Env {
     fn drop(&mut self) {
         if let Some(s) = self.sim.take() {
             s.abort();
+        }
+        for script in self.proxies.drain(..) {
+            let _ = std::process::Command::new(&script)
+                .arg("proxy-stop")
+                .env("CAPWIN_KIT_STATE", self.dir.join("kit"))
+                .output();
         }
         for script in self.clouds.drain(..) {
             let _ =

@@ -1,7 +1,9 @@
 //! AWS Windows machines against moto: creation to running to a joined Node to termination, a
-//! manager that died mid-create, and bad input.
+//! manager that died mid-create, bad input, EC2 throttling and 5xx injected by the kit's proxy,
+//! and the EC2 call budget of one machine's lifecycle.
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use capwin_aws::ec2::{Ec2, LaunchSpec, SdkEc2, StaticCredentials};
 use capwin_aws::model;
@@ -16,10 +18,13 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const B: &str = "bootstrap.cluster.x-k8s.io";
 const I: &str = "infrastructure.cluster.x-k8s.io";
 
+/// EC2 for the test's own checks: moto itself, never the proxy, so checks neither count as the
+/// manager's calls nor use up injected faults.
 async fn ec2(env: &Env) -> SdkEc2 {
     let creds =
         StaticCredentials { access_key_id: "testing".into(), secret_access_key: "testing".into(), session_token: None };
-    SdkEc2::new("us-east-1", env.manager_env("AWS_ENDPOINT_URL"), Some(creds)).await
+    let url = env.kit_url(CloudKit::Aws).or(env.manager_env("AWS_ENDPOINT_URL"));
+    SdkEc2::new("us-east-1", url, Some(creds)).await
 }
 
 async fn aws_cluster(env: &Env, name: &str, machine_spec: Value) {
@@ -203,4 +208,251 @@ async fn identity_secrets_only_for_the_namespaces_they_name() {
     env.secrets().patch("team-aws", &PatchParams::default(), &Patch::Merge(allow)).await.unwrap();
     env.wait_ready_reason(&machines, "awsid-0", "InstanceRunning", Some(true)).await;
     assert!(!env.manager_log().contains(secret_value), "the identity's secret never reaches the log");
+}
+
+/// Per-Action counts of one proxy stats section (`requests`, `injected`, `forwarded`).
+fn section(stats: &Value, key: &str) -> BTreeMap<String, u64> {
+    stats[key]
+        .as_object()
+        .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect())
+        .unwrap_or_default()
+}
+
+fn minus(after: &BTreeMap<String, u64>, before: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+    after.iter().map(|(k, v)| (k.clone(), v - before.get(k).copied().unwrap_or(0))).filter(|(_, v)| *v > 0).collect()
+}
+
+fn total(m: &BTreeMap<String, u64>) -> u64 {
+    m.values().sum()
+}
+
+fn of(m: &BTreeMap<String, u64>, action: &str) -> u64 {
+    m.get(action).copied().unwrap_or(0)
+}
+
+/// The manager's `/metrics`.
+fn scrape(addr: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .arg(format!("http://{addr}/metrics"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "scraping {addr}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Sum of a counter family's samples whose labels contain every `label="value"` given, by the
+/// value of `by` (e.g. `capwin_aws_ec2_calls_total` by `operation`).
+fn metric(text: &str, name: &str, by: &str, having: &[&str]) -> BTreeMap<String, u64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with(&format!("{name}{{"))) {
+        let (labels, value) = line.rsplit_once(' ').unwrap();
+        if !having.iter().all(|h| labels.contains(h)) {
+            continue;
+        }
+        let key = labels.split(&format!("{by}=\"")).nth(1).and_then(|r| r.split('"').next()).unwrap_or_default();
+        *out.entry(key.to_string()).or_insert(0) += value.parse::<f64>().unwrap() as u64;
+    }
+    out
+}
+
+async fn live_instances(env: &Env, cluster: &str, machine: &str) -> Vec<model::Instance> {
+    let tags = model::ownership_tags(cluster, &env.namespace, machine);
+    ec2(env).await.find_by_tags(&tags).await.unwrap().into_iter().filter(|i| i.state != "terminated").collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throttling_and_server_errors_are_survived_with_one_instance_and_no_hot_loop() {
+    let _serial = SERIAL.lock().await;
+    let metrics_addr = format!("127.0.0.1:{}", capwin_e2e::free_port());
+    let env = Env::start_with(
+        "awsthr",
+        &["--controllers", "bootstrap,aws", "--metrics-bind-address", &metrics_addr],
+        &[CloudKit::AwsThrottled],
+    )
+    .await
+    .unwrap();
+    // Armed before any machine exists. RunInstances fails more often than the SDK tries (5
+    // attempts), so one reconcile gives up and the controller's own requeue has to recover;
+    // every rule is "before": moto never sees a failed call (moto ignores ClientToken, so a
+    // call that took effect and was then retried would duplicate the instance in moto, not EC2).
+    let faults = [
+        ("RunInstances", 6, "RequestLimitExceeded", 503),
+        ("DescribeInstances", 4, "RequestLimitExceeded", 503),
+        ("DescribeImages", 2, "InternalError", 500),
+        ("DescribeSubnets", 1, "Unavailable", 503),
+    ];
+    for (action, times, code, status) in faults {
+        env.aws_proxy("arm", Some(json!({"action": action, "times": times, "code": code, "status": status}))).unwrap();
+    }
+    let started = Instant::now();
+    aws_cluster(&env, "awsthr", machine_spec()).await;
+    let machines = env.api(I, "v1alpha1", "AWSWindowsMachine");
+    let m = env
+        .wait("awsthr-0 running despite the faults", Duration::from_secs(180), || async {
+            let m = machines.get_opt("awsthr-0").await?;
+            Ok(m.filter(|m| {
+                capwin_e2e::condition(m, "Ready").is_some_and(|(s, r, _)| s == "True" && r == "InstanceRunning")
+            }))
+        })
+        .await
+        .unwrap();
+    let took = started.elapsed();
+
+    let live = live_instances(&env, "awsthr", "awsthr-0").await;
+    assert_eq!(live.len(), 1, "exactly one instance for the machine: {live:?}");
+    assert_eq!(live[0].state, "running");
+    assert_eq!(m.data["spec"]["instanceID"], live[0].id.as_str());
+    assert_eq!(m.data["spec"]["providerID"], format!("aws:///us-east-1c/{}", live[0].id).as_str());
+
+    // Every injected fault was hit: the test exercised what it claims to.
+    let stats = env.aws_proxy("stats", None).unwrap();
+    let (requests, injected, forwarded) =
+        (section(&stats, "requests"), section(&stats, "injected"), section(&stats, "forwarded"));
+    eprintln!(
+        "throttling: Ready after {took:?}; requests {requests:?}; injected {injected:?}; forwarded {forwarded:?}"
+    );
+    for (action, times, _, _) in faults {
+        assert_eq!(of(&injected, action), times, "{action}: every armed fault was used: {stats}");
+    }
+    assert_eq!(stats["rules"], json!([]), "no rule left armed");
+    assert_eq!(of(&forwarded, "RunInstances"), 1, "exactly one RunInstances reached EC2");
+    // The SDK gave up on RunInstances once; the controller reported it and requeued.
+    let text = scrape(&metrics_addr);
+    let throttled = metric(&text, "capwin_aws_reconcile_errors_total", "reason", &[]);
+    assert!(of(&throttled, "Throttled") >= 1, "the controller saw the throttling: {throttled:?}\n{text}");
+    // No hot loop: 13 injected faults and a create take a bounded number of requests.
+    assert!(total(&requests) <= 60, "requests until Ready: {requests:?}");
+    assert!(total(&forwarded) <= 30, "forwarded until Ready: {forwarded:?}");
+
+    // And once running, it stays quiet.
+    let before = section(&env.aws_proxy("stats", None).unwrap(), "requests");
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    let quiet = minus(&section(&env.aws_proxy("stats", None).unwrap(), "requests"), &before);
+    eprintln!("throttling: 20 s after Ready: {quiet:?}");
+    assert!(total(&quiet) <= 6, "a running machine makes few EC2 calls: {quiet:?}");
+    assert_eq!(live_instances(&env, "awsthr", "awsthr-0").await.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ec2_calls_per_machine_lifecycle_and_at_steady_state() {
+    let _serial = SERIAL.lock().await;
+    let metrics_addr = format!("127.0.0.1:{}", capwin_e2e::free_port());
+    let env = Env::start_with(
+        "awscalls",
+        &["--controllers", "bootstrap,aws", "--metrics-bind-address", &metrics_addr],
+        &[CloudKit::AwsThrottled],
+    )
+    .await
+    .unwrap();
+    let requests = || section(&env.aws_proxy("stats", None).unwrap(), "requests");
+    // Longer than the console-read interval (60 s), so the cadence itself is measured.
+    const BOOT_WINDOW: Duration = Duration::from_secs(70);
+    const WINDOW: Duration = Duration::from_secs(30);
+    let per_minute = |m: &BTreeMap<String, u64>, d: Duration| total(m) as f64 * 60.0 / d.as_secs_f64();
+
+    // Create: objects to a running instance.
+    aws_cluster(&env, "awscalls", machine_spec()).await;
+    let machines = env.api(I, "v1alpha1", "AWSWindowsMachine");
+    let m = env.wait_ready_reason(&machines, "awscalls-0", "InstanceRunning", Some(true)).await;
+    let ready_at = Instant::now();
+    let create = requests();
+    eprintln!("EC2 calls, create -> running: {create:?} (total {})", total(&create));
+
+    // Steady state while the Windows node bootstraps (no Node yet): the console is read once a
+    // minute (the first read was at Ready, before this window).
+    assert_eq!(of(&create, "GetConsoleOutput"), 1, "{create:?}");
+    tokio::time::sleep(BOOT_WINDOW).await;
+    let after_boot = requests();
+    let booting = minus(&after_boot, &create);
+    eprintln!(
+        "EC2 calls, {BOOT_WINDOW:?} running without a Node: {booting:?} ({:.1}/min)",
+        per_minute(&booting, BOOT_WINDOW)
+    );
+    assert_eq!(of(&booting, "GetConsoleOutput"), 1, "read again after a minute, not more: {booting:?}");
+    let m2 = machines.get("awscalls-0").await.unwrap();
+    // moto's console is fixed Linux text without our records: no condition, nothing broken.
+    assert!(capwin_e2e::condition(&m2, "NodeBootstrap").is_none(), "{}", m2.data["status"]);
+    assert_eq!(capwin_e2e::condition(&m2, "Ready").unwrap().1, "InstanceRunning");
+    let allowed = 1 + ready_at.elapsed().as_secs() / 60;
+    assert!(of(&after_boot, "GetConsoleOutput") <= allowed, "at most once a minute: {after_boot:?}");
+
+    // The node joins: NodeBootstrap says so, and the console is no longer read.
+    let provider_id = m.data["spec"]["providerID"].as_str().unwrap().to_string();
+    let dns = m.data["status"]["addresses"].as_array().unwrap().iter().find(|a| a["type"] == "InternalDNS").unwrap()
+        ["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    env.join_node("awscalls", &dns, &provider_id).await.unwrap();
+    env.wait("NodeBootstrap NodeJoined", T, || async {
+        let m = machines.get("awscalls-0").await?;
+        Ok(capwin_e2e::condition(&m, "NodeBootstrap").filter(|(s, r, _)| s == "True" && r == "NodeJoined"))
+    })
+    .await
+    .unwrap();
+    let joined_at = requests();
+    tokio::time::sleep(WINDOW).await;
+    let after_join = requests();
+    let joined = minus(&after_join, &joined_at);
+    eprintln!("EC2 calls, {WINDOW:?} with the Node joined: {joined:?} ({:.1}/min)", per_minute(&joined, WINDOW));
+    assert_eq!(of(&joined, "GetConsoleOutput"), 0, "no console reads once the Node exists");
+
+    // Delete: scale to zero; terminated before the object goes.
+    env.capi("MachineDeployment")
+        .patch("awscalls", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 0}})))
+        .await
+        .unwrap();
+    env.wait("the AWSWindowsMachine to be gone", T, || async {
+        Ok(machines.get_opt("awscalls-0").await?.is_none().then_some(()))
+    })
+    .await
+    .unwrap();
+    let end = requests();
+    let delete = minus(&end, &after_join);
+    eprintln!("EC2 calls, delete -> terminated: {delete:?} (total {})", total(&delete));
+    eprintln!("EC2 calls, whole lifecycle: {end:?} (total {})", total(&end));
+    assert!(live_instances(&env, "awscalls", "awscalls-0").await.is_empty());
+
+    // Budgets (generous enough for timing, tight enough to catch a loop or a repeated create).
+    assert_eq!(of(&create, "RunInstances"), 1, "{create:?}");
+    for once in ["DescribeImages", "DescribeSubnets", "DescribeSecurityGroups"] {
+        assert_eq!(of(&create, once), 1, "{once} once per create: {create:?}");
+    }
+    assert!(of(&create, "DescribeInstances") <= 6, "{create:?}");
+    assert!(total(&create) <= 12, "create: {create:?}");
+    assert!(total(&booting) <= 4, "while booting: {booting:?}");
+    assert!(total(&joined) <= 2, "with the Node joined: {joined:?}");
+    assert_eq!(of(&delete, "TerminateInstances"), 1, "{delete:?}");
+    assert_eq!(of(&end, "RunInstances"), 1);
+    assert!(total(&delete) <= 8, "delete: {delete:?}");
+
+    // The manager's own counters agree with what the proxy saw (no faults: one request per call).
+    let text = scrape(&metrics_addr);
+    let calls = metric(&text, "capwin_aws_ec2_calls_total", "operation", &[]);
+    eprintln!("capwin_aws_ec2_calls_total by operation: {calls:?}");
+    assert_eq!(calls, end, "metrics vs proxy\n{text}");
+    let reconciles = metric(&text, "capwin_aws_reconciles_total", "result", &[]);
+    eprintln!("capwin_aws_reconciles_total by result: {reconciles:?}");
+    assert!(of(&reconciles, "ok") >= 3, "{reconciles:?}");
+}
+
+/// The infrastructure Deployment runs the aws controller with `AWS_REGION` from a clusterctl
+/// variable that is empty by default: the manager must stay up and say why, not crash-loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_region_machines_wait_with_a_named_condition_and_the_manager_stays_up() {
+    let _serial = SERIAL.lock().await;
+    // An empty flag counts as unset, whatever AWS_REGION this test process inherited.
+    let env =
+        Env::start_with("awsnoregion", &["--controllers", "bootstrap,aws", "--aws-region", ""], &[]).await.unwrap();
+    aws_cluster(&env, "awsnoregion", machine_spec()).await;
+    let machines = env.api(I, "v1alpha1", "AWSWindowsMachine");
+    let m = env.wait_ready_reason(&machines, "awsnoregion-0", "RegionNotSet", Some(false)).await;
+    assert!(capwin_e2e::condition(&m, "Ready").unwrap().2.contains("AWS_REGION"));
+    assert!(m.data["spec"]["instanceID"].is_null());
+    let templates = env.api(I, "v1alpha1", "AWSWindowsMachineTemplate");
+    env.wait_ready_reason(&templates, "awsnoregion", "RegionNotSet", Some(false)).await;
+    let log = env.manager_log();
+    assert!(log.contains("aws controller started"), "{log}");
+    assert!(!log.contains("stopped unexpectedly") && !log.contains("needs a region"), "{log}");
 }

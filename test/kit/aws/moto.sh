@@ -193,7 +193,8 @@ start_proxy() {
   echo "$pid" > "$state/proxy.pid"
   for ((i = 0; i < timeout * 10; i++)); do
     if [[ -s "$state/proxy.json" ]]; then break; fi
-    if [[ -z "$(live_pid proxy)" ]]; then break; fi
+    # kill -0, not live_pid: right after the fork the child may not have exec'd python yet.
+    if ! kill -0 "$pid" 2>/dev/null; then break; fi
     sleep 0.1
   done
   if [[ -s "$state/proxy.json" ]]; then

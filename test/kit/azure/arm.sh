@@ -107,7 +107,8 @@ start_arm() {
   echo "$pid" > "$state/arm.pid"
   for ((i = 0; i < timeout * 10; i++)); do
     [[ -s "$state/arm.json" ]] && break
-    [[ -n "$(live_pid)" ]] || break
+    # kill -0, not live_pid: right after the fork the child may not have exec'd python yet.
+    kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
   if [[ -s "$state/arm.json" ]]; then

@@ -1,0 +1,863 @@
+//! The `AzureWindowsMachine` reconciler (CAPI v1beta2 infrastructure-machine contract): waits for
+//! the bootstrap data, creates the NIC and the VM idempotently, reports `spec.providerID`,
+//! addresses and `status.initialization.provisioned`, mirrors the VM's state in `Ready`, reads
+//! the boot diagnostics serial log until the Node exists, and on deletion deletes the VM, NIC
+//! and OS disk and verifies each is gone.
+//!
+//! Idempotency: the VM name is chosen once and kept in an annotation (metadata survives
+//! `clusterctl move`) before anything is created; the NIC is created only when a GET finds none;
+//! the VM is created with `If-None-Match: *`, so a manager killed at any point converges on the
+//! one VM it started, and a VM of that name that is not this machine's is never touched.
+//!
+//! Long-running operations are followed through `Azure-AsyncOperation` / `Location` for a short
+//! budget inside the reconcile; after that the reconcile requeues and reads the VM's
+//! `provisioningState`, which ARM keeps authoritative, so no worker is held for minutes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use capwin_api::azure::{AzureWindowsMachine, AzureWindowsMachineTemplate};
+use capwin_api::common::{
+    ConditionStatus, InfraMachineInitialization, InfraMachineStatus, MachineAddress, MachineAddressType, NodeInfo,
+    capi_resource as capi, now_rfc3339 as now, set_condition,
+};
+use capwin_infra::contract;
+use capwin_infra::diagnostics::{self, Slots};
+use capwin_infra::status::Writer;
+pub use capwin_infra::{Error, blocked};
+use capwin_payload::serial;
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::{Controller, watcher};
+use kube::{Client, ResourceExt};
+use serde_json::{Value, json};
+
+use crate::arm::{self, Arm, ArmError, Counting, Endpoint, HttpArm, OperationStatus};
+use crate::credentials::{self, CredentialSource, IdentityPlan, IdentityProblem};
+use crate::metrics::Metrics;
+use crate::model::{self, Placement, VmReading, api};
+
+/// Finalizer holding the object until its VM, NIC and disk are gone.
+pub const FINALIZER: &str = "infrastructure.cluster.x-k8s.io/capwin-azure";
+/// Annotation with the ARM ID of the VM chosen for this machine (set before it is created).
+pub const VM_ID_ANNOTATION: &str = "capwin.cluster.x-k8s.io/vm-id";
+/// How long one reconcile follows a long-running operation before requeueing.
+const LRO_BUDGET: Duration = Duration::from_secs(20);
+
+/// An ARM client with its call counter.
+pub type ArmClient = Arc<Counting<HttpArm>>;
+
+/// Where ARM and Entra ID are; the manager's credential comes from its environment.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub endpoint: Endpoint,
+    /// Entra ID authority host override (a stand-in or a sovereign cloud).
+    pub authority: Option<String>,
+    pub namespace: Option<String>,
+    /// The projected service-account token for workload identity (`AZURE_FEDERATED_TOKEN_FILE`).
+    pub federated_token_file: Option<String>,
+    /// Tenant for `azure.json` when no identity names one (`AZURE_TENANT_ID`).
+    pub tenant: Option<String>,
+}
+
+/// What the reconciler shares.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub settings: Settings,
+    pub metrics: Arc<Metrics>,
+    /// The manager's own ARM client, or why it could not be built.
+    own: Result<ArmClient, String>,
+    /// ARM clients per `AzureClusterIdentity`, rebuilt when it or its Secret changes.
+    identities: Mutex<HashMap<String, (String, ArmClient)>>,
+    /// When each machine's serial log was last read (by machine UID).
+    serial_reads: Slots,
+    /// When each machine's VM was last read (by machine UID), for [`vm_read_due`].
+    vm_reads: Slots,
+    /// Serialises VM-name choices so two machines never pick a name at the same moment.
+    naming: tokio::sync::Mutex<()>,
+}
+
+impl Context {
+    pub fn new(client: Client, settings: Settings, own: CredentialSource, metrics: Arc<Metrics>) -> Arc<Self> {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter { controller: "capwin-azure".into(), instance: std::env::var("POD_NAME").ok() },
+        );
+        let own = build_client(&settings, &own, &metrics);
+        if let Err(e) = &own {
+            tracing::warn!(error = %e, "the manager's own Azure credential is unusable; machines need an identityRef");
+        }
+        Arc::new(Self {
+            client,
+            recorder,
+            settings,
+            metrics,
+            own,
+            identities: Mutex::default(),
+            serial_reads: Slots::default(),
+            vm_reads: Slots::default(),
+            naming: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The ARM calls made through every client, by operation.
+    pub fn call_counts(&self) -> std::collections::BTreeMap<String, u64> {
+        let mut all = self.own.as_ref().map(|c| c.counts()).unwrap_or_default();
+        for (_, c) in self.identities.lock().unwrap_or_else(|p| p.into_inner()).values() {
+            for (k, v) in c.counts() {
+                *all.entry(k).or_default() += v;
+            }
+        }
+        all
+    }
+
+    fn own_client(&self) -> Result<ArmClient, Error> {
+        self.own.clone().map_err(|e| {
+            blocked(
+                "CredentialsUnavailable",
+                format!("the manager's Azure credential: {e}"),
+                Some(Duration::from_secs(300)),
+            )
+        })
+    }
+
+    /// The ARM client for a machine: its `identityRef`, else its `AzureCluster`'s, else the
+    /// manager's own. An identity is usable only from the namespaces it allows.
+    async fn arm_for(&self, m: &AzureWindowsMachine, azure_cluster: Option<&Value>) -> Result<ArmClient, Error> {
+        let ns = m.namespace().unwrap_or_default();
+        let (name, id_ns, field) = match (&m.spec.identity_ref, azure_cluster.map(|a| &a["spec"]["identityRef"])) {
+            (Some(r), _) => (r.name.clone(), r.namespace.clone().unwrap_or_else(|| ns.clone()), "spec.identityRef"),
+            (None, Some(r)) if r["name"].as_str().is_some_and(|n| !n.is_empty()) => (
+                r["name"].as_str().unwrap_or_default().to_string(),
+                r["namespace"].as_str().filter(|n| !n.is_empty()).unwrap_or(&ns).to_string(),
+                "AzureCluster spec.identityRef",
+            ),
+            _ => return self.own_client(),
+        };
+        let identities: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &id_ns, &identity_resource());
+        let Some(identity) = identities.get_opt(&name).await? else {
+            return Err(blocked(
+                "IdentityNotFound",
+                format!("{field}: AzureClusterIdentity {id_ns}/{name} does not exist"),
+                Some(Duration::from_secs(60)),
+            ));
+        };
+        let identity = serde_json::to_value(&identity).unwrap_or_default();
+        let namespaces: Api<Namespace> = Api::all(self.client.clone());
+        let labels = namespaces
+            .get_opt(&ns)
+            .await?
+            .and_then(|n| n.metadata.labels)
+            .map(|l| l.into_iter().map(|(k, v)| (k, Value::String(v))).collect())
+            .unwrap_or_default();
+        if !credentials::namespace_allowed(&identity, &ns, &labels) {
+            return Err(blocked(
+                "IdentityNotAllowed",
+                format!(
+                    "{field}: namespace {ns} may not use AzureClusterIdentity {id_ns}/{name} (see its spec.allowedNamespaces)"
+                ),
+                Some(Duration::from_secs(60)),
+            ));
+        }
+        let problem = |p: IdentityProblem| match p {
+            IdentityProblem::NotAllowed(m) => blocked("IdentityNotAllowed", m, Some(Duration::from_secs(60))),
+            IdentityProblem::Unsupported(m) => blocked("IdentityNotSupported", m, None),
+            IdentityProblem::Invalid(m) => blocked("InvalidIdentity", m, Some(Duration::from_secs(60))),
+        };
+        let mut version = identity["metadata"]["resourceVersion"].as_str().unwrap_or_default().to_string();
+        let source = match credentials::identity_plan(&identity, self.settings.federated_token_file.as_deref())
+            .map_err(problem)?
+        {
+            IdentityPlan::ManagerOwn => return self.own_client(),
+            IdentityPlan::Ready(source) => source,
+            IdentityPlan::ClientSecret { tenant, client_id, secret_namespace, secret_name } => {
+                let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &secret_namespace);
+                let Some(s) = secrets.get_opt(&secret_name).await? else {
+                    return Err(blocked(
+                        "IdentitySecretNotFound",
+                        format!(
+                            "AzureClusterIdentity {id_ns}/{name}: Secret {secret_namespace}/{secret_name} does not exist"
+                        ),
+                        Some(Duration::from_secs(60)),
+                    ));
+                };
+                version.push('/');
+                version.push_str(&s.resource_version().unwrap_or_default());
+                let secret = s
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get("clientSecret"))
+                    .and_then(|v| String::from_utf8(v.0.clone()).ok())
+                    .filter(|v| !v.is_empty())
+                    .ok_or_else(|| {
+                        blocked(
+                            "InvalidIdentity",
+                            format!("AzureClusterIdentity {id_ns}/{name}: Secret {secret_namespace}/{secret_name} has no key clientSecret"),
+                            Some(Duration::from_secs(60)),
+                        )
+                    })?;
+                CredentialSource::ClientSecret { tenant, client_id, secret }
+            }
+        };
+        let key = format!("{id_ns}/{name}");
+        if let Some((v, c)) = self.identities.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
+            && *v == version
+        {
+            return Ok(c.clone());
+        }
+        let client = build_client(&self.settings, &source, &self.metrics).map_err(|e| {
+            blocked("InvalidIdentity", format!("AzureClusterIdentity {key}: {e}"), Some(Duration::from_secs(60)))
+        })?;
+        // Two machines may build a client at once: the first stored one wins, so no client (and
+        // none of its call counts) is silently replaced.
+        let mut identities = self.identities.lock().unwrap_or_else(|p| p.into_inner());
+        match identities.get(&key) {
+            Some((v, existing)) if *v == version => Ok(existing.clone()),
+            _ => {
+                identities.insert(key, (version, client.clone()));
+                Ok(client)
+            }
+        }
+    }
+
+    fn writer(&self) -> Writer<'_> {
+        Writer { client: &self.client, recorder: &self.recorder, normal_reasons: &["VMCreating", "Deleting"] }
+    }
+}
+
+/// How often a running, joined machine's VM is read from ARM, whatever wakes the reconcile.
+pub const STEADY_READ_INTERVAL: Duration = Duration::from_secs(300);
+
+/// Whether a reconcile reads the VM again. A machine in steady state (running, its Node joined)
+/// is read at most every [`STEADY_READ_INTERVAL`]: Machine status churn wakes the reconciler
+/// often, and ARM's read quota is per subscription. Anything else is read every time.
+pub fn vm_read_due(last: Option<Instant>, now: Instant, steady: bool) -> bool {
+    !steady || last.is_none_or(|l| now.saturating_duration_since(l) >= STEADY_READ_INTERVAL)
+}
+
+fn build_client(settings: &Settings, source: &CredentialSource, metrics: &Arc<Metrics>) -> Result<ArmClient, String> {
+    let http = arm::http_client(settings.endpoint.ca_pem.as_deref())?;
+    let credential = credentials::build(source, settings.authority.as_deref(), &http)?;
+    let arm = HttpArm::new(&settings.endpoint, credential)?;
+    Ok(Arc::new(Counting::with_metrics(arm, metrics.clone())))
+}
+
+/// The condition reason for an ARM error that ends a create.
+pub fn create_failure_reason(e: &ArmError) -> &'static str {
+    match e.code.as_str() {
+        "PlatformImageNotFound" | "ImageNotFound" | "GalleryImageNotFound" => "ImageNotFound",
+        "InvalidResourceReference" | "NotFound" if e.message.contains("subnet") => "SubnetNotFound",
+        "SubnetIsFull" => "SubnetIsFull",
+        "SkuNotAvailable" | "InvalidParameter" if e.message.contains("vmSize") || e.message.contains("size") => {
+            "VMSizeNotAvailable"
+        }
+        "AuthorizationFailed" | "AuthenticationFailed" | "InvalidAuthenticationToken" => "AuthorizationFailed",
+        _ if e.throttled() => "Throttled",
+        _ if e.transient() => "ARMUnavailable",
+        _ => "VMCreateFailed",
+    }
+}
+
+fn identity_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("infrastructure.cluster.x-k8s.io", "v1beta1", "AzureClusterIdentity"),
+        "azureclusteridentities",
+    )
+}
+
+fn azure_cluster_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("infrastructure.cluster.x-k8s.io", "v1beta1", "AzureCluster"),
+        "azureclusters",
+    )
+}
+
+/// An ARM error met on the way: throttling and outages retry soon, the rest names itself.
+fn arm_error(e: ArmError) -> Error {
+    let retry = if e.transient() { Duration::from_secs(20) } else { Duration::from_secs(120) };
+    let reason = if e.throttled() {
+        "Throttled"
+    } else if e.transient() {
+        "ARMUnavailable"
+    } else if matches!(e.code.as_str(), "AuthorizationFailed" | "AuthenticationFailed" | "InvalidAuthenticationToken") {
+        "AuthorizationFailed"
+    } else {
+        "ARMError"
+    };
+    blocked(reason, e.to_string(), Some(retry))
+}
+
+pub async fn reconcile(obj: Arc<AzureWindowsMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
+    tracing::debug!(machine = %obj.name_any(), "reconciling AzureWindowsMachine");
+    let api: Api<AzureWindowsMachine> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
+    let result = finalizer(&api, FINALIZER, obj.clone(), |ev| async {
+        match ev {
+            Finalizer::Apply(m) => apply(&m, &ctx).await,
+            Finalizer::Cleanup(m) => cleanup(&m, &ctx).await,
+        }
+    })
+    .await;
+    ctx.writer().finish(obj.as_ref(), &ctx.metrics, result).await
+}
+
+pub fn error_policy(obj: Arc<AzureWindowsMachine>, err: &Error, _: Arc<Context>) -> Action {
+    tracing::warn!(machine = %obj.name_any(), error = %err, "AzureWindowsMachine reconcile failed");
+    Action::requeue(Duration::from_secs(15))
+}
+
+/// The CAPI objects a machine hangs off, and the cluster's `AzureCluster` when it has one.
+struct Owners {
+    machine: DynamicObject,
+    cluster: DynamicObject,
+    cluster_name: String,
+    azure_cluster: Option<Value>,
+}
+
+async fn owners(m: &AzureWindowsMachine, ctx: &Context) -> Result<Owners, Error> {
+    let o = contract::owners(&ctx.client, m, "AzureWindowsMachine").await?;
+    let azure_cluster = azure_cluster_of(ctx, &m.namespace().unwrap_or_default(), &o.cluster).await?;
+    Ok(Owners { machine: o.machine, cluster: o.cluster, cluster_name: o.cluster_name, azure_cluster })
+}
+
+async fn azure_cluster_of(ctx: &Context, ns: &str, cluster: &DynamicObject) -> Result<Option<Value>, Error> {
+    let infra = &cluster.data["spec"]["infrastructureRef"];
+    if infra["kind"] != "AzureCluster" {
+        return Ok(None);
+    }
+    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &azure_cluster_resource());
+    Ok(api
+        .get_opt(infra["name"].as_str().unwrap_or_default())
+        .await?
+        .map(|a| serde_json::to_value(a).unwrap_or_default()))
+}
+
+async fn apply(m: &AzureWindowsMachine, ctx: &Context) -> Result<Action, Error> {
+    let ns = m.namespace().unwrap_or_default();
+    let o = owners(m, ctx).await?;
+    if contract::paused(&o.cluster, m) {
+        return Err(blocked("Paused", "the Cluster or this object is paused", None));
+    }
+    let vm_id = m.annotations().get(VM_ID_ANNOTATION).cloned();
+    // The VM was created (or its create accepted): only report on it, never replace it.
+    if let (Some(id), Some(_)) = (&vm_id, &m.spec.provider_id) {
+        let arm = ctx.arm_for(m, o.azure_cluster.as_ref()).await?;
+        return report(m, ctx, &arm, &o.machine, id).await;
+    }
+    contract::require_cluster_infrastructure(&o.cluster)?;
+    let Some(azure_cluster) = &o.azure_cluster else {
+        return Err(blocked(
+            "UnsupportedCluster",
+            format!(
+                "Cluster {} has no AzureCluster infrastructure; AzureWindowsMachines join CAPZ clusters",
+                o.cluster_name
+            ),
+            None,
+        ));
+    };
+    let payload = contract::bootstrap_data(&ctx.client, &o.machine).await?;
+    // Bad input first, before anything exists in Azure.
+    let custom_data = model::custom_data(&payload).map_err(|e| blocked("CustomDataTooLarge", e.to_string(), None))?;
+    let placement = model::placement(azure_cluster, m.spec.network.subnet_name.as_deref())
+        .map_err(|e| blocked("InvalidAzureCluster", e.0, Some(Duration::from_secs(60))))?;
+    let zone = model::zone(o.machine.data["spec"]["failureDomain"].as_str())
+        .map_err(|e| blocked("InvalidFailureDomain", e, None))?;
+    let arm = ctx.arm_for(m, o.azure_cluster.as_ref()).await?;
+    let windows_year = contract::windows_year(&ctx.client, &o.machine).await?;
+    let k8s_version = o.machine.data["spec"]["version"].as_str().unwrap_or_default();
+    let image = model::image(m.spec.image.as_ref(), &placement, &windows_year, k8s_version);
+    let found = arm::get_path(arm.as_ref(), &image.probe).await.map_err(arm_error)?;
+    if found.is_none() || found.as_ref().is_some_and(|v| v.as_array().is_some_and(Vec::is_empty)) {
+        return Err(blocked(
+            "ImageNotFound",
+            format!("spec.image: {} does not exist in {}", image.describe, placement.location),
+            Some(Duration::from_secs(300)),
+        ));
+    }
+    let subnet_id = model::resources(&placement, "probe").subnet;
+    if arm::get(arm.as_ref(), &subnet_id, api::NETWORK).await.map_err(arm_error)?.is_none() {
+        let field = if m.spec.network.subnet_name.is_some() {
+            "spec.network.subnetName"
+        } else {
+            "the AzureCluster's node subnet"
+        };
+        return Err(blocked(
+            "SubnetNotFound",
+            format!("{field}: subnet {} of virtual network {} does not exist", placement.subnet, placement.vnet),
+            Some(Duration::from_secs(120)),
+        ));
+    }
+
+    let vm_name = match vm_id.as_deref().and_then(|id| id.rsplit('/').next()) {
+        Some(n) => n.to_string(),
+        None => choose_vm_name(m, ctx, &arm, &placement).await?,
+    };
+    let res = model::resources(&placement, &vm_name);
+    let tags = model::tags(&o.cluster_name, &ns, &m.name_any(), &m.spec.additional_tags);
+    let mut random = [0u8; 24];
+    getrandom::fill(&mut random)
+        .map_err(|e| blocked("RandomUnavailable", e.to_string(), Some(Duration::from_secs(10))))?;
+    let password = model::admin_password(&random);
+    let inputs = model::VmInputs {
+        spec: &m.spec,
+        placement: &placement,
+        resources: &res,
+        tags: &tags,
+        image: &image,
+        zone: zone.as_deref(),
+        custom_data: &custom_data,
+        admin_password: &password,
+    };
+
+    if arm::get(arm.as_ref(), &res.nic, api::NETWORK).await.map_err(arm_error)?.is_none() {
+        let (_, op) =
+            arm::put(arm.as_ref(), &res.nic, api::NETWORK, &model::nic_body(&inputs), false).await.map_err(|e| {
+                let reason = create_failure_reason(&e);
+                blocked(reason, format!("creating NIC {}: {e}", res.nic), Some(Duration::from_secs(60)))
+            })?;
+        if let OperationStatus::Failed { code, message } =
+            arm::wait(arm.as_ref(), &op, LRO_BUDGET).await.map_err(arm_error)?
+        {
+            return Err(blocked(
+                "NICCreateFailed",
+                format!("NIC {}: {code}: {message}", res.nic),
+                Some(Duration::from_secs(60)),
+            ));
+        }
+    }
+    let created = match arm::put(arm.as_ref(), &res.vm, api::COMPUTE, &model::vm_body(&inputs), true).await {
+        Ok((_, op)) => Some(op),
+        Err(e) if e.status == 412 => {
+            // A VM of this name exists: ours from an interrupted reconcile, or someone else's.
+            let existing = arm::get(arm.as_ref(), &res.vm, api::COMPUTE).await.map_err(arm_error)?;
+            if !existing.as_ref().is_some_and(|v| model::owned_by(v, &ns, &m.name_any())) {
+                forget_vm_name(m, ctx).await?;
+                return Err(blocked(
+                    "VMNameTaken",
+                    format!("a VM named {vm_name} that is not this machine's exists; choosing another name"),
+                    Some(Duration::from_secs(1)),
+                ));
+            }
+            None
+        }
+        Err(e) if e.transient() => return Err(arm_error(e)),
+        Err(e) => {
+            // Nothing half-created stays behind: the NIC goes with the refused VM.
+            let reason = create_failure_reason(&e);
+            if let Err(d) = arm::delete(arm.as_ref(), &res.nic, api::NETWORK).await {
+                tracing::warn!(machine = %m.name_any(), error = %d, "could not delete the NIC of a refused VM");
+            }
+            return Err(blocked(
+                reason,
+                format!("creating VM {vm_name}: {}: {}", e.code, e.message),
+                Some(Duration::from_secs(300)),
+            ));
+        }
+    };
+    // Record the VM at once: CAPI copies providerID to the Machine; spec survives a move.
+    let api_: Api<AzureWindowsMachine> = Api::namespaced(ctx.client.clone(), &ns);
+    api_.patch(
+        &m.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"providerID": model::provider_id(&placement, &vm_name)}})),
+    )
+    .await?;
+    if let Some(op) = created {
+        let note = format!("creating VM {vm_name} ({}, {})", m.spec.vm_size, image.describe);
+        ctx.writer().event(m, EventType::Normal, "VMCreating", &note, "Create").await;
+        // Follow the operation briefly; the next reconcile reads the VM either way.
+        if let Err(e) = arm::wait(arm.as_ref(), &op, LRO_BUDGET).await {
+            tracing::debug!(machine = %m.name_any(), error = %e, "operation poll failed; reading the VM next");
+        }
+    }
+    Ok(Action::requeue(Duration::from_millis(200)))
+}
+
+/// Picks the first free name among the machine's deterministic candidates and records it.
+async fn choose_vm_name(
+    m: &AzureWindowsMachine,
+    ctx: &Context,
+    arm: &ArmClient,
+    p: &Placement,
+) -> Result<String, Error> {
+    let _one_at_a_time = ctx.naming.lock().await;
+    let ns = m.namespace().unwrap_or_default();
+    let uid = m.uid().unwrap_or_default();
+    for attempt in 0..16 {
+        let name = model::vm_name(&m.name_any(), &uid, attempt);
+        let id = model::resources(p, &name).vm;
+        let existing = arm::get(arm.as_ref(), &id, api::COMPUTE).await.map_err(arm_error)?;
+        if existing.as_ref().is_none_or(|v| model::owned_by(v, &ns, &m.name_any())) {
+            let api_: Api<AzureWindowsMachine> = Api::namespaced(ctx.client.clone(), &ns);
+            api_.patch(
+                &m.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(json!({"metadata": {"annotations": {VM_ID_ANNOTATION: id}}})),
+            )
+            .await?;
+            return Ok(name);
+        }
+    }
+    Err(blocked(
+        "VMNameTaken",
+        "16 candidate VM names are all taken in the resource group",
+        Some(Duration::from_secs(300)),
+    ))
+}
+
+async fn forget_vm_name(m: &AzureWindowsMachine, ctx: &Context) -> Result<(), Error> {
+    let api_: Api<AzureWindowsMachine> = Api::namespaced(ctx.client.clone(), &m.namespace().unwrap_or_default());
+    api_.patch(
+        &m.name_any(),
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {VM_ID_ANNOTATION: null}}})),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Reads the VM and writes what CAPI copies to the Machine.
+async fn report(
+    m: &AzureWindowsMachine,
+    ctx: &Context,
+    arm: &ArmClient,
+    machine: &DynamicObject,
+    vm_id: &str,
+) -> Result<Action, Error> {
+    let name = vm_id.rsplit('/').next().unwrap_or_default();
+    let running = m.status.as_ref().is_some_and(|s| {
+        s.conditions.iter().any(|c| c.r#type == "Ready" && c.status == ConditionStatus::True && c.reason == "VMRunning")
+    });
+    let steady = running && contract::node_joined(machine);
+    if !ctx.vm_reads.take(&m.uid().unwrap_or_default(), Instant::now(), |last, now| vm_read_due(last, now, steady)) {
+        return Ok(Action::requeue(STEADY_READ_INTERVAL));
+    }
+    let target = format!("{vm_id}?api-version={}&$expand=instanceView", api::COMPUTE);
+    let mut status = m.status.clone().unwrap_or_default();
+    let Some(vm) = arm::get_path(arm.as_ref(), &target).await.map_err(arm_error)? else {
+        status.instance_state = Some("Deleted".into());
+        ctx.writer()
+            .record(
+                m,
+                false,
+                "VMDeleted",
+                &format!(
+                    "VM {name} no longer exists; it is not recreated (Machines are immutable): delete the Machine"
+                ),
+                Some(status),
+            )
+            .await?;
+        return Ok(Action::requeue(Duration::from_secs(600)));
+    };
+    let reading = model::read_vm(&vm);
+    let (ready, reason, message, requeue) = match &reading {
+        VmReading::Creating => (false, "VMCreating", format!("VM {name} is being created"), Duration::from_secs(10)),
+        VmReading::Running => (true, "VMRunning", format!("VM {name} is running"), Duration::from_secs(600)),
+        VmReading::Stopped(s) => (false, "VMStopped", format!("VM {name} is {s}"), Duration::from_secs(60)),
+        VmReading::Deleting => {
+            (false, "VMDeleting", format!("VM {name} is being deleted outside capwin"), Duration::from_secs(30))
+        }
+        VmReading::Failed { code, message } => (
+            false,
+            "VMProvisioningFailed",
+            format!("VM {name} failed to provision: {code}: {}", serial::clean(message)),
+            Duration::from_secs(300),
+        ),
+    };
+    status.instance_state = vm["properties"]["provisioningState"].as_str().map(String::from);
+    let mut requeue = requeue;
+    let mut failure_note = None;
+    if reading == VmReading::Running {
+        if status.addresses.is_empty() {
+            let nic_id = vm["properties"]["networkProfile"]["networkInterfaces"][0]["id"].as_str().unwrap_or_default();
+            let nic = arm::get(arm.as_ref(), nic_id, api::NETWORK).await.map_err(arm_error)?;
+            let mut addresses = Vec::new();
+            if let Some(ip) = nic.as_ref().and_then(model::private_ip) {
+                addresses.push(MachineAddress { r#type: MachineAddressType::InternalIP, address: ip });
+            }
+            let computer = vm["properties"]["osProfile"]["computerName"].as_str().unwrap_or(name).to_ascii_lowercase();
+            addresses.push(MachineAddress { r#type: MachineAddressType::Hostname, address: computer });
+            status.addresses = addresses;
+        }
+        status.failure_domain = vm["zones"][0].as_str().map(String::from).or(status.failure_domain);
+        status.initialization = Some(InfraMachineInitialization { provisioned: Some(true) });
+        // Until the Node exists, the serial log is the only window into the join.
+        let uid = m.uid().unwrap_or_default();
+        if contract::node_joined(machine) {
+            ctx.serial_reads.forget(&uid);
+        } else {
+            requeue = diagnostics::READ_INTERVAL;
+            if ctx.serial_reads.take(&uid, Instant::now(), diagnostics::should_read) {
+                failure_note = read_serial_log(ctx, m, arm, vm_id, &mut status).await;
+            }
+        }
+    }
+    ctx.writer().record(m, ready, reason, &message, Some(status)).await?;
+    if let Some(note) = failure_note {
+        ctx.writer().event(m, EventType::Warning, "BootstrapFailed", &note, "Diagnose").await;
+    }
+    Ok(Action::requeue(requeue))
+}
+
+/// Reads the boot diagnostics serial log once and sets `NodeBootstrap` from it; returns the
+/// event note when this read newly found a failure. The SAS URL is fetched without the ARM token.
+async fn read_serial_log(
+    ctx: &Context,
+    m: &AzureWindowsMachine,
+    arm: &ArmClient,
+    vm_id: &str,
+    status: &mut InfraMachineStatus,
+) -> Option<String> {
+    ctx.metrics.diagnostics_reads.inc();
+    let target =
+        format!("{vm_id}/retrieveBootDiagnosticsData?api-version={}&sasUriExpirationTimeInMinutes=5", api::COMPUTE);
+    let uris = match arm.call(arm::Method::Post, &target, None, false).await {
+        Ok(r) => r.body,
+        Err(e) => {
+            tracing::debug!(machine = %m.name_any(), error = %e, "boot diagnostics not readable");
+            return None;
+        }
+    };
+    let url = uris["serialConsoleLogBlobUri"].as_str()?;
+    let text = match arm.blob(url).await {
+        Ok(Some(t)) => t,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::debug!(machine = %m.name_any(), error = %e, "serial log not readable");
+            return None;
+        }
+    };
+    diagnostics::apply_console(&text, status, m.metadata.generation)
+}
+
+/// Deletes the VM, then the NIC and the OS disk, verifying each is gone.
+async fn cleanup(m: &AzureWindowsMachine, ctx: &Context) -> Result<Action, Error> {
+    ctx.serial_reads.forget(&m.uid().unwrap_or_default());
+    // No name chosen: nothing was ever created for this machine.
+    let Some(vm_id) = m.annotations().get(VM_ID_ANNOTATION).cloned() else { return Ok(Action::await_change()) };
+    let azure_cluster = match owners(m, ctx).await {
+        Ok(o) => o.azure_cluster,
+        Err(_) => None,
+    };
+    let arm = ctx.arm_for(m, azure_cluster.as_ref()).await?;
+    let (prefix, name) = vm_id.rsplit_once("/providers/Microsoft.Compute/virtualMachines/").unwrap_or((&vm_id, ""));
+    let nic = format!("{prefix}/providers/Microsoft.Network/networkInterfaces/{name}-nic");
+    let disk = format!("{prefix}/providers/Microsoft.Compute/disks/{name}_OSDisk");
+    for (id, version, what) in
+        [(&vm_id, api::COMPUTE, "VM"), (&nic, api::NETWORK, "NIC"), (&disk, api::DISKS, "OS disk")]
+    {
+        if let Some(op) = arm::delete(arm.as_ref(), id, version).await.map_err(arm_error)? {
+            if let OperationStatus::Failed { code, message } =
+                arm::wait(arm.as_ref(), &op, LRO_BUDGET).await.map_err(arm_error)?
+            {
+                return Err(blocked(
+                    "DeleteFailed",
+                    format!("deleting {what} {id}: {code}: {message}"),
+                    Some(Duration::from_secs(30)),
+                ));
+            }
+            // Verified, not assumed: the next pass ends with a 204 for this resource.
+            return Err(blocked(
+                "Deleting",
+                format!("waiting for {what} {name} to be deleted"),
+                Some(Duration::from_secs(2)),
+            ));
+        }
+    }
+    tracing::info!(machine = %m.name_any(), vm = name, "VM, NIC and OS disk are gone");
+    Ok(Action::await_change())
+}
+
+/// Template status for autoscaling from zero (`nodeInfo.operatingSystem: windows`, capacity from
+/// the VM size), and the `<template>-azure-json` Secret with `worker-node-azure.json` that
+/// Windows bootstrap templates put on the node (CAPZ writes it only for its own templates).
+pub async fn reconcile_template(t: Arc<AzureWindowsMachineTemplate>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let ns = t.namespace().unwrap_or_default();
+    let api_: Api<AzureWindowsMachineTemplate> = Api::namespaced(ctx.client.clone(), &ns);
+    let size = &t.spec.template.spec.vm_size;
+    let mut status = t.status.clone().unwrap_or_default();
+    status.node_info = Some(NodeInfo { operating_system: Some("windows".into()), architecture: Some("amd64".into()) });
+    let gen_ = t.metadata.generation;
+    let mut requeue = Duration::from_secs(3600);
+    match model::vm_size_capacity(size) {
+        Some((cpu, mib)) => {
+            status.capacity = std::collections::BTreeMap::from([
+                ("cpu".to_string(), Quantity(cpu.to_string())),
+                ("memory".to_string(), Quantity(format!("{mib}Mi"))),
+            ]);
+            set_condition(&mut status.conditions, "Ready", true, "CapacityKnown", "", gen_, &now());
+        }
+        None => {
+            let msg = format!(
+                "spec.template.spec.vmSize: capwin cannot tell the capacity of {size}; set the capacity.cluster-autoscaler.kubernetes.io annotations on the MachineDeployment to scale from zero"
+            );
+            set_condition(&mut status.conditions, "Ready", false, "CapacityUnknown", &msg, gen_, &now());
+        }
+    }
+    match azure_json_for(&t, &ctx).await? {
+        Ok(()) => set_condition(&mut status.conditions, "AzureJSONReady", true, "SecretWritten", "", gen_, &now()),
+        Err((reason, msg)) => {
+            requeue = Duration::from_secs(30);
+            set_condition(&mut status.conditions, "AzureJSONReady", false, reason, &msg, gen_, &now());
+        }
+    }
+    if t.status.as_ref() != Some(&status) {
+        api_.patch_status(&t.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await?;
+    }
+    Ok(Action::requeue(requeue))
+}
+
+/// Writes `<template>-azure-json` for the cluster whose MachineDeployments use the template.
+async fn azure_json_for(
+    t: &AzureWindowsMachineTemplate,
+    ctx: &Context,
+) -> Result<Result<(), (&'static str, String)>, Error> {
+    let ns = t.namespace().unwrap_or_default();
+    let name = t.name_any();
+    let cluster_name = match t.labels().get("cluster.x-k8s.io/cluster-name") {
+        Some(c) => Some(c.clone()),
+        None => {
+            let mds: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &capi("MachineDeployment"));
+            mds.list(&ListParams::default())
+                .await?
+                .items
+                .into_iter()
+                .find(|md| {
+                    let r = &md.data["spec"]["template"]["spec"]["infrastructureRef"];
+                    r["kind"] == "AzureWindowsMachineTemplate" && r["name"] == name.as_str()
+                })
+                .and_then(|md| md.data["spec"]["clusterName"].as_str().map(String::from))
+        }
+    };
+    let Some(cluster_name) = cluster_name else {
+        return Ok(Err(("WaitingForCluster", "no MachineDeployment uses this template yet".into())));
+    };
+    let clusters: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &capi("Cluster"));
+    let Some(cluster) = clusters.get_opt(&cluster_name).await? else {
+        return Ok(Err(("WaitingForCluster", format!("Cluster {cluster_name} does not exist"))));
+    };
+    let Some(ac) = azure_cluster_of(ctx, &ns, &cluster).await? else {
+        return Ok(Err(("WaitingForCluster", format!("Cluster {cluster_name} has no AzureCluster yet"))));
+    };
+    let placement = match model::placement(&ac, t.spec.template.spec.network.subnet_name.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(("InvalidAzureCluster", e.0))),
+    };
+    let tenant = ac["spec"]["identityRef"]["name"].as_str().map(String::from);
+    let tenant = match tenant {
+        Some(id_name) => {
+            let id_ns = ac["spec"]["identityRef"]["namespace"].as_str().unwrap_or(&ns).to_string();
+            let identities: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &id_ns, &identity_resource());
+            identities.get_opt(&id_name).await?.and_then(|i| i.data["spec"]["tenantID"].as_str().map(String::from))
+        }
+        None => None,
+    }
+    .or_else(|| ctx.settings.tenant.clone());
+    let cloud = ac["spec"]["azureEnvironment"].as_str().filter(|c| !c.is_empty()).unwrap_or("AzurePublicCloud");
+    let body = serde_json::to_string_pretty(&model::worker_azure_json(&placement, tenant.as_deref(), cloud))
+        .unwrap_or_default();
+    let owner = OwnerReference {
+        api_version: "infrastructure.cluster.x-k8s.io/v1alpha1".into(),
+        kind: "AzureWindowsMachineTemplate".into(),
+        name: name.clone(),
+        uid: t.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    let secret = json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": format!("{name}-azure-json"),
+            "namespace": ns,
+            "labels": {"cluster.x-k8s.io/cluster-name": cluster_name},
+            "ownerReferences": [owner],
+        },
+        "type": "Opaque",
+        "stringData": {"worker-node-azure.json": body},
+    });
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    secrets
+        .patch(&format!("{name}-azure-json"), &PatchParams::apply("capwin-azure").force(), &Patch::Apply(secret))
+        .await?;
+    Ok(Ok(()))
+}
+
+/// Runs the controllers for machines and their templates.
+pub async fn run(ctx: Arc<Context>) {
+    let templates: Api<AzureWindowsMachineTemplate> = match &ctx.settings.namespace {
+        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
+        None => Api::all(ctx.client.clone()),
+    };
+    let template_ctx = ctx.clone();
+    tokio::spawn(async move {
+        Controller::new(templates, watcher::Config::default())
+            .run(reconcile_template, |_, _, _| Action::requeue(Duration::from_secs(30)), template_ctx)
+            .for_each(|_| async {})
+            .await;
+    });
+    let (api_, machines): (Api<AzureWindowsMachine>, Api<DynamicObject>) = match &ctx.settings.namespace {
+        Some(ns) => {
+            (Api::namespaced(ctx.client.clone(), ns), Api::namespaced_with(ctx.client.clone(), ns, &capi("Machine")))
+        }
+        None => (Api::all(ctx.client.clone()), Api::all_with(ctx.client.clone(), &capi("Machine"))),
+    };
+    Controller::new(api_, watcher::Config::default())
+        // A Machine gains its bootstrap data, its nodeRef and its deletion on the Machine.
+        .watches_with(machines, capi("Machine"), watcher::Config::default(), |m: DynamicObject| {
+            let r = &m.data["spec"]["infrastructureRef"];
+            (r["kind"] == "AzureWindowsMachine").then(|| {
+                kube::runtime::reflector::ObjectRef::new(r["name"].as_str().unwrap_or_default())
+                    .within(&m.namespace().unwrap_or_default())
+            })
+        })
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(error = %e, "azure controller event");
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn steady_machines_are_read_at_most_once_per_interval() {
+        let t0 = Instant::now();
+        assert!(vm_read_due(Some(t0), t0, false), "not steady: always");
+        assert!(vm_read_due(None, t0, true));
+        assert!(!vm_read_due(Some(t0), t0 + Duration::from_secs(299), true));
+        assert!(vm_read_due(Some(t0), t0 + STEADY_READ_INTERVAL, true));
+    }
+
+    #[test]
+    fn create_failures_are_named() {
+        let e = |status: u16, code: &str, message: &str| ArmError {
+            operation: "PUT virtualMachines".into(),
+            status,
+            code: code.into(),
+            message: message.into(),
+        };
+        assert_eq!(create_failure_reason(&e(404, "PlatformImageNotFound", "")), "ImageNotFound");
+        assert_eq!(
+            create_failure_reason(&e(400, "InvalidResourceReference", "Resource .../subnets/x referenced")),
+            "SubnetNotFound"
+        );
+        assert_eq!(
+            create_failure_reason(&e(400, "InvalidParameter", "The requested VM size Standard_X")),
+            "VMSizeNotAvailable"
+        );
+        assert_eq!(create_failure_reason(&e(429, "TooManyRequests", "")), "Throttled");
+        assert_eq!(create_failure_reason(&e(409, "OperationNotAllowed", "Disk with size 64GB")), "VMCreateFailed");
+    }
+}

@@ -1,0 +1,95 @@
+//! The payload's serial-console lines (EC2 `GetConsoleOutput`, Azure boot diagnostics) read into
+//! the machine's `NodeBootstrap` condition until its Node exists, at most once a minute per
+//! machine: the text changes once per bootstrap step, minutes apart, and both clouds throttle
+//! these reads per account or subscription.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use capwin_api::common::{InfraMachineStatus, condition_reason, now_rfc3339, set_condition};
+use capwin_payload::serial::{self, Phase};
+
+/// Condition type for what the serial console says about bootstrap, before the Node exists.
+/// Separate from `Ready`: `Ready` is the VM's state, and a failed join does not change it.
+pub const NODE_BOOTSTRAP: &str = "NodeBootstrap";
+/// How often one machine's serial console is read while its Node has not joined.
+pub const READ_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Whether the console may be read again, given the last read (or attempt) of this machine.
+pub fn should_read(last: Option<Instant>, now: Instant) -> bool {
+    last.is_none_or(|l| now.saturating_duration_since(l) >= READ_INTERVAL)
+}
+
+/// The `NodeBootstrap` condition (status, reason, message) for a console report.
+pub fn bootstrap_condition(r: &serial::Report) -> (bool, &'static str, String) {
+    match r.phase {
+        Phase::Failed { .. } => (false, "BootstrapFailed", r.summary()),
+        Phase::Running => (false, "BootstrapInProgress", r.summary()),
+        Phase::Succeeded => (true, "BootstrapSucceeded", r.summary()),
+    }
+}
+
+/// Sets `NodeBootstrap` from console text; returns the event note when this read newly found a
+/// failure. Text without any record changes nothing.
+pub fn apply_console(text: &str, status: &mut InfraMachineStatus, generation: Option<i64>) -> Option<String> {
+    let report = serial::parse(text)?;
+    let (ok, reason, msg) = bootstrap_condition(&report);
+    let changed = condition_reason(&status.conditions, NODE_BOOTSTRAP) != Some(reason);
+    set_condition(&mut status.conditions, NODE_BOOTSTRAP, ok, reason, &msg, generation, &now_rfc3339());
+    (reason == "BootstrapFailed" && changed).then_some(msg)
+}
+
+/// Per-machine time slots (by machine UID): taking one when due counts an attempt as a read, so a
+/// failing call is not retried faster than the interval.
+#[derive(Default)]
+pub struct Slots(Mutex<HashMap<String, Instant>>);
+
+impl Slots {
+    pub fn take(&self, uid: &str, now: Instant, due: impl Fn(Option<Instant>, Instant) -> bool) -> bool {
+        let mut slots = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if !due(slots.get(uid).copied(), now) {
+            return false;
+        }
+        slots.insert(uid.to_string(), now);
+        true
+    }
+
+    pub fn forget(&self, uid: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_console_is_read_at_most_once_per_interval() {
+        let t0 = Instant::now();
+        assert!(should_read(None, t0));
+        assert!(!should_read(Some(t0), t0 + Duration::from_secs(59)));
+        assert!(should_read(Some(t0), t0 + READ_INTERVAL));
+        let slots = Slots::default();
+        assert!(slots.take("u", t0, should_read));
+        assert!(!slots.take("u", t0 + Duration::from_secs(1), should_read), "an attempt counts as a read");
+        assert!(slots.take("v", t0, should_read), "per machine");
+        slots.forget("u");
+        assert!(slots.take("u", t0 + Duration::from_secs(1), should_read));
+    }
+
+    #[test]
+    fn a_failure_sets_the_condition_once_and_asks_for_one_event() {
+        let mut status = InfraMachineStatus::default();
+        let text = "boot\r\nCAPWIN-BOOTSTRAP {\"step\":\"join\",\"status\":\"failed\",\"message\":\"kubeadm.exe exited with code 1\"}\r\n";
+        let note = apply_console(text, &mut status, Some(1)).expect("a failure is news");
+        assert!(note.contains("join") && note.contains("kubeadm.exe exited with code 1"), "{note}");
+        assert_eq!(condition_reason(&status.conditions, NODE_BOOTSTRAP), Some("BootstrapFailed"));
+        assert_eq!(apply_console(text, &mut status, Some(1)), None, "the same failure is not news again");
+        assert_eq!(apply_console("no records here", &mut status, Some(1)), None);
+        assert_eq!(condition_reason(&status.conditions, NODE_BOOTSTRAP), Some("BootstrapFailed"));
+        let running = "CAPWIN-BOOTSTRAP {\"step\":\"preamble\",\"status\":\"running\",\"message\":\"\"}\n";
+        assert_eq!(apply_console(running, &mut status, Some(1)), None);
+        assert_eq!(condition_reason(&status.conditions, NODE_BOOTSTRAP), Some("BootstrapInProgress"));
+    }
+}

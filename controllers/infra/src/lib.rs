@@ -1,0 +1,33 @@
+//! What capwin's two machine shims share, so each crate holds only its cloud:
+//!
+//! - [`Error`] and [`blocked`]: the one error type, where a blocking condition names its reason;
+//! - [`contract`]: the CAPI v1beta2 infrastructure-machine contract edges (owner Machine and
+//!   Cluster, pause, bootstrap data, the Windows version the bootstrap config names);
+//! - [`status`]: writing `Ready` with an event on every reason change, and turning a finalizer
+//!   result into a requeue;
+//! - [`diagnostics`]: reading the payload's serial-console lines into `NodeBootstrap`,
+//!   rate-limited per machine;
+//! - [`metrics`]: cloud calls, reconciles and diagnostics reads per controller.
+
+pub mod contract;
+pub mod diagnostics;
+pub mod metrics;
+pub mod status;
+
+use std::time::Duration;
+
+/// The one error type of a machine controller.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// A named reason the machine cannot go on (a condition and an event), and when to look again.
+    #[error("{reason}: {message}")]
+    Blocked { reason: &'static str, message: String, retry: Option<Duration> },
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+}
+
+pub fn blocked(reason: &'static str, message: impl Into<String>, retry: Option<Duration>) -> Error {
+    Error::Blocked { reason, message: message.into(), retry }
+}

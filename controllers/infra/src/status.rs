@@ -1,0 +1,113 @@
+//! Writing a machine's status: `Ready` with an event whenever its reason changes, and the
+//! mapping of a finalizer result onto a condition and a requeue.
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use capwin_api::common::{InfraMachineStatus, condition_reason, now_rfc3339, set_condition};
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use crate::Error;
+use crate::metrics::Metrics;
+
+/// An infrastructure machine kind of capwin.
+pub trait InfraMachine:
+    Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + Debug + Serialize + DeserializeOwned
+{
+    fn infra_status(&self) -> Option<&InfraMachineStatus>;
+}
+
+impl InfraMachine for capwin_api::aws::AWSWindowsMachine {
+    fn infra_status(&self) -> Option<&InfraMachineStatus> {
+        self.status.as_ref()
+    }
+}
+
+impl InfraMachine for capwin_api::azure::AzureWindowsMachine {
+    fn infra_status(&self) -> Option<&InfraMachineStatus> {
+        self.status.as_ref()
+    }
+}
+
+/// What a controller writes with.
+pub struct Writer<'a> {
+    pub client: &'a Client,
+    pub recorder: &'a Recorder,
+    /// Reasons that are progress, not trouble (their events are Normal).
+    pub normal_reasons: &'a [&'a str],
+}
+
+impl Writer<'_> {
+    /// Sets `Ready` (on `update`, or the object's current status), patches the status when it
+    /// changed, and publishes an event when the reason changed.
+    pub async fn record<K: InfraMachine>(
+        &self,
+        m: &K,
+        ready: bool,
+        reason: &str,
+        message: &str,
+        update: Option<InfraMachineStatus>,
+    ) -> Result<(), Error> {
+        let mut status = update.unwrap_or_else(|| m.infra_status().cloned().unwrap_or_default());
+        let before = condition_reason(&status.conditions, "Ready").map(String::from);
+        set_condition(&mut status.conditions, "Ready", ready, reason, message, m.meta().generation, &now_rfc3339());
+        if m.infra_status() != Some(&status) {
+            let api: Api<K> = Api::namespaced(self.client.clone(), &m.namespace().unwrap_or_default());
+            api.patch_status(&m.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await?;
+        }
+        if before.as_deref() != Some(reason) {
+            let type_ =
+                if ready || self.normal_reasons.contains(&reason) { EventType::Normal } else { EventType::Warning };
+            self.event(m, type_, reason, message, "Reconcile").await;
+        }
+        Ok(())
+    }
+
+    /// Publishes an event on the object (best effort: events never fail a reconcile).
+    pub async fn event<K: InfraMachine>(&self, m: &K, type_: EventType, reason: &str, note: &str, action: &str) {
+        let ev =
+            Event { type_, reason: reason.into(), note: Some(note.into()), action: action.into(), secondary: None };
+        if let Err(e) = self.recorder.publish(&ev, &m.object_ref(&())).await {
+            tracing::debug!(error = %e, "event not published");
+        }
+    }
+
+    /// Turns the finalizer's result into the reconcile's: a blocked apply or cleanup becomes a
+    /// `Ready=False` condition with its reason (and an event) and a requeue, never a hot loop.
+    pub async fn finish<K: InfraMachine>(
+        &self,
+        obj: &K,
+        metrics: &Metrics,
+        result: Result<Action, kube::runtime::finalizer::Error<Error>>,
+    ) -> Result<Action, Error> {
+        use kube::runtime::finalizer::Error as F;
+        match result {
+            Ok(a) => {
+                metrics.reconciled("ok");
+                Ok(a)
+            }
+            Err(F::ApplyFailed(Error::Blocked { reason, message, retry })) => {
+                metrics.reconciled("blocked");
+                metrics.blocked(reason);
+                self.record(obj, false, reason, &message, None).await?;
+                Ok(retry.map(Action::requeue).unwrap_or_else(Action::await_change))
+            }
+            Err(F::CleanupFailed(Error::Blocked { reason, message, retry })) => {
+                metrics.reconciled("blocked");
+                metrics.blocked(reason);
+                self.record(obj, false, reason, &message, None).await?;
+                Ok(Action::requeue(retry.unwrap_or(Duration::from_secs(10))))
+            }
+            Err(e) => {
+                metrics.reconciled("error");
+                Err(Error::Finalizer(Box::new(e)))
+            }
+        }
+    }
+}
