@@ -126,6 +126,7 @@ PROVIDERS = {
             (C, 'clusters'): 'get list watch',
             (C, 'machines'): 'get list watch',
             (C, 'machinedeployments'): 'get list watch',
+            ('bootstrap.cluster.x-k8s.io', 'windowskubeadmconfigs'): 'get',
             ('', 'namespaces'): 'get',
             ('', 'secrets'): 'get list watch create patch',
             **EVENTS,

@@ -370,7 +370,7 @@ impl<E: Ec2> Counting<E> {
                 Err(e) if e.throttled() => "throttled",
                 Err(_) => "error",
             };
-            m.ec2_call(OPERATIONS[i].1, result);
+            m.call(OPERATIONS[i].1, result);
         }
         r
     }
@@ -479,7 +479,7 @@ mod tests {
     #[tokio::test]
     async fn counting_counts_every_call_under_its_operation() {
         let mut registry = prometheus_client::registry::Registry::default();
-        let metrics = Metrics::register(&mut registry);
+        let metrics = crate::metrics::register(&mut registry);
         let c = Counting::with_metrics(Fixed, metrics);
         let _ = c.find_by_tags(&[]).await;
         let _ = c.describe("i-1").await;

@@ -12,16 +12,19 @@ use capwin_api::common::NodeInfo;
 use capwin_api::common::{
     InfraMachineInitialization, InfraMachineStatus, MachineAddress, MachineAddressType, set_condition,
 };
-use capwin_payload::serial::{self, Phase};
+use capwin_infra::diagnostics::{self, Slots};
+use capwin_infra::status::Writer;
+pub use capwin_infra::{Error, blocked};
+use capwin_infra::{contract, watch};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::{Controller, watcher};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use crate::ec2::{Counting, Ec2, SdkEc2};
@@ -48,30 +51,7 @@ pub struct Context {
     /// EC2 clients per identity Secret, rebuilt when the Secret changes.
     identities: Mutex<HashMap<String, (String, Ec2Client)>>,
     /// When each machine's console was last read (by machine UID), for the rate limit.
-    console_reads: Mutex<HashMap<String, Instant>>,
-}
-
-/// How often one machine's serial console is read while its Node has not joined: the output
-/// changes once per bootstrap step (minutes apart), and `GetConsoleOutput` is throttled per
-/// account like every EC2 call.
-pub const CONSOLE_READ_INTERVAL: Duration = Duration::from_secs(60);
-
-/// Whether the console may be read again, given the last read (or attempt) of this machine.
-pub fn should_read_console(last: Option<Instant>, now: Instant) -> bool {
-    last.is_none_or(|l| now.saturating_duration_since(l) >= CONSOLE_READ_INTERVAL)
-}
-
-/// Condition type for what the serial console says about bootstrap, before the Node exists.
-/// Separate from `Ready`: `Ready` is the instance's state, and a failed join does not change it.
-pub const NODE_BOOTSTRAP: &str = "NodeBootstrap";
-
-/// The `NodeBootstrap` condition (status, reason, message) for a console report.
-pub fn bootstrap_condition(r: &serial::Report) -> (bool, &'static str, String) {
-    match r.phase {
-        Phase::Failed { .. } => (false, "BootstrapFailed", r.summary()),
-        Phase::Running => (false, "BootstrapInProgress", r.summary()),
-        Phase::Succeeded => (true, "BootstrapSucceeded", r.summary()),
-    }
+    console_reads: Slots,
 }
 
 /// An EC2 client with its call counter.
@@ -109,7 +89,7 @@ impl Context {
             identity_namespace,
             metrics,
             identities: Mutex::default(),
-            console_reads: Mutex::default(),
+            console_reads: Slots::default(),
         })
     }
 
@@ -123,19 +103,12 @@ impl Context {
         })
     }
 
-    /// Takes the console-read slot of a machine when it is due (an attempt counts as a read, so
-    /// a failing call is not retried faster than the limit).
-    fn console_due(&self, uid: &str, now: Instant) -> bool {
-        let mut reads = self.console_reads.lock().unwrap_or_else(|p| p.into_inner());
-        if !should_read_console(reads.get(uid).copied(), now) {
-            return false;
+    fn writer(&self) -> Writer<'_> {
+        Writer {
+            client: &self.client,
+            recorder: &self.recorder,
+            normal_reasons: &["InstancePending", "InstanceCreated"],
         }
-        reads.insert(uid.to_string(), now);
-        true
-    }
-
-    fn forget_console(&self, uid: &str) {
-        self.console_reads.lock().unwrap_or_else(|p| p.into_inner()).remove(uid);
     }
 
     /// The EC2 client for a machine: its identity Secret's credentials when it names one (and
@@ -200,29 +173,13 @@ impl Context {
     }
 }
 
-/// The one error type.
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("Kubernetes API: {0}")]
-    Kube(#[from] kube::Error),
-    #[error("{reason}: {message}")]
-    Blocked { reason: &'static str, message: String, retry: Option<Duration> },
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-}
-
-fn blocked(reason: &'static str, message: impl Into<String>, retry: Option<Duration>) -> Error {
-    Error::Blocked { reason, message: message.into(), retry }
-}
-
-impl From<LaunchError> for Error {
-    fn from(e: LaunchError) -> Self {
-        let retry = match &e {
-            LaunchError::Ec2(_) => Duration::from_secs(20),
-            _ => Duration::from_secs(120),
-        };
-        blocked(e.reason(), e.to_string(), Some(retry))
-    }
+/// A launch problem as a blocking condition: EC2 trouble retries soon, bad input later.
+fn launch_error(e: LaunchError) -> Error {
+    let retry = match &e {
+        LaunchError::Ec2(_) => Duration::from_secs(20),
+        _ => Duration::from_secs(120),
+    };
+    blocked(e.reason(), e.to_string(), Some(retry))
 }
 
 use capwin_api::common::{capi_resource as capi, now_rfc3339 as now};
@@ -237,29 +194,7 @@ pub async fn reconcile(obj: Arc<AWSWindowsMachine>, ctx: Arc<Context>) -> Result
         }
     })
     .await;
-    match result {
-        Ok(a) => {
-            ctx.metrics.reconciled("ok");
-            Ok(a)
-        }
-        Err(kube::runtime::finalizer::Error::ApplyFailed(Error::Blocked { reason, message, retry })) => {
-            ctx.metrics.reconciled("blocked");
-            ctx.metrics.blocked(reason);
-            record(&obj, &ctx, false, reason, &message, None).await?;
-            Ok(retry.map(Action::requeue).unwrap_or_else(Action::await_change))
-        }
-        Err(kube::runtime::finalizer::Error::CleanupFailed(Error::Blocked { reason, message, retry })) => {
-            ctx.metrics.reconciled("blocked");
-            ctx.metrics.blocked(reason);
-            record(&obj, &ctx, false, reason, &message, None).await?;
-            Ok(Action::requeue(retry.unwrap_or(Duration::from_secs(10))))
-        }
-        Err(e) => {
-            ctx.metrics.reconciled("error");
-            ctx.metrics.blocked("KubernetesAPI");
-            Err(Error::Finalizer(Box::new(e)))
-        }
-    }
+    ctx.writer().finish(obj.as_ref(), &ctx.metrics, result).await
 }
 
 pub fn error_policy(obj: Arc<AWSWindowsMachine>, err: &Error, _: Arc<Context>) -> Action {
@@ -267,63 +202,11 @@ pub fn error_policy(obj: Arc<AWSWindowsMachine>, err: &Error, _: Arc<Context>) -
     Action::requeue(Duration::from_secs(15))
 }
 
-/// Writes `Ready` (and the rest of a status), with an event when the reason changes.
-async fn record(
-    m: &AWSWindowsMachine,
-    ctx: &Context,
-    ready: bool,
-    reason: &str,
-    message: &str,
-    update: Option<InfraMachineStatus>,
-) -> Result<(), Error> {
-    let mut status = update.unwrap_or_else(|| m.status.clone().unwrap_or_default());
-    let before = capwin_api::common::condition_reason(&status.conditions, "Ready").map(String::from);
-    set_condition(&mut status.conditions, "Ready", ready, reason, message, m.metadata.generation, &now());
-    if m.status.as_ref() != Some(&status) {
-        let api: Api<AWSWindowsMachine> = Api::namespaced(ctx.client.clone(), &m.namespace().unwrap_or_default());
-        api.patch_status(&m.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await?;
-    }
-    if before.as_deref() != Some(reason) {
-        let type_ = if ready || matches!(reason, "InstancePending" | "InstanceCreated") {
-            EventType::Normal
-        } else {
-            EventType::Warning
-        };
-        let ev = KubeEvent {
-            type_,
-            reason: reason.into(),
-            note: Some(message.into()),
-            action: "Reconcile".into(),
-            secondary: None,
-        };
-        let _ = ctx.recorder.publish(&ev, &m.object_ref(&())).await;
-    }
-    Ok(())
-}
-
 async fn apply(m: &AWSWindowsMachine, ctx: &Context) -> Result<Action, Error> {
     let ns = m.namespace().unwrap_or_default();
-    let Some(owner) = m.owner_references().iter().find(|o| o.kind == "Machine").cloned() else {
-        return Err(blocked("WaitingForMachineOwner", "no CAPI Machine owns this AWSWindowsMachine yet", None));
-    };
-    let machines: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &capi("Machine"));
-    let Some(machine) = machines.get_opt(&owner.name).await? else {
-        return Err(blocked(
-            "WaitingForMachineOwner",
-            format!("Machine {} does not exist", owner.name),
-            Some(Duration::from_secs(30)),
-        ));
-    };
-    let cluster_name = machine.data["spec"]["clusterName"].as_str().unwrap_or_default().to_string();
-    let clusters: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &capi("Cluster"));
-    let Some(cluster) = clusters.get_opt(&cluster_name).await? else {
-        return Err(blocked(
-            "WaitingForCluster",
-            format!("Cluster {cluster_name} does not exist"),
-            Some(Duration::from_secs(30)),
-        ));
-    };
-    if cluster.data["spec"]["paused"] == true || m.annotations().contains_key("cluster.x-k8s.io/paused") {
+    let contract::Owners { machine, cluster, cluster_name } =
+        contract::owners(&ctx.client, m, "AWSWindowsMachine").await?;
+    if contract::paused(&cluster, m) {
         return Err(blocked("Paused", "the Cluster or this object is paused", None));
     }
 
@@ -331,40 +214,18 @@ async fn apply(m: &AWSWindowsMachine, ctx: &Context) -> Result<Action, Error> {
     if let Some(id) = &m.spec.instance_id {
         return report(m, ctx, id, &machine).await;
     }
-    if cluster.data["status"]["initialization"]["infrastructureProvisioned"] != true {
-        return Err(blocked(
-            "WaitingForClusterInfrastructure",
-            "the Cluster's infrastructure is not provisioned yet",
-            Some(Duration::from_secs(30)),
-        ));
-    }
-    let Some(secret_name) = machine.data["spec"]["bootstrap"]["dataSecretName"].as_str().map(String::from) else {
-        return Err(blocked(
-            "WaitingForBootstrapData",
-            "Machine.spec.bootstrap.dataSecretName is not set yet",
-            Some(Duration::from_secs(30)),
-        ));
-    };
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let payload =
-        secrets.get_opt(&secret_name).await?.and_then(|s| s.data).and_then(|d| d.get("value").cloned()).ok_or_else(
-            || {
-                blocked(
-                    "WaitingForBootstrapData",
-                    format!("Secret {secret_name} has no key value"),
-                    Some(Duration::from_secs(15)),
-                )
-            },
-        )?;
+    contract::require_cluster_infrastructure(&cluster)?;
+    let payload = contract::bootstrap_data(&ctx.client, &machine).await?;
 
     tracing::info!(machine = %m.name_any(), "bootstrap data present; resolving the launch");
     let ec2 = ctx.ec2_for(m).await?;
     let mctx = machine_context(ctx, m, &machine, &cluster, &cluster_name).await?;
-    let image = launch::resolve_ami(ec2.as_ref(), &m.spec, &mctx).await?;
-    let (subnet, _az) = launch::resolve_subnet(ec2.as_ref(), &m.spec, &mctx).await?;
+    let image = launch::resolve_ami(ec2.as_ref(), &m.spec, &mctx).await.map_err(launch_error)?;
+    let (subnet, _az) = launch::resolve_subnet(ec2.as_ref(), &m.spec, &mctx).await.map_err(launch_error)?;
     let groups = resolve_security_groups(ec2.as_ref(), m, &mctx).await?;
-    let request = launch::launch_spec(&m.spec, &mctx, &image, &subnet, groups, &payload.0)?;
-    let (instance, created) = launch::ensure_instance(ec2.as_ref(), &request, &launch::identity_tags(&mctx)).await?;
+    let request = launch::launch_spec(&m.spec, &mctx, &image, &subnet, groups, &payload).map_err(launch_error)?;
+    let (instance, created) =
+        launch::ensure_instance(ec2.as_ref(), &request, &launch::identity_tags(&mctx)).await.map_err(launch_error)?;
     // Record the instance at once: status is not restored by `clusterctl move`, spec is.
     let api: Api<AWSWindowsMachine> = Api::namespaced(ctx.client.clone(), &ns);
     api.patch(
@@ -375,14 +236,7 @@ async fn apply(m: &AWSWindowsMachine, ctx: &Context) -> Result<Action, Error> {
     .await?;
     if created {
         let note = format!("created instance {} ({}, {})", instance.id, m.spec.instance_type, image.name);
-        let ev = KubeEvent {
-            type_: EventType::Normal,
-            reason: "InstanceCreated".into(),
-            note: Some(note),
-            action: "Create".into(),
-            secondary: None,
-        };
-        let _ = ctx.recorder.publish(&ev, &m.object_ref(&())).await;
+        ctx.writer().event(m, EventType::Normal, "InstanceCreated", &note, "Create").await;
     }
     Ok(Action::requeue(Duration::from_secs(5)))
 }
@@ -395,19 +249,7 @@ async fn machine_context(
     cluster_name: &str,
 ) -> Result<MachineContext, Error> {
     let ns = m.namespace().unwrap_or_default();
-    // The Windows version the bootstrap config names (for the AMI look-up).
-    let boot = &machine.data["spec"]["bootstrap"]["configRef"];
-    let mut windows_year = "2025".to_string();
-    if boot["kind"] == "WindowsKubeadmConfig" {
-        let ar = ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("bootstrap.cluster.x-k8s.io", "v1alpha1", "WindowsKubeadmConfig"),
-            "windowskubeadmconfigs",
-        );
-        let configs: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ar);
-        if let Some(c) = configs.get_opt(boot["name"].as_str().unwrap_or_default()).await? {
-            windows_year = c.data["spec"]["windows"]["version"].as_str().unwrap_or("2025").to_string();
-        }
-    }
+    let windows_year = contract::windows_year(&ctx.client, machine).await?;
     // Subnets and the node security group of the cluster's AWSCluster, when it has one.
     let mut cluster_subnets = Vec::new();
     let mut node_sg = None;
@@ -451,7 +293,7 @@ async fn resolve_security_groups<E: Ec2>(
             .cluster_node_security_group
             .clone()
             .map(|g| vec![g])
-            .ok_or_else(|| LaunchError::NoSecurityGroup.into());
+            .ok_or_else(|| launch_error(LaunchError::NoSecurityGroup));
     }
     let mut out = Vec::new();
     for (i, r) in m.spec.security_groups.iter().enumerate() {
@@ -460,7 +302,7 @@ async fn resolve_security_groups<E: Ec2>(
             (None, Some(filters)) => {
                 let f: Vec<(String, Vec<String>)> =
                     filters.iter().map(|f| (f.name.clone(), f.values.clone())).collect();
-                let found = ec2.security_groups(&f).await.map_err(LaunchError::from)?;
+                let found = ec2.security_groups(&f).await.map_err(|e| launch_error(e.into()))?;
                 if found.is_empty() {
                     return Err(blocked(
                         "SecurityGroupNotFound",
@@ -486,7 +328,7 @@ async fn resolve_security_groups<E: Ec2>(
 /// also what the serial console says about bootstrap.
 async fn report(m: &AWSWindowsMachine, ctx: &Context, id: &str, machine: &DynamicObject) -> Result<Action, Error> {
     let ec2 = ctx.ec2_for(m).await?;
-    let Some(instance) = ec2.describe(id).await.map_err(LaunchError::from)? else {
+    let Some(instance) = ec2.describe(id).await.map_err(|e| launch_error(e.into()))? else {
         return Err(blocked(
             "InstanceTerminated",
             format!("instance {id} no longer exists; it is not recreated (Machines are immutable): delete the Machine"),
@@ -532,36 +374,20 @@ async fn report(m: &AWSWindowsMachine, ctx: &Context, id: &str, machine: &Dynami
         match machine.data["status"]["nodeRef"]["name"].as_str().filter(|n| !n.is_empty()) {
             Some(node) => {
                 // The Node exists: its own conditions tell the rest; the console is not read again.
-                ctx.forget_console(&uid);
-                let msg = serial::clean(&format!("node {node} joined"));
-                set_condition(
-                    &mut status.conditions,
-                    NODE_BOOTSTRAP,
-                    true,
-                    "NodeJoined",
-                    &msg,
-                    m.metadata.generation,
-                    &now(),
-                );
+                ctx.console_reads.forget(&uid);
+                diagnostics::node_joined(&mut status, node, m.metadata.generation);
             }
             None => {
-                requeue = requeue.min(CONSOLE_READ_INTERVAL);
-                if ctx.console_due(&uid, Instant::now()) {
+                requeue = requeue.min(diagnostics::READ_INTERVAL);
+                if ctx.console_reads.take(&uid, Instant::now(), diagnostics::should_read) {
                     failure_event = read_console(ctx, m, &ec2, id, &mut status).await;
                 }
             }
         }
     }
-    record(m, ctx, ready, reason, &message, Some(status)).await?;
+    ctx.writer().record(m, ready, reason, &message, Some(status)).await?;
     if let Some(note) = failure_event {
-        let ev = KubeEvent {
-            type_: EventType::Warning,
-            reason: "BootstrapFailed".into(),
-            note: Some(note),
-            action: "Bootstrap".into(),
-            secondary: None,
-        };
-        let _ = ctx.recorder.publish(&ev, &m.object_ref(&())).await;
+        ctx.writer().event(m, EventType::Warning, "BootstrapFailed", &note, "Bootstrap").await;
     }
     Ok(Action::requeue(requeue))
 }
@@ -575,7 +401,7 @@ async fn read_console(
     id: &str,
     status: &mut InfraMachineStatus,
 ) -> Option<String> {
-    ctx.metrics.console_reads.inc();
+    ctx.metrics.diagnostics_reads.inc();
     // Bounded: diagnostics must not hold up the report of the instance itself.
     let text = match tokio::time::timeout(Duration::from_secs(15), ec2.console_output(id)).await {
         Ok(Ok(Some(t))) => t,
@@ -589,18 +415,12 @@ async fn read_console(
             return None;
         }
     };
-    let report = serial::parse(&text)?;
-    let (ok, reason, msg) = bootstrap_condition(&report);
-    let before =
-        status.conditions.iter().find(|c| c.r#type == NODE_BOOTSTRAP).map(|c| (c.reason.clone(), c.message.clone()));
-    set_condition(&mut status.conditions, NODE_BOOTSTRAP, ok, reason, &msg, m.metadata.generation, &now());
-    let changed = before.as_ref().is_none_or(|(r, mm)| r != reason || *mm != msg);
-    (reason == "BootstrapFailed" && changed).then_some(msg)
+    diagnostics::apply_console(&text, status, m.metadata.generation)
 }
 
 /// Terminates the instance and waits until EC2 reports it terminated.
 async fn cleanup(m: &AWSWindowsMachine, ctx: &Context) -> Result<Action, Error> {
-    ctx.forget_console(&m.uid().unwrap_or_default());
+    ctx.console_reads.forget(&m.uid().unwrap_or_default());
     let id = match &m.spec.instance_id {
         Some(id) => Some(id.clone()),
         None => {
@@ -611,19 +431,23 @@ async fn cleanup(m: &AWSWindowsMachine, ctx: &Context) -> Result<Action, Error> 
                 machine: m.name_any(),
                 ..Default::default()
             };
-            let found =
-                ctx.ec2_for(m).await?.find_by_tags(&launch::identity_tags(&mctx)).await.map_err(LaunchError::from)?;
+            let found = ctx
+                .ec2_for(m)
+                .await?
+                .find_by_tags(&launch::identity_tags(&mctx))
+                .await
+                .map_err(|e| launch_error(e.into()))?;
             model::live_instance(&found).map(|i| i.id.clone())
         }
     };
     let Some(id) = id else { return Ok(Action::await_change()) };
     let ec2 = ctx.ec2_for(m).await?;
-    match ec2.describe(&id).await.map_err(LaunchError::from)? {
+    match ec2.describe(&id).await.map_err(|e| launch_error(e.into()))? {
         None => Ok(Action::await_change()),
         Some(i) if i.state == "terminated" => Ok(Action::await_change()),
         Some(i) => {
             if i.state != "shutting-down" {
-                ec2.terminate(&id).await.map_err(LaunchError::from)?;
+                ec2.terminate(&id).await.map_err(|e| launch_error(e.into()))?;
             }
             Err(blocked("Deleting", format!("waiting for instance {id} to terminate"), Some(Duration::from_secs(5))))
         }
@@ -687,40 +511,6 @@ pub async fn reconcile_template(t: Arc<AWSWindowsMachineTemplate>, ctx: Arc<Cont
     Ok(Action::requeue(Duration::from_secs(3600)))
 }
 
-/// What the AWS controller reads from a Machine. Conditions, addresses and timestamps are left
-/// out on purpose: CAPI rewrites them often, and they change nothing here.
-pub fn machine_fingerprint(m: &DynamicObject) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let spec = &m.data["spec"];
-    let relevant = json!([
-        m.metadata.uid,
-        m.metadata.deletion_timestamp.is_some(),
-        m.annotations().get("cluster.x-k8s.io/paused"),
-        spec["clusterName"],
-        spec["version"],
-        spec["failureDomain"],
-        spec["bootstrap"],
-        spec["infrastructureRef"],
-        m.data["status"]["nodeRef"],
-    ]);
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    relevant.to_string().hash(&mut h);
-    h.finish()
-}
-
-/// The last fingerprint seen per Machine (by namespace/name), for the Machine watch.
-#[derive(Clone, Default)]
-pub struct MachineChanges(Arc<Mutex<HashMap<String, u64>>>);
-
-impl MachineChanges {
-    /// Whether `m` differs, in what this controller reads, from the last time it was seen.
-    pub fn changed(&self, m: &DynamicObject) -> bool {
-        let key = format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any());
-        let print = machine_fingerprint(m);
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(key, print) != Some(print)
-    }
-}
-
 /// Runs the controllers for machines and their templates.
 pub async fn run(ctx: Arc<Context>) {
     let templates: Api<AWSWindowsMachineTemplate> = match &ctx.namespace {
@@ -740,21 +530,10 @@ pub async fn run(ctx: Arc<Context>) {
         }
         None => (Api::all(ctx.client.clone()), Api::all_with(ctx.client.clone(), &capi("Machine"))),
     };
-    let seen = MachineChanges::default();
     Controller::new(api, watcher::Config::default())
-        // A Machine gains its bootstrap data and its Node on the Machine. Only those changes
-        // trigger a reconcile: CAPI rewrites Machine status all the time, and each reconcile of a
-        // running machine costs a DescribeInstances (measured: one a second without this filter).
-        .watches_with(machines, capi("Machine"), watcher::Config::default(), move |m: DynamicObject| {
-            let r = &m.data["spec"]["infrastructureRef"];
-            if r["kind"] != "AWSWindowsMachine" || !seen.changed(&m) {
-                return None;
-            }
-            Some(
-                kube::runtime::reflector::ObjectRef::new(r["name"].as_str().unwrap_or_default())
-                    .within(&m.namespace().unwrap_or_default()),
-            )
-        })
+        // A Machine gains its bootstrap data and its Node on the Machine; only such changes wake
+        // a reconcile (see capwin_infra::watch).
+        .watches_with(machines, capi("Machine"), watcher::Config::default(), watch::machines_to("AWSWindowsMachine"))
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {
@@ -762,105 +541,4 @@ pub async fn run(ctx: Arc<Context>) {
             }
         })
         .await;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn machine(v: serde_json::Value) -> DynamicObject {
-        serde_json::from_value(v).unwrap()
-    }
-
-    #[test]
-    fn only_relevant_machine_changes_trigger_a_reconcile() {
-        let base = json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Machine",
-            "metadata": {"name": "w-0", "namespace": "ns", "uid": "u1", "resourceVersion": "1"},
-            "spec": {"clusterName": "c", "version": "v1.34.13", "bootstrap": {"configRef": {"name": "w-0"}},
-                "infrastructureRef": {"kind": "AWSWindowsMachine", "name": "w-0"}},
-            "status": {"conditions": [{"type": "Ready", "status": "False"}]}});
-        let seen = MachineChanges::default();
-        assert!(seen.changed(&machine(base.clone())), "first sight");
-        assert!(!seen.changed(&machine(base.clone())), "same object");
-
-        // CAPI's status churn and a new resourceVersion: no reconcile.
-        let mut churn = base.clone();
-        churn["metadata"]["resourceVersion"] = json!("2");
-        churn["status"]["conditions"] = json!([{"type": "Ready", "status": "True", "lastTransitionTime": "now"}]);
-        churn["status"]["addresses"] = json!([{"type": "InternalIP", "address": "10.0.0.7"}]);
-        churn["status"]["lastUpdated"] = json!("2026-11-21T00:00:00Z");
-        assert!(!seen.changed(&machine(churn.clone())));
-
-        // Bootstrap data appears: reconcile; then the Node: reconcile; then deletion.
-        let mut data = churn.clone();
-        data["spec"]["bootstrap"]["dataSecretName"] = json!("w-0");
-        assert!(seen.changed(&machine(data.clone())));
-        assert!(!seen.changed(&machine(data.clone())));
-        let mut node = data.clone();
-        node["status"]["nodeRef"] = json!({"name": "ip-10-0-0-7.ec2.internal"});
-        assert!(seen.changed(&machine(node.clone())));
-        let mut deleting = node.clone();
-        deleting["metadata"]["deletionTimestamp"] = json!("2026-11-21T00:00:00Z");
-        assert!(seen.changed(&machine(deleting)));
-
-        // Other machines are tracked apart; a recreated Machine (new UID) is new.
-        let mut other = base.clone();
-        other["metadata"]["name"] = json!("w-1");
-        assert!(seen.changed(&machine(other)));
-        let mut recreated = node.clone();
-        recreated["metadata"]["uid"] = json!("u2");
-        assert!(seen.changed(&machine(recreated)));
-        for field in ["version", "failureDomain", "clusterName"] {
-            let mut changed = node.clone();
-            changed["spec"][field] = json!("other");
-            assert_ne!(machine_fingerprint(&machine(changed)), machine_fingerprint(&machine(node.clone())), "{field}");
-        }
-    }
-
-    #[test]
-    fn the_console_is_read_at_most_once_per_interval() {
-        let t0 = Instant::now();
-        assert!(should_read_console(None, t0), "never read: read now");
-        assert!(!should_read_console(Some(t0), t0));
-        assert!(!should_read_console(Some(t0), t0 + CONSOLE_READ_INTERVAL - Duration::from_millis(1)));
-        assert!(should_read_console(Some(t0), t0 + CONSOLE_READ_INTERVAL));
-        assert!(should_read_console(Some(t0), t0 + CONSOLE_READ_INTERVAL * 10));
-        // A clock reading before the last read (another task's later `now`) never reads early.
-        assert!(!should_read_console(Some(t0 + Duration::from_secs(5)), t0));
-        assert!(CONSOLE_READ_INTERVAL >= Duration::from_secs(60));
-    }
-
-    fn report(text: &str) -> serial::Report {
-        serial::parse(text).expect("a record")
-    }
-
-    #[test]
-    fn console_reports_become_the_node_bootstrap_condition() {
-        let failed = report(
-            "CAPWIN-BOOTSTRAP {\"step\":\"join\",\"status\":\"failed\",\"message\":\"kubeadm.exe exited with code 1\"}",
-        );
-        assert_eq!(
-            bootstrap_condition(&failed),
-            (false, "BootstrapFailed", "step join exited 80: kubeadm.exe exited with code 1".to_string())
-        );
-        let running = report("CAPWIN-BOOTSTRAP {\"step\":\"containerd\",\"status\":\"running\",\"message\":\"\"}");
-        assert_eq!(bootstrap_condition(&running), (false, "BootstrapInProgress", "at step containerd".to_string()));
-        let done =
-            report("CAPWIN-BOOTSTRAP {\"step\":\"done\",\"status\":\"succeeded\",\"message\":\"node ip-10-0-0-7\"}");
-        assert_eq!(
-            bootstrap_condition(&done),
-            (true, "BootstrapSucceeded", "bootstrap succeeded: node ip-10-0-0-7".to_string())
-        );
-    }
-
-    #[test]
-    fn condition_messages_stay_bounded_and_free_of_tokens() {
-        let long = format!(
-            "CAPWIN-BOOTSTRAP {{\"step\":\"join\",\"status\":\"failed\",\"message\":\"abcdef.0123456789abcdef {}\"}}",
-            "\\u001b[31m x".repeat(500)
-        );
-        let (_, _, msg) = bootstrap_condition(&report(&long));
-        assert!(msg.chars().count() <= serial::MESSAGE_LIMIT, "{}", msg.len());
-        assert!(!msg.contains("0123456789abcdef") && !msg.chars().any(char::is_control), "{msg}");
-    }
 }

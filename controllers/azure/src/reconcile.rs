@@ -22,10 +22,10 @@ use capwin_api::common::{
     ConditionStatus, InfraMachineInitialization, InfraMachineStatus, MachineAddress, MachineAddressType, NodeInfo,
     capi_resource as capi, now_rfc3339 as now, set_condition,
 };
-use capwin_infra::contract;
 use capwin_infra::diagnostics::{self, Slots};
 use capwin_infra::status::Writer;
 pub use capwin_infra::{Error, blocked};
+use capwin_infra::{contract, watch};
 use capwin_payload::serial;
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -590,8 +590,9 @@ async fn report(
         status.initialization = Some(InfraMachineInitialization { provisioned: Some(true) });
         // Until the Node exists, the serial log is the only window into the join.
         let uid = m.uid().unwrap_or_default();
-        if contract::node_joined(machine) {
+        if let Some(node) = machine.data["status"]["nodeRef"]["name"].as_str().filter(|n| !n.is_empty()) {
             ctx.serial_reads.forget(&uid);
+            diagnostics::node_joined(&mut status, node, m.metadata.generation);
         } else {
             requeue = diagnostics::READ_INTERVAL;
             if ctx.serial_reads.take(&uid, Instant::now(), diagnostics::should_read) {
@@ -810,14 +811,9 @@ pub async fn run(ctx: Arc<Context>) {
         None => (Api::all(ctx.client.clone()), Api::all_with(ctx.client.clone(), &capi("Machine"))),
     };
     Controller::new(api_, watcher::Config::default())
-        // A Machine gains its bootstrap data, its nodeRef and its deletion on the Machine.
-        .watches_with(machines, capi("Machine"), watcher::Config::default(), |m: DynamicObject| {
-            let r = &m.data["spec"]["infrastructureRef"];
-            (r["kind"] == "AzureWindowsMachine").then(|| {
-                kube::runtime::reflector::ObjectRef::new(r["name"].as_str().unwrap_or_default())
-                    .within(&m.namespace().unwrap_or_default())
-            })
-        })
+        // A Machine gains its bootstrap data, its Node and its deletion on the Machine; only such
+        // changes wake a reconcile (see capwin_infra::watch).
+        .watches_with(machines, capi("Machine"), watcher::Config::default(), watch::machines_to("AzureWindowsMachine"))
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {

@@ -40,6 +40,12 @@ pub fn apply_console(text: &str, status: &mut InfraMachineStatus, generation: Op
     (reason == "BootstrapFailed" && changed).then_some(msg)
 }
 
+/// The Node exists: `NodeBootstrap` says so, and the console is not read again.
+pub fn node_joined(status: &mut InfraMachineStatus, node: &str, generation: Option<i64>) {
+    let msg = serial::clean(&format!("node {node} joined"));
+    set_condition(&mut status.conditions, NODE_BOOTSTRAP, true, "NodeJoined", &msg, generation, &now_rfc3339());
+}
+
 /// Per-machine time slots (by machine UID): taking one when due counts an attempt as a read, so a
 /// failing call is not retried faster than the interval.
 #[derive(Default)]
@@ -91,5 +97,39 @@ mod tests {
         let running = "CAPWIN-BOOTSTRAP {\"step\":\"preamble\",\"status\":\"running\",\"message\":\"\"}\n";
         assert_eq!(apply_console(running, &mut status, Some(1)), None);
         assert_eq!(condition_reason(&status.conditions, NODE_BOOTSTRAP), Some("BootstrapInProgress"));
+    }
+
+    fn report(text: &str) -> serial::Report {
+        serial::parse(text).expect("a record")
+    }
+
+    #[test]
+    fn console_reports_become_the_node_bootstrap_condition() {
+        let failed = report(
+            "CAPWIN-BOOTSTRAP {\"step\":\"join\",\"status\":\"failed\",\"message\":\"kubeadm.exe exited with code 1\"}",
+        );
+        assert_eq!(
+            bootstrap_condition(&failed),
+            (false, "BootstrapFailed", "step join exited 80: kubeadm.exe exited with code 1".to_string())
+        );
+        let running = report("CAPWIN-BOOTSTRAP {\"step\":\"containerd\",\"status\":\"running\",\"message\":\"\"}");
+        assert_eq!(bootstrap_condition(&running), (false, "BootstrapInProgress", "at step containerd".to_string()));
+        let done =
+            report("CAPWIN-BOOTSTRAP {\"step\":\"done\",\"status\":\"succeeded\",\"message\":\"node ip-10-0-0-7\"}");
+        assert_eq!(
+            bootstrap_condition(&done),
+            (true, "BootstrapSucceeded", "bootstrap succeeded: node ip-10-0-0-7".to_string())
+        );
+    }
+
+    #[test]
+    fn condition_messages_stay_bounded_and_free_of_tokens() {
+        let long = format!(
+            "CAPWIN-BOOTSTRAP {{\"step\":\"join\",\"status\":\"failed\",\"message\":\"abcdef.0123456789abcdef {}\"}}",
+            "\\u001b[31m x".repeat(500)
+        );
+        let (_, _, msg) = bootstrap_condition(&report(&long));
+        assert!(msg.chars().count() <= serial::MESSAGE_LIMIT, "{}", msg.len());
+        assert!(!msg.contains("0123456789abcdef") && !msg.chars().any(char::is_control), "{msg}");
     }
 }

@@ -13,6 +13,7 @@ pub mod contract;
 pub mod diagnostics;
 pub mod metrics;
 pub mod status;
+pub mod watch;
 
 use std::time::Duration;
 

@@ -140,7 +140,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     let client = client(args.kubeconfig.as_deref()).await?;
     let mut registry = Registry::default();
     let metrics = Metrics::register(&mut registry);
-    let aws_metrics = capwin_aws::metrics::Metrics::register(&mut registry);
+    let aws_metrics = capwin_aws::metrics::register(&mut registry);
     let azure_metrics = capwin_azure::metrics::register(&mut registry);
     let ready = Arc::new(AtomicBool::new(false));
     let registry = Arc::new(registry);

@@ -295,13 +295,20 @@ async fn bad_input_gives_a_named_condition_and_nothing_half_created() {
     );
     let ids: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(env.mgmt.clone(), &env.namespace, &ar);
     // An identity whose Secret does not exist, and one this namespace may not use.
-    for (name, allowed) in [("no-secret", json!({})), ("elsewhere", json!({"list": ["someone-else"]}))] {
+    let allowed_here = json!({"list": [env.namespace.clone()]});
+    for (name, allowed) in
+        [("no-secret", json!({})), ("elsewhere", json!({"list": ["someone-else"]})), ("team", allowed_here)]
+    {
         let body = json!({"apiVersion": format!("{I}/v1beta1"), "kind": "AzureClusterIdentity",
             "metadata": {"name": name},
             "spec": {"type": "ServicePrincipal", "tenantID": "t", "clientID": "c",
                 "clientSecret": {"name": format!("{name}-secret")}, "allowedNamespaces": allowed}});
         ids.create(&Default::default(), &serde_json::from_value(body).unwrap()).await.unwrap();
     }
+    // The one usable identity: its Secret exists and this namespace is listed.
+    let team_secret =
+        json!({"metadata": {"name": "team-secret"}, "stringData": {"clientSecret": "team-sp-secret-9fQ2"}});
+    env.secrets().create(&Default::default(), &serde_json::from_value(team_secret).unwrap()).await.unwrap();
     let mut unknown_image = machine_spec();
     unknown_image["image"] = json!({"marketplace": {"publisher": "MicrosoftWindowsServer", "offer": "WindowsServer", "sku": "1999-datacenter", "version": "latest"}});
     let mut no_subnet = machine_spec();
@@ -369,4 +376,29 @@ async fn bad_input_gives_a_named_condition_and_nothing_half_created() {
     }
     let c = counts(&env);
     assert!(c.keys().all(|k| !k.starts_with("PUT")), "bad input never reaches a create: {c:?}");
+
+    // A cluster whose AzureClusterIdentity is allowed here gets its VM with that identity's token.
+    azure_cluster(
+        &env,
+        "azteam",
+        machine_spec(),
+        json!({"identityRef": {"name": "team", "kind": "AzureClusterIdentity"}}),
+        1,
+    )
+    .await;
+    env.wait_ready_reason(&machines, "azteam-0", "VMRunning", Some(true)).await;
+    let requests = env.arm("GET", "requests", None).unwrap();
+    let token_clients: Vec<&str> = requests["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["type"] == "oauth2/token")
+        .filter_map(|r| r["body"]["client_id"].as_str())
+        .collect();
+    assert!(token_clients.contains(&"c"), "the identity's client asked for a token: {token_clients:?}");
+    assert!(
+        !requests.to_string().contains("team-sp-secret-9fQ2"),
+        "the fake's log redacts secrets; so must the request"
+    );
+    assert!(!env.manager_log().contains("team-sp-secret-9fQ2"), "the identity's secret leaked into the manager log");
 }

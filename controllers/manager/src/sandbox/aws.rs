@@ -228,7 +228,7 @@ impl AwsCloud {
     /// The real `AWSWindowsMachine` controller, in-process.
     pub async fn start_controller(&self, mgmt: Client, ns: &str) -> tokio::task::JoinHandle<()> {
         let mut registry = prometheus_client::registry::Registry::default();
-        let metrics = capwin_aws::metrics::Metrics::register(&mut registry);
+        let metrics = capwin_aws::metrics::register(&mut registry);
         let ctx = capwin_aws::reconcile::Context::new(
             mgmt,
             Some(self.region.clone()),
