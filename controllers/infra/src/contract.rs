@@ -57,7 +57,8 @@ pub fn require_cluster_infrastructure(cluster: &DynamicObject) -> Result<(), Err
     Err(blocked(
         "WaitingForClusterInfrastructure",
         "the Cluster's infrastructure is not provisioned yet",
-        Some(Duration::from_secs(30)),
+        // Cluster changes do not wake machine reconciles; look again soon (API reads only).
+        Some(Duration::from_secs(10)),
     ))
 }
 

@@ -456,3 +456,30 @@ async fn without_a_region_machines_wait_with_a_named_condition_and_the_manager_s
     assert!(log.contains("aws controller started"), "{log}");
     assert!(!log.contains("stopped unexpectedly") && !log.contains("needs a region"), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_terminated_outside_capwin_is_reported_never_replaced() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::start_with("awsgone", &["--controllers", "bootstrap,aws"], &[CloudKit::Aws]).await.unwrap();
+    aws_cluster(&env, "awsgone", machine_spec()).await;
+    let machines = env.api(I, "v1alpha1", "AWSWindowsMachine");
+    let m = env.wait_ready_reason(&machines, "awsgone-0", "InstanceRunning", Some(true)).await;
+    let id = m.data["spec"]["instanceID"].as_str().unwrap().to_string();
+    ec2(&env).await.terminate(&id).await.unwrap();
+    // The machine is woken by its own requeue (300 s when running) or by any change; nudge it
+    // with an annotation, as an operator's `kubectl annotate` would.
+    machines
+        .patch(
+            "awsgone-0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"e2e/nudge": "1"}}})),
+        )
+        .await
+        .unwrap();
+    let m = env.wait_ready_reason(&machines, "awsgone-0", "InstanceTerminated", Some(false)).await;
+    let (_, _, message) = capwin_e2e::condition(&m, "Ready").unwrap();
+    assert!(message.contains(&id) && message.contains("not recreated"), "{message}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(live_instances(&env, "awsgone", "awsgone-0").await.is_empty(), "no replacement instance");
+    assert_eq!(machines.get("awsgone-0").await.unwrap().data["spec"]["instanceID"], id.as_str(), "the record stays");
+}

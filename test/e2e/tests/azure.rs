@@ -402,3 +402,46 @@ async fn bad_input_gives_a_named_condition_and_nothing_half_created() {
     );
     assert!(!env.manager_log().contains("team-sp-secret-9fQ2"), "the identity's secret leaked into the manager log");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_and_vanished_vms_are_reported_never_recreated() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::start_with("azgone", &["--controllers", "bootstrap,azure"], &[CloudKit::Azure]).await.unwrap();
+    // Every VM create of cluster azfail is accepted and then fails, as an allocation would.
+    env.arm(
+        "POST",
+        "faults",
+        Some(json!({"method": "PUT", "path": "/virtualMachines/azfail-", "times": -1,
+            "operationFailure": {"code": "OSProvisioningTimedOut"}})),
+    )
+    .unwrap();
+    azure_cluster(&env, "azfail", machine_spec(), json!({}), 1).await;
+    azure_cluster(&env, "azgone", machine_spec(), json!({}), 1).await;
+    let machines = env.api(I, "v1alpha1", "AzureWindowsMachine");
+
+    let m = env.wait_ready_reason(&machines, "azfail-0", "VMProvisioningFailed", Some(false)).await;
+    let (_, _, message) = condition(&m, "Ready").unwrap();
+    assert!(message.contains("OSProvisioningTimedOut"), "ARM's code is in the condition: {message}");
+    assert!(m.data["status"]["initialization"]["provisioned"].is_null(), "a failed VM is not provisioned");
+
+    env.wait_ready_reason(&machines, "azgone-0", "VMRunning", Some(true)).await;
+    let vm = owned(&env, VM, "azgone-0").pop().unwrap();
+    env.arm("POST", "delete", Some(json!({"id": vm["id"]}))).unwrap();
+    // Found on the next requeue (a minute before the Node joins); nudge it as an operator's
+    // `kubectl annotate` would.
+    machines
+        .patch(
+            "azgone-0",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {"e2e/nudge": "1"}}})),
+        )
+        .await
+        .unwrap();
+    let m = env.wait_ready_reason(&machines, "azgone-0", "VMDeleted", Some(false)).await;
+    let (_, _, message) = condition(&m, "Ready").unwrap();
+    assert!(message.contains("not recreated"), "{message}");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(owned(&env, VM, "azgone-0").is_empty(), "a VM deleted outside capwin is never silently recreated");
+    let puts = counts(&env).get("PUT Microsoft.Compute/virtualMachines").and_then(Value::as_u64).unwrap_or(0);
+    assert_eq!(puts, 2, "one create per cluster, none after the failure or the deletion");
+}
