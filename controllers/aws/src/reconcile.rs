@@ -22,7 +22,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder, Reporter};
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::finalizer::Event as Finalizer;
 use kube::runtime::{Controller, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
@@ -185,21 +185,18 @@ fn launch_error(e: LaunchError) -> Error {
 use capwin_api::common::{capi_resource as capi, now_rfc3339 as now};
 
 pub async fn reconcile(obj: Arc<AWSWindowsMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
-    tracing::debug!(machine = %obj.name_any(), "reconciling AWSWindowsMachine");
-    let api: Api<AWSWindowsMachine> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    let result = finalizer(&api, FINALIZER, obj.clone(), |ev| async {
-        match ev {
-            Finalizer::Apply(m) => apply(&m, &ctx).await,
-            Finalizer::Cleanup(m) => cleanup(&m, &ctx).await,
-        }
-    })
-    .await;
-    ctx.writer().finish(obj.as_ref(), &ctx.metrics, result).await
+    ctx.writer()
+        .reconcile(FINALIZER, obj, &ctx.metrics, |ev| async {
+            match ev {
+                Finalizer::Apply(m) => apply(&m, &ctx).await,
+                Finalizer::Cleanup(m) => cleanup(&m, &ctx).await,
+            }
+        })
+        .await
 }
 
 pub fn error_policy(obj: Arc<AWSWindowsMachine>, err: &Error, _: Arc<Context>) -> Action {
-    tracing::warn!(machine = %obj.name_any(), error = %err, "AWSWindowsMachine reconcile failed");
-    Action::requeue(Duration::from_secs(15))
+    capwin_infra::status::error_policy(obj, err)
 }
 
 async fn apply(m: &AWSWindowsMachine, ctx: &Context) -> Result<Action, Error> {

@@ -34,7 +34,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder, Reporter};
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
+use kube::runtime::finalizer::Event as Finalizer;
 use kube::runtime::{Controller, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
@@ -296,21 +296,18 @@ fn arm_error(e: ArmError) -> Error {
 }
 
 pub async fn reconcile(obj: Arc<AzureWindowsMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
-    tracing::debug!(machine = %obj.name_any(), "reconciling AzureWindowsMachine");
-    let api: Api<AzureWindowsMachine> = Api::namespaced(ctx.client.clone(), &obj.namespace().unwrap_or_default());
-    let result = finalizer(&api, FINALIZER, obj.clone(), |ev| async {
-        match ev {
-            Finalizer::Apply(m) => apply(&m, &ctx).await,
-            Finalizer::Cleanup(m) => cleanup(&m, &ctx).await,
-        }
-    })
-    .await;
-    ctx.writer().finish(obj.as_ref(), &ctx.metrics, result).await
+    ctx.writer()
+        .reconcile(FINALIZER, obj, &ctx.metrics, |ev| async {
+            match ev {
+                Finalizer::Apply(m) => apply(&m, &ctx).await,
+                Finalizer::Cleanup(m) => cleanup(&m, &ctx).await,
+            }
+        })
+        .await
 }
 
 pub fn error_policy(obj: Arc<AzureWindowsMachine>, err: &Error, _: Arc<Context>) -> Action {
-    tracing::warn!(machine = %obj.name_any(), error = %err, "AzureWindowsMachine reconcile failed");
-    Action::requeue(Duration::from_secs(15))
+    capwin_infra::status::error_policy(obj, err)
 }
 
 /// The CAPI objects a machine hangs off, and the cluster's `AzureCluster` when it has one.

@@ -2,6 +2,7 @@
 //! mapping of a finalizer result onto a condition and a requeue.
 
 use std::fmt::Debug;
+use std::sync::Arc;
 use std::time::Duration;
 
 use capwin_api::common::{InfraMachineStatus, condition_reason, now_rfc3339, set_condition};
@@ -78,9 +79,28 @@ impl Writer<'_> {
         }
     }
 
+    /// One reconcile: the finalizer protocol around `f` (apply or cleanup), then [`Writer::finish`].
+    pub async fn reconcile<K, F, Fut>(
+        &self,
+        finalizer_name: &str,
+        obj: Arc<K>,
+        metrics: &Metrics,
+        f: F,
+    ) -> Result<Action, Error>
+    where
+        K: InfraMachine + Send + Sync + 'static,
+        F: FnOnce(kube::runtime::finalizer::Event<K>) -> Fut,
+        Fut: Future<Output = Result<Action, Error>>,
+    {
+        tracing::debug!(kind = K::kind(&()).as_ref(), name = %obj.name_any(), "reconciling");
+        let api: Api<K> = Api::namespaced(self.client.clone(), &obj.namespace().unwrap_or_default());
+        let result = kube::runtime::finalizer(&api, finalizer_name, obj.clone(), f).await;
+        self.finish(obj.as_ref(), metrics, result).await
+    }
+
     /// Turns the finalizer's result into the reconcile's: a blocked apply or cleanup becomes a
     /// `Ready=False` condition with its reason (and an event) and a requeue, never a hot loop.
-    pub async fn finish<K: InfraMachine>(
+    async fn finish<K: InfraMachine>(
         &self,
         obj: &K,
         metrics: &Metrics,
@@ -110,4 +130,11 @@ impl Writer<'_> {
             }
         }
     }
+}
+
+/// The error policy of both machine controllers: a Kubernetes API failure is logged and retried
+/// after 15 s (blocking conditions never get here: they are requeues).
+pub fn error_policy<K: InfraMachine>(obj: Arc<K>, err: &Error) -> Action {
+    tracing::warn!(kind = K::kind(&()).as_ref(), name = %obj.name_any(), error = %err, "reconcile failed");
+    Action::requeue(Duration::from_secs(15))
 }

@@ -37,20 +37,7 @@ impl Env {
     pub fn arm(&self, method: &str, call: &str, body: Option<Value>) -> anyhow::Result<Value> {
         let base = self.kit_url(crate::CloudKit::Azure).context("no fake ARM started (CloudKit::Azure)")?;
         let ca = self.arm_ca.as_deref().context("no CA")?;
-        let url = format!("{base}/_capwin/{call}");
-        let mut cmd = std::process::Command::new("curl");
-        cmd.args(["-sS", "--fail-with-body", "--max-time", "10", "--cacert", ca, "-X", method]);
-        if let Some(b) = body {
-            cmd.args(["-H", "content-type: application/json", "-d", &b.to_string()]);
-        }
-        let out = cmd.arg(&url).output().context("running curl")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "{url}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).with_context(|| format!("{url} answered no JSON"))
+        crate::control_call(&format!("{base}/_capwin/{call}"), method, body, Some(ca))
     }
 
     /// The resources of a type in the seed's resource group, as ARM renders them

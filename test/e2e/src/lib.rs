@@ -280,19 +280,8 @@ impl Env {
             "{}/_capwin/{call}",
             self.proxy_url.as_deref().context("no proxy started (CloudKit::AwsThrottled)")?
         );
-        let mut cmd = std::process::Command::new("curl");
-        cmd.args(["-sS", "--fail-with-body", "--max-time", "10"]);
-        if let Some(b) = body {
-            cmd.args(["-X", "POST", "-H", "content-type: application/json", "-d", &b.to_string()]);
-        }
-        let out = cmd.arg(&url).output().context("running curl")?;
-        anyhow::ensure!(
-            out.status.success(),
-            "{url}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).with_context(|| format!("{url} answered no JSON"))
+        let method = if body.is_some() { "POST" } else { "GET" };
+        control_call(&url, method, body, None)
     }
 
     /// Kills the manager at once (SIGKILL), as a crash would.
@@ -422,6 +411,81 @@ impl Env {
             }
         }
     }
+}
+
+/// A Windows worker pool the way the cluster templates make one: a `WindowsKubeadmConfigTemplate`
+/// and an infrastructure machine template (both named `templates`) and a MachineDeployment.
+pub struct Pool<'a> {
+    pub templates: &'a str,
+    /// The MachineDeployment; the simulator names its Machines `<md>-0`, `<md>-1`, ...
+    pub md: &'a str,
+    pub cluster: &'a str,
+    pub replicas: u32,
+    pub version: &'a str,
+    pub failure_domain: Option<&'a str>,
+    /// `AWSWindowsMachine` or `AzureWindowsMachine`.
+    pub infra_kind: &'a str,
+    pub infra_spec: Value,
+    /// The `WindowsKubeadmConfig` spec.
+    pub config: Value,
+}
+
+impl Env {
+    pub async fn windows_pool(&self, p: Pool<'_>) -> anyhow::Result<()> {
+        const B: &str = "bootstrap.cluster.x-k8s.io";
+        const I: &str = "infrastructure.cluster.x-k8s.io";
+        let infra_template = format!("{}Template", p.infra_kind);
+        self.create(
+            B,
+            "v1alpha1",
+            "WindowsKubeadmConfigTemplate",
+            json!({"metadata": {"name": p.templates}, "spec": {"template": {"spec": p.config}}}),
+        )
+        .await?;
+        self.create(
+            I,
+            "v1alpha1",
+            &infra_template,
+            json!({"metadata": {"name": p.templates}, "spec": {"template": {"spec": p.infra_spec}}}),
+        )
+        .await?;
+        let mut machine = json!({"clusterName": p.cluster, "version": p.version,
+            "bootstrap": {"configRef": {"apiGroup": B, "kind": "WindowsKubeadmConfigTemplate", "name": p.templates}},
+            "infrastructureRef": {"apiGroup": I, "kind": infra_template, "name": p.templates}});
+        if let Some(fd) = p.failure_domain {
+            machine["failureDomain"] = json!(fd);
+        }
+        self.create(
+            "cluster.x-k8s.io",
+            "v1beta2",
+            "MachineDeployment",
+            json!({"metadata": {"name": p.md}, "spec": {"clusterName": p.cluster, "replicas": p.replicas,
+                "selector": {"matchLabels": {}}, "template": {"spec": machine}}}),
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+/// One call to a kit's control API (`/_capwin/...`) with curl, trusting only `ca` when given;
+/// the answer must be JSON.
+pub(crate) fn control_call(url: &str, method: &str, body: Option<Value>, ca: Option<&str>) -> anyhow::Result<Value> {
+    let mut cmd = std::process::Command::new("curl");
+    cmd.args(["-sS", "--fail-with-body", "--max-time", "10", "-X", method]);
+    if let Some(ca) = ca {
+        cmd.args(["--cacert", ca]);
+    }
+    if let Some(b) = body {
+        cmd.args(["-H", "content-type: application/json", "-d", &b.to_string()]);
+    }
+    let out = cmd.arg(url).output().context("running curl")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "{url}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).with_context(|| format!("{url} answered no JSON"))
 }
 
 /// A condition of an object as (status, reason, message).

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use capwin_aws::ec2::{Ec2, LaunchSpec, SdkEc2, StaticCredentials};
 use capwin_aws::model;
-use capwin_e2e::{CloudKit, Env};
+use capwin_e2e::{CloudKit, Env, Pool};
 use kube::ResourceExt;
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
@@ -15,7 +15,6 @@ use serde_json::{Value, json};
 const T: Duration = Duration::from_secs(60);
 /// One moto at a time: concurrent moto starts on two cores make first calls slow.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-const B: &str = "bootstrap.cluster.x-k8s.io";
 const I: &str = "infrastructure.cluster.x-k8s.io";
 
 /// EC2 for the test's own checks: moto itself, never the proxy, so checks neither count as the
@@ -37,34 +36,18 @@ async fn aws_cluster(env: &Env, name: &str, machine_spec: Value) {
     )
     .await
     .unwrap();
-    env.create(
-        B,
-        "v1alpha1",
-        "WindowsKubeadmConfigTemplate",
-        json!({"metadata": {"name": name}, "spec": {"template": {"spec": {}}}}),
-    )
-    .await
-    .unwrap();
-    env.create(
-        I,
-        "v1alpha1",
-        "AWSWindowsMachineTemplate",
-        json!({"metadata": {"name": name}, "spec": {"template": {"spec": machine_spec}}}),
-    )
-    .await
-    .unwrap();
-    env.create(
-        "cluster.x-k8s.io",
-        "v1beta2",
-        "MachineDeployment",
-        json!({"metadata": {"name": name},
-        "spec": {"clusterName": name, "replicas": 1, "selector": {"matchLabels": {}},
-            "template": {"spec": {"clusterName": name, "version": "v1.34.13", "failureDomain": "us-east-1c",
-                "bootstrap": {"configRef": {"apiGroup": B, "kind": "WindowsKubeadmConfigTemplate", "name": name}},
-                "infrastructureRef": {"apiGroup": I, "kind": "AWSWindowsMachineTemplate", "name": name}}}}}),
-    )
-    .await
-    .unwrap();
+    let pool = Pool {
+        templates: name,
+        md: name,
+        cluster: name,
+        replicas: 1,
+        version: "v1.34.13",
+        failure_domain: Some("us-east-1c"),
+        infra_kind: "AWSWindowsMachine",
+        infra_spec: machine_spec,
+        config: json!({}),
+    };
+    env.windows_pool(pool).await.unwrap();
 }
 
 fn machine_spec() -> Value {

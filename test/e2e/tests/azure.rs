@@ -7,14 +7,13 @@ use std::time::Duration;
 
 use base64::Engine;
 use capwin_e2e::azure::{CLIENT_SECRET, RESOURCE_GROUP, SUBSCRIPTION};
-use capwin_e2e::{CloudKit, Env, condition};
+use capwin_e2e::{CloudKit, Env, Pool, condition};
 use kube::api::{Patch, PatchParams};
 use serde_json::{Value, json};
 
 const T: Duration = Duration::from_secs(60);
 /// One scenario at a time: each starts its own fake ARM and manager on two cores.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-const B: &str = "bootstrap.cluster.x-k8s.io";
 const I: &str = "infrastructure.cluster.x-k8s.io";
 const VM: &str = "Microsoft.Compute/virtualMachines";
 const NIC: &str = "Microsoft.Network/networkInterfaces";
@@ -40,34 +39,18 @@ async fn azure_cluster(env: &Env, name: &str, machine_spec: Value, azure_cluster
     )
     .await
     .unwrap();
-    env.create(
-        B,
-        "v1alpha1",
-        "WindowsKubeadmConfigTemplate",
-        json!({"metadata": {"name": name}, "spec": {"template": {"spec": {"windows": {"version": "2025"}}}}}),
-    )
-    .await
-    .unwrap();
-    env.create(
-        I,
-        "v1alpha1",
-        "AzureWindowsMachineTemplate",
-        json!({"metadata": {"name": name}, "spec": {"template": {"spec": machine_spec}}}),
-    )
-    .await
-    .unwrap();
-    env.create(
-        "cluster.x-k8s.io",
-        "v1beta2",
-        "MachineDeployment",
-        json!({"metadata": {"name": name},
-        "spec": {"clusterName": name, "replicas": replicas, "selector": {"matchLabels": {}},
-            "template": {"spec": {"clusterName": name, "version": "v1.35.10", "failureDomain": "2",
-                "bootstrap": {"configRef": {"apiGroup": B, "kind": "WindowsKubeadmConfigTemplate", "name": name}},
-                "infrastructureRef": {"apiGroup": I, "kind": "AzureWindowsMachineTemplate", "name": name}}}}}),
-    )
-    .await
-    .unwrap();
+    let pool = Pool {
+        templates: name,
+        md: name,
+        cluster: name,
+        replicas,
+        version: "v1.35.10",
+        failure_domain: Some("2"),
+        infra_kind: "AzureWindowsMachine",
+        infra_spec: machine_spec,
+        config: json!({"windows": {"version": "2025"}}),
+    };
+    env.windows_pool(pool).await.unwrap();
 }
 
 fn machine_spec() -> Value {

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use capwin_e2e::{Env, condition};
+use capwin_e2e::{Env, Pool, condition};
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::{Api, ResourceExt};
 use serde_json::{Value, json};
@@ -28,39 +28,24 @@ async fn create_cluster(env: &Env, name: &str, with_endpoint: bool) {
 }
 
 async fn workers(env: &Env, name: &str, replicas: u32, infra_kind: &str, config: Value) {
-    env.create(
-        B,
-        "v1alpha1",
-        "WindowsKubeadmConfigTemplate",
-        json!({"metadata": {"name": name}, "spec": {"template": {"spec": config}}}),
-    )
-    .await
-    .unwrap();
     let infra_spec = if infra_kind.starts_with("AWS") {
         json!({"instanceType": "m6i.xlarge"})
     } else {
         json!({"vmSize": "Standard_D4s_v5"})
     };
-    env.create(
-        I,
-        "v1alpha1",
-        &format!("{infra_kind}Template"),
-        json!({"metadata": {"name": name}, "spec": {"template": {"spec": infra_spec}}}),
-    )
-    .await
-    .unwrap();
-    env.create(
-        "cluster.x-k8s.io",
-        "v1beta2",
-        "MachineDeployment",
-        json!({"metadata": {"name": format!("{name}-win")},
-        "spec": {"clusterName": name, "replicas": replicas, "selector": {"matchLabels": {}},
-            "template": {"spec": {"clusterName": name, "version": "v1.34.2",
-                "bootstrap": {"configRef": {"apiGroup": B, "kind": "WindowsKubeadmConfigTemplate", "name": name}},
-                "infrastructureRef": {"apiGroup": I, "kind": format!("{infra_kind}Template"), "name": name}}}}}),
-    )
-    .await
-    .unwrap();
+    let md = format!("{name}-win");
+    let pool = Pool {
+        templates: name,
+        md: &md,
+        cluster: name,
+        replicas,
+        version: "v1.34.2",
+        failure_domain: None,
+        infra_kind,
+        infra_spec,
+        config,
+    };
+    env.windows_pool(pool).await.unwrap();
 }
 
 async fn ready_reason(env: &Env, config: &str, reason: &str) -> kube::api::DynamicObject {
