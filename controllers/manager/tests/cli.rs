@@ -165,7 +165,12 @@ fn sandbox_runs_the_aws_template_to_joined_machines() {
         let id = instance.split_whitespace().next().unwrap();
         assert!(id.starts_with("i-") && instance.contains(" running in us-east-1a "), "{instance}");
         assert!(stdout.contains(&format!("{m}: providerID aws:///us-east-1a/{id}")), "{stdout}");
-        assert!(stdout.contains(&format!("{m}: Node {m} joined")), "{stdout}");
+        // The node is named as the AWS cloud provider expects: the instance's private DNS name.
+        let node = stdout
+            .lines()
+            .find_map(|l| l.split(&format!("{m}: Node ")).nth(1))
+            .unwrap_or_else(|| panic!("no Node line for {m}: {stdout}"));
+        assert!(node.starts_with("ip-10-0-") && node.contains(".internal joined"), "{node}");
         let doc = std::fs::read_to_string(out_dir.join(format!("{m}.cloud-config.yaml"))).unwrap();
         assert!(doc.starts_with("#cloud-config\n") && doc.contains("calico-vxlan"), "{m}");
         let raw = std::fs::read(out_dir.join(format!("{m}.userdata"))).unwrap();
@@ -206,7 +211,8 @@ fn sandbox_runs_the_azure_template_against_the_fake_arm() {
             )),
             "{stdout}"
         );
-        assert!(stdout.contains(&format!("{m}: Node {m} joined")), "{stdout}");
+        // The node is named after the computer name, which is the VM name.
+        assert!(stdout.contains(&format!("{m}: Node {vm} joined")), "{stdout}");
         assert!(stdout.contains(&format!("{m}: bootstrap Joined: the join token is deleted")), "{stdout}");
         let doc = std::fs::read_to_string(out_dir.join(format!("{m}.cloud-config.yaml"))).unwrap();
         assert!(doc.starts_with("#cloud-config\n") && doc.contains("calico-vxlan"), "{m}");

@@ -322,8 +322,16 @@ impl CapiSim {
                 status["initialization"]["infrastructureProvisioned"] = json!(provisioned && pid.is_some());
                 status["conditions"].as_array_mut().expect("array").push(mirror(&inf, "InfrastructureReady", &m));
             }
+            // The kubelet registers the host's name: the infra machine's Hostname (Azure: the
+            // computer name) or InternalDNS (AWS: ip-….ec2.internal) address, else the Machine's.
+            let addresses = status["addresses"].as_array().cloned().unwrap_or_default();
+            let host = ["Hostname", "InternalDNS"]
+                .iter()
+                .find_map(|t| addresses.iter().find(|a| a["type"] == *t).and_then(|a| a["address"].as_str()))
+                .map(str::to_ascii_lowercase)
+                .unwrap_or_else(|| name.clone());
             if let Some(pid) = &provider_id
-                && let Some(node_name) = self.node_for(&name, pid).await?
+                && let Some(node_name) = self.node_for(&host, pid).await?
             {
                 status["nodeRef"] = json!({"name": node_name});
             }
