@@ -75,8 +75,10 @@ pub struct AWSWindowsMachineSpec {
     pub additional_tags: BTreeMap<String, String>,
 }
 
-/// An AMI by ID or by look-up. Exactly one is set; default is a look-up of the CAPI reference
-/// Windows AMIs.
+/// An AMI by ID or by look-up; at most one is set. Without either, capwin looks up owner
+/// `258751437250` and `capwin-ami-windows-<version>-v<kubernetes>-*`, which only the test kit
+/// provides: no public Windows AMIs exist, so build one (image-builder's Windows targets with
+/// cloudbase-init and containerd) and name it here.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!(has(self.id) && has(self.lookup))").message("set either id or lookup, not both"))]

@@ -137,7 +137,8 @@ pub struct AzureOsDisk {
     #[serde(default, rename = "diskSizeGB", skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 64, max = 4095))]
     pub disk_size_gb: Option<u32>,
-    /// Storage account type (default `Premium_LRS`).
+    /// Storage account type (default: `Premium_LRS` on sizes with premium storage, an `s` in the
+    /// size's feature letters such as `D4s_v5`; `StandardSSD_LRS` otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_account_type: Option<AzureDiskType>,
 }

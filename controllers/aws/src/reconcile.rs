@@ -185,6 +185,9 @@ fn launch_error(e: LaunchError) -> Error {
 use capwin_api::common::{capi_resource as capi, now_rfc3339 as now};
 
 pub async fn reconcile(obj: Arc<AWSWindowsMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if contract::paused(&ctx.client, obj.as_ref()).await? {
+        return ctx.writer().paused(obj.as_ref()).await;
+    }
     ctx.writer()
         .reconcile(FINALIZER, obj, &ctx.metrics, |ev| async {
             match ev {
@@ -203,9 +206,6 @@ async fn apply(m: &AWSWindowsMachine, ctx: &Context) -> Result<Action, Error> {
     let ns = m.namespace().unwrap_or_default();
     let contract::Owners { machine, cluster, cluster_name } =
         contract::owners(&ctx.client, m, "AWSWindowsMachine").await?;
-    if contract::paused(&cluster, m) {
-        return Err(blocked("Paused", "the Cluster or this object is paused", None));
-    }
 
     // An instance already belongs to this machine: only report on it, never replace it.
     if let Some(id) = &m.spec.instance_id {

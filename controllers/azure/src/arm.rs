@@ -41,6 +41,10 @@ impl ArmError {
     pub fn throttled(&self) -> bool {
         self.status == 429
     }
+    /// A 404 that means the resource is not there (not a wrong subscription or type).
+    pub fn resource_gone(&self) -> bool {
+        self.status == 404 && matches!(self.code.as_str(), "ResourceNotFound" | "NotFound" | "ResourceGroupNotFound")
+    }
     /// Worth retrying as is: throttling, server errors, no answer.
     pub fn transient(&self) -> bool {
         self.status == 0 || self.status == 408 || self.status == 429 || self.status >= 500
@@ -102,7 +106,7 @@ pub fn operation_key(method: Method, target: &str) -> String {
     let kind = match segments.iter().rposition(|s| s.eq_ignore_ascii_case("providers")) {
         // providers/{Namespace}/{type}/{name}/{type}/{name}.../[action]
         Some(i) => {
-            let rest = &segments[i + 2..];
+            let rest = segments.get(i + 2..).unwrap_or(&[]);
             if rest.len() % 2 == 1 { rest.last() } else { rest.get(rest.len().saturating_sub(2)) }
                 .copied()
                 .unwrap_or("provider")
@@ -290,12 +294,17 @@ impl Arm for HttpArm {
             req.set_body(Vec::new());
         }
         let opts = PipelineSendOptions { skip_checks: true, ..Default::default() };
-        let resp = self.pipeline.send(&Context::new(), &mut req, Some(opts)).await.map_err(|e| ArmError {
-            operation: operation.clone(),
-            status: e.http_status().map(u16::from).unwrap_or(0),
-            code: "Transport".into(),
-            // azure_core's messages name the URL and cause, never the token.
-            message: e.to_string().chars().take(300).collect(),
+        let resp = self.pipeline.send(&Context::new(), &mut req, Some(opts)).await.map_err(|e| {
+            // A credential that cannot get a token is not an outage: no retry storm against
+            // Entra ID, and the condition names it. azure_core's messages name the URL, tenant
+            // and cause, never the secret or the token.
+            let credential = matches!(e.kind(), azure_core::error::ErrorKind::Credential);
+            ArmError {
+                operation: operation.clone(),
+                status: if credential { 401 } else { e.http_status().map(u16::from).unwrap_or(0) },
+                code: if credential { "CredentialUnavailable" } else { "Transport" }.into(),
+                message: e.to_string().chars().take(300).collect(),
+            }
         })?;
         let status = u16::from(resp.status());
         let headers = resp.headers().clone();
@@ -367,6 +376,16 @@ pub async fn get<A: Arm>(arm: &A, id: &str, api_version: &str) -> Result<Option<
     get_path(arm, &format!("{id}?api-version={api_version}")).await
 }
 
+/// GET for deletion checks: `None` only when ARM says the resource (or its group) is not there;
+/// any other 404 (subscription, type) is an error, so a wrong credential never looks like "gone".
+pub async fn get_existing<A: Arm>(arm: &A, id: &str, api_version: &str) -> Result<Option<Value>, ArmError> {
+    match arm.call(Method::Get, &format!("{id}?api-version={api_version}"), None, false).await {
+        Ok(r) => Ok(Some(r.body)),
+        Err(e) if e.resource_gone() => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// GET of a full path with query; `None` on 404.
 pub async fn get_path<A: Arm>(arm: &A, target: &str) -> Result<Option<Value>, ArmError> {
     match arm.call(Method::Get, target, None, false).await {
@@ -390,12 +409,13 @@ pub async fn put<A: Arm>(
     Ok((r.body, op))
 }
 
-/// DELETE; `None` when the resource was already gone (204 or 404).
+/// DELETE; `None` when the resource was already gone (204, or a 404 saying the resource or its
+/// resource group does not exist; a 404 for the subscription or the type is an error, not "gone").
 pub async fn delete<A: Arm>(arm: &A, id: &str, api_version: &str) -> Result<Option<Operation>, ArmError> {
     match arm.call(Method::Delete, &format!("{id}?api-version={api_version}"), None, false).await {
         Ok(r) if r.status == 204 => Ok(None),
         Ok(r) => Ok(Some(Operation::from_reply(&r))),
-        Err(e) if e.not_found() => Ok(None),
+        Err(e) if e.resource_gone() => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -406,10 +426,12 @@ pub async fn poll<A: Arm>(arm: &A, op: &Operation) -> Result<OperationStatus, Ar
         Operation::Done => Ok(OperationStatus::Succeeded),
         Operation::AsyncOperation(url) => {
             let r = arm.call(Method::Get, url, None, false).await?;
-            Ok(match r.body["status"].as_str().unwrap_or("InProgress") {
-                "Succeeded" => OperationStatus::Succeeded,
-                s @ ("Failed" | "Canceled") => OperationStatus::Failed {
-                    code: r.body["error"]["code"].as_str().unwrap_or(s).to_string(),
+            let status = r.body["status"].as_str().unwrap_or("InProgress");
+            // ARM's terminal states, in any casing (some resource providers answer lower case).
+            Ok(match status.to_ascii_lowercase().as_str() {
+                "succeeded" => OperationStatus::Succeeded,
+                "failed" | "canceled" | "cancelled" => OperationStatus::Failed {
+                    code: r.body["error"]["code"].as_str().unwrap_or(status).to_string(),
                     message: r.body["error"]["message"].as_str().unwrap_or("the operation did not succeed").to_string(),
                 },
                 _ => OperationStatus::Running { retry_after: r.retry_after },
@@ -431,7 +453,7 @@ pub async fn wait<A: Arm>(arm: &A, op: &Operation, budget: Duration) -> Result<O
     loop {
         let status = poll(arm, op).await?;
         let OperationStatus::Running { retry_after } = status else { return Ok(status) };
-        // ARM's Retry-After, at least 1 s between polls (0 from a stand-in must not spin), at
+        // ARM's Retry-After, at least 200 ms between polls (0 from a stand-in must not spin), at
         // most 10 s so one long poll does not eat the budget.
         let pause =
             retry_after.unwrap_or(Duration::from_secs(2)).clamp(Duration::from_millis(200), Duration::from_secs(10));
@@ -478,6 +500,30 @@ mod tests {
             ),
             "GET versions"
         );
+    }
+
+    #[test]
+    fn odd_paths_never_panic() {
+        for t in ["/subscriptions/x/providers", "/subscriptions/x/providers/", "", "https://h", "/a?b"] {
+            let _ = operation_key(Method::Get, t);
+        }
+        assert_eq!(operation_key(Method::Get, "/subscriptions/x/providers"), "GET provider");
+    }
+
+    #[test]
+    fn only_resource_and_group_404s_mean_gone() {
+        let e = |code: &str| ArmError {
+            operation: "DELETE x".into(),
+            status: 404,
+            code: code.into(),
+            message: String::new(),
+        };
+        assert!(
+            e("ResourceNotFound").resource_gone()
+                && e("NotFound").resource_gone()
+                && e("ResourceGroupNotFound").resource_gone()
+        );
+        assert!(!e("SubscriptionNotFound").resource_gone() && !e("InvalidResourceType").resource_gone());
     }
 
     #[test]

@@ -40,6 +40,11 @@ pub struct Placement {
     pub vnet_resource_group: String,
     /// The subnet for the NIC: `spec.network.subnetName` or the AzureCluster's node subnet.
     pub subnet: String,
+    /// The node subnet's network security group and route table (for `azure.json`), as CAPZ
+    /// names them: the AzureCluster's `subnets[role=node].securityGroup.name` /
+    /// `routeTable.name`, else CAPZ's defaults `<cluster>-node-nsg` / `<cluster>-node-routetable`.
+    pub security_group: String,
+    pub route_table: String,
 }
 
 /// Why an `AzureCluster` cannot place a machine.
@@ -72,7 +77,22 @@ pub fn placement(azure_cluster: &Value, subnet_override: Option<&str>) -> Result
                 )
             })?,
     };
-    Ok(Placement { subscription, resource_group, location, vnet, vnet_resource_group, subnet })
+    let node_subnet = spec["networkSpec"]["subnets"].as_array().into_iter().flatten().find(|n| n["role"] == "node");
+    let cluster = azure_cluster["metadata"]["name"].as_str().unwrap_or_default();
+    let security_group =
+        node_subnet.and_then(|n| s(&n["securityGroup"]["name"])).unwrap_or_else(|| format!("{cluster}-node-nsg"));
+    let route_table =
+        node_subnet.and_then(|n| s(&n["routeTable"]["name"])).unwrap_or_else(|| format!("{cluster}-node-routetable"));
+    Ok(Placement {
+        subscription,
+        resource_group,
+        location,
+        vnet,
+        vnet_resource_group,
+        subnet,
+        security_group,
+        route_table,
+    })
 }
 
 /// `/subscriptions/{sub}/resourceGroups/{rg}/providers/{type}/{name}`.
@@ -311,7 +331,7 @@ pub fn nic_body(i: &VmInputs) -> Value {
 /// nodes), boot diagnostics are managed (no storage account) so the serial log can be read,
 /// the OS disk and NIC are deleted with the VM.
 pub fn vm_body(i: &VmInputs) -> Value {
-    let disk_type = match i.spec.os_disk.storage_account_type.unwrap_or(AzureDiskType::PremiumLrs) {
+    let disk_type = match i.spec.os_disk.storage_account_type.unwrap_or_else(|| default_disk_type(&i.spec.vm_size)) {
         AzureDiskType::StandardLrs => "Standard_LRS",
         AzureDiskType::StandardSsdLrs => "StandardSSD_LRS",
         AzureDiskType::StandardSsdZrs => "StandardSSD_ZRS",
@@ -365,6 +385,15 @@ pub fn vm_body(i: &VmInputs) -> Value {
         vm["plan"] = json!({"publisher": r["publisher"], "product": r["offer"], "name": r["sku"]});
     }
     vm
+}
+
+/// The OS disk type when the spec names none: `Premium_LRS` on sizes with premium storage (an
+/// `s` among the feature letters after the vCPU count, e.g. `D4s_v5`, `B2ms`), else
+/// `StandardSSD_LRS` (Premium on, e.g., `D4_v5` is refused by ARM).
+pub fn default_disk_type(size: &str) -> AzureDiskType {
+    let body = size.strip_prefix("Standard_").unwrap_or(size).split('_').next().unwrap_or_default();
+    let features: String = body.chars().skip(1).skip_while(|c| c.is_ascii_digit() || *c == '-').collect();
+    if features.contains('s') { AzureDiskType::PremiumLrs } else { AzureDiskType::StandardSsdLrs }
 }
 
 /// A zone from `Machine.spec.failureDomain`: Azure zones are `1`, `2`, `3`; CAPZ failure
@@ -509,8 +538,8 @@ pub fn worker_azure_json(p: &Placement, tenant: Option<&str>, cloud: &str) -> Va
         "vnetName": p.vnet,
         "vnetResourceGroup": p.vnet_resource_group,
         "subnetName": p.subnet,
-        "securityGroupName": format!("{}-nsg", p.subnet),
-        "routeTableName": format!("{}-node-routetable", p.vnet.trim_end_matches("-vnet")),
+        "securityGroupName": p.security_group,
+        "routeTableName": p.route_table,
         "loadBalancerSku": "Standard",
         "maximumLoadBalancerRuleCount": 250,
         "useManagedIdentityExtension": false,
@@ -532,6 +561,8 @@ mod tests {
             vnet: "c1-vnet".into(),
             vnet_resource_group: "net-rg".into(),
             subnet: "node-subnet".into(),
+            security_group: "c1-node-nsg".into(),
+            route_table: "c1-node-routetable".into(),
         }
     }
 
@@ -737,6 +768,28 @@ mod tests {
         assert_eq!(p["diagnosticsProfile"]["bootDiagnostics"]["enabled"], true);
         assert_eq!(vm["identity"]["type"], "UserAssigned");
         assert!(vm.get("plan").is_none());
+    }
+
+    #[test]
+    fn premium_disks_only_on_sizes_with_premium_storage() {
+        assert_eq!(default_disk_type("Standard_D4s_v5"), AzureDiskType::PremiumLrs);
+        assert_eq!(default_disk_type("Standard_B2ms"), AzureDiskType::PremiumLrs);
+        assert_eq!(default_disk_type("Standard_E8ds_v5"), AzureDiskType::PremiumLrs);
+        assert_eq!(default_disk_type("Standard_D4_v5"), AzureDiskType::StandardSsdLrs);
+        assert_eq!(default_disk_type("Standard_D2_v3"), AzureDiskType::StandardSsdLrs);
+        assert_eq!(default_disk_type("Standard_D4ads_v5"), AzureDiskType::PremiumLrs);
+    }
+
+    #[test]
+    fn azure_json_names_the_node_subnets_nsg_and_route_table() {
+        let ac = json!({"metadata": {"name": "c1"}, "spec": {"subscriptionID": "s", "resourceGroup": "rg", "location": "l",
+            "networkSpec": {"vnet": {"name": "v"}, "subnets": [{"name": "n", "role": "node", "securityGroup": {"name": "my-nsg"}}]}}});
+        let p = placement(&ac, None).unwrap();
+        let j = worker_azure_json(&p, None, "AzurePublicCloud");
+        assert_eq!(
+            (j["securityGroupName"].as_str(), j["routeTableName"].as_str()),
+            (Some("my-nsg"), Some("c1-node-routetable"))
+        );
     }
 
     #[test]

@@ -81,8 +81,6 @@ pub struct Context {
     serial_reads: Slots,
     /// When each machine's VM was last read (by machine UID), for [`vm_read_due`].
     vm_reads: Slots,
-    /// Serialises VM-name choices so two machines never pick a name at the same moment.
-    naming: tokio::sync::Mutex<()>,
 }
 
 impl Context {
@@ -104,7 +102,6 @@ impl Context {
             identities: Mutex::default(),
             serial_reads: Slots::default(),
             vm_reads: Slots::default(),
-            naming: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -289,6 +286,8 @@ fn arm_error(e: ArmError) -> Error {
         "ARMUnavailable"
     } else if matches!(e.code.as_str(), "AuthorizationFailed" | "AuthenticationFailed" | "InvalidAuthenticationToken") {
         "AuthorizationFailed"
+    } else if e.code == "CredentialUnavailable" {
+        "CredentialUnavailable"
     } else {
         "ARMError"
     };
@@ -296,6 +295,9 @@ fn arm_error(e: ArmError) -> Error {
 }
 
 pub async fn reconcile(obj: Arc<AzureWindowsMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
+    if contract::paused(&ctx.client, obj.as_ref()).await? {
+        return ctx.writer().paused(obj.as_ref()).await;
+    }
     ctx.writer()
         .reconcile(FINALIZER, obj, &ctx.metrics, |ev| async {
             match ev {
@@ -339,9 +341,6 @@ async fn azure_cluster_of(ctx: &Context, ns: &str, cluster: &DynamicObject) -> R
 async fn apply(m: &AzureWindowsMachine, ctx: &Context) -> Result<Action, Error> {
     let ns = m.namespace().unwrap_or_default();
     let o = owners(m, ctx).await?;
-    if contract::paused(&o.cluster, m) {
-        return Err(blocked("Paused", "the Cluster or this object is paused", None));
-    }
     let vm_id = m.annotations().get(VM_ID_ANNOTATION).cloned();
     // The VM was created (or its create accepted): only report on it, never replace it.
     if let (Some(id), Some(_)) = (&vm_id, &m.spec.provider_id) {
@@ -435,6 +434,8 @@ async fn apply(m: &AzureWindowsMachine, ctx: &Context) -> Result<Action, Error> 
             // A VM of this name exists: ours from an interrupted reconcile, or someone else's.
             let existing = arm::get(arm.as_ref(), &res.vm, api::COMPUTE).await.map_err(arm_error)?;
             if !existing.as_ref().is_some_and(|v| model::owned_by(v, &ns, &m.name_any())) {
+                // Our NIC for that name goes too, or it would outlive the only record of it.
+                delete_if_owned(&arm, &res.nic, api::NETWORK, &ns, &m.name_any()).await?;
                 forget_vm_name(m, ctx).await?;
                 return Err(blocked(
                     "VMNameTaken",
@@ -484,7 +485,6 @@ async fn choose_vm_name(
     arm: &ArmClient,
     p: &Placement,
 ) -> Result<String, Error> {
-    let _one_at_a_time = ctx.naming.lock().await;
     let ns = m.namespace().unwrap_or_default();
     let uid = m.uid().unwrap_or_default();
     for attempt in 0..16 {
@@ -640,18 +640,30 @@ async fn cleanup(m: &AzureWindowsMachine, ctx: &Context) -> Result<Action, Error
     ctx.serial_reads.forget(&m.uid().unwrap_or_default());
     // No name chosen: nothing was ever created for this machine.
     let Some(vm_id) = m.annotations().get(VM_ID_ANNOTATION).cloned() else { return Ok(Action::await_change()) };
+    // The Machine or Cluster may be gone already; any other failure is retried, never guessed
+    // around (another credential could see other resources).
     let azure_cluster = match owners(m, ctx).await {
         Ok(o) => o.azure_cluster,
-        Err(_) => None,
+        Err(Error::Blocked { .. }) => None,
+        Err(e) => return Err(e),
     };
     let arm = ctx.arm_for(m, azure_cluster.as_ref()).await?;
+    let ns = m.namespace().unwrap_or_default();
     let (prefix, name) = vm_id.rsplit_once("/providers/Microsoft.Compute/virtualMachines/").unwrap_or((&vm_id, ""));
     let nic = format!("{prefix}/providers/Microsoft.Network/networkInterfaces/{name}-nic");
     let disk = format!("{prefix}/providers/Microsoft.Compute/disks/{name}_OSDisk");
+    // The VM and NIC carry our tags; the OS disk cannot, and is ours when the VM was (capwin
+    // records the providerID only for a VM it created or adopted by its tags).
+    let vm_ours = m.spec.provider_id.is_some();
     for (id, version, what) in
         [(&vm_id, api::COMPUTE, "VM"), (&nic, api::NETWORK, "NIC"), (&disk, api::DISKS, "OS disk")]
     {
-        if let Some(op) = arm::delete(arm.as_ref(), id, version).await.map_err(arm_error)? {
+        let started = if what == "OS disk" {
+            if vm_ours { arm::delete(arm.as_ref(), id, version).await.map_err(arm_error)? } else { None }
+        } else {
+            delete_if_owned(&arm, id, version, &ns, &m.name_any()).await?
+        };
+        if let Some(op) = started {
             if let OperationStatus::Failed { code, message } =
                 arm::wait(arm.as_ref(), &op, LRO_BUDGET).await.map_err(arm_error)?
             {
@@ -661,7 +673,7 @@ async fn cleanup(m: &AzureWindowsMachine, ctx: &Context) -> Result<Action, Error
                     Some(Duration::from_secs(30)),
                 ));
             }
-            // Verified, not assumed: the next pass ends with a 204 for this resource.
+            // Verified, not assumed: the next pass finds this resource gone.
             return Err(blocked(
                 "Deleting",
                 format!("waiting for {what} {name} to be deleted"),
@@ -671,6 +683,25 @@ async fn cleanup(m: &AzureWindowsMachine, ctx: &Context) -> Result<Action, Error
     }
     tracing::info!(machine = %m.name_any(), vm = name, "VM, NIC and OS disk are gone");
     Ok(Action::await_change())
+}
+
+/// Deletes a VM or NIC only when its tags say it is this machine's; `None` when there is nothing
+/// (of ours) to delete.
+async fn delete_if_owned(
+    arm: &ArmClient,
+    id: &str,
+    version: &str,
+    ns: &str,
+    machine: &str,
+) -> Result<Option<arm::Operation>, Error> {
+    match arm::get_existing(arm.as_ref(), id, version).await.map_err(arm_error)? {
+        Some(r) if model::owned_by(&r, ns, machine) => arm::delete(arm.as_ref(), id, version).await.map_err(arm_error),
+        Some(_) => {
+            tracing::warn!(resource = id, "not deleting a resource that is not this machine's");
+            Ok(None)
+        }
+        None => Ok(None),
+    }
 }
 
 /// Template status for autoscaling from zero (`nodeInfo.operatingSystem: windows`, capacity from

@@ -42,10 +42,22 @@ pub async fn owners<K: Resource>(client: &Client, m: &K, kind: &str) -> Result<O
     Ok(Owners { machine, cluster, cluster_name })
 }
 
-/// Paused: the Cluster's `spec.paused` or the object's `cluster.x-k8s.io/paused` annotation.
-pub fn paused<K: Resource>(cluster: &DynamicObject, m: &K) -> bool {
-    cluster.data["spec"]["paused"] == true
-        || m.meta().annotations.as_ref().is_some_and(|a| a.contains_key("cluster.x-k8s.io/paused"))
+/// Paused: the object's `cluster.x-k8s.io/paused` annotation, or its Cluster's `spec.paused`
+/// (found through the owner Machine; a machine whose Machine or Cluster is gone is not paused, so
+/// its deletion can go on).
+pub async fn paused<K: Resource>(client: &Client, m: &K) -> Result<bool, Error> {
+    if m.meta().annotations.as_ref().is_some_and(|a| a.contains_key("cluster.x-k8s.io/paused")) {
+        return Ok(true);
+    }
+    let ns = m.meta().namespace.clone().unwrap_or_default();
+    let Some(owner) = m.meta().owner_references.iter().flatten().find(|o| o.kind == "Machine") else {
+        return Ok(false);
+    };
+    let machines: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &capi("Machine"));
+    let Some(machine) = machines.get_opt(&owner.name).await? else { return Ok(false) };
+    let clusters: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &capi("Cluster"));
+    let cluster = clusters.get_opt(machine.data["spec"]["clusterName"].as_str().unwrap_or_default()).await?;
+    Ok(cluster.is_some_and(|c| c.data["spec"]["paused"] == true))
 }
 
 /// Blocked until the Cluster's infrastructure (CAPZ's `AzureCluster`, CAPA's `AWSCluster`) is

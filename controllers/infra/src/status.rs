@@ -17,6 +17,20 @@ use serde_json::json;
 use crate::Error;
 use crate::metrics::Metrics;
 
+/// Condition type of a paused object (CAPI v1beta2 contract).
+pub const PAUSED: &str = "Paused";
+
+/// Blocking reasons that are a cloud's passing trouble (throttling, outages), not a problem with
+/// the machine.
+pub const TRANSIENT_REASONS: &[&str] = &["Throttled", "ARMUnavailable", "EC2Error"];
+
+/// Whether a blocked reconcile leaves `Ready` as it is: the machine is provisioned and the reason
+/// is transient.
+pub fn keeps_ready(status: Option<&InfraMachineStatus>, reason: &str) -> bool {
+    let provisioned = status.and_then(|s| s.initialization.as_ref()).and_then(|i| i.provisioned) == Some(true);
+    provisioned && TRANSIENT_REASONS.contains(&reason)
+}
+
 /// An infrastructure machine kind of capwin.
 pub trait InfraMachine:
     Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope> + Clone + Debug + Serialize + DeserializeOwned
@@ -58,6 +72,8 @@ impl Writer<'_> {
         let mut status = update.unwrap_or_else(|| m.infra_status().cloned().unwrap_or_default());
         let before = condition_reason(&status.conditions, "Ready").map(String::from);
         set_condition(&mut status.conditions, "Ready", ready, reason, message, m.meta().generation, &now_rfc3339());
+        // Recording means reconciling, which means not paused.
+        set_condition(&mut status.conditions, PAUSED, false, "NotPaused", "", m.meta().generation, &now_rfc3339());
         if m.infra_status() != Some(&status) {
             let api: Api<K> = Api::namespaced(self.client.clone(), &m.namespace().unwrap_or_default());
             api.patch_status(&m.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await?;
@@ -77,6 +93,21 @@ impl Writer<'_> {
         if let Err(e) = self.recorder.publish(&ev, &m.object_ref(&())).await {
             tracing::debug!(error = %e, "event not published");
         }
+    }
+
+    /// The object is paused (its Cluster's `spec.paused` or its `cluster.x-k8s.io/paused`
+    /// annotation): `Paused` says so, `Ready` keeps what it said, nothing else happens (not even
+    /// deletion), and the object is looked at again in 30 s (unpausing a Cluster wakes nothing).
+    pub async fn paused<K: InfraMachine>(&self, m: &K) -> Result<Action, Error> {
+        let mut status = m.infra_status().cloned().unwrap_or_default();
+        let message = "the Cluster or this object is paused";
+        set_condition(&mut status.conditions, PAUSED, true, "Paused", message, m.meta().generation, &now_rfc3339());
+        if m.infra_status() != Some(&status) {
+            let api: Api<K> = Api::namespaced(self.client.clone(), &m.namespace().unwrap_or_default());
+            api.patch_status(&m.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await?;
+            self.event(m, EventType::Normal, "Paused", message, "Reconcile").await;
+        }
+        Ok(Action::requeue(Duration::from_secs(30)))
     }
 
     /// One reconcile: the finalizer protocol around `f` (apply or cleanup), then [`Writer::finish`].
@@ -115,7 +146,13 @@ impl Writer<'_> {
             Err(F::ApplyFailed(Error::Blocked { reason, message, retry })) => {
                 metrics.reconciled("blocked");
                 metrics.blocked(reason);
-                self.record(obj, false, reason, &message, None).await?;
+                if keeps_ready(obj.infra_status(), reason) {
+                    // A passing cloud hiccup on a running machine: say so in the log and look
+                    // again, but do not flip the Machine's InfrastructureReady.
+                    tracing::info!(name = %obj.name_any(), reason, message, "transient; Ready unchanged");
+                } else {
+                    self.record(obj, false, reason, &message, None).await?;
+                }
                 Ok(retry.map(Action::requeue).unwrap_or_else(Action::await_change))
             }
             Err(F::CleanupFailed(Error::Blocked { reason, message, retry })) => {
@@ -137,4 +174,23 @@ impl Writer<'_> {
 pub fn error_policy<K: InfraMachine>(obj: Arc<K>, err: &Error) -> Action {
     tracing::warn!(kind = K::kind(&()).as_ref(), name = %obj.name_any(), error = %err, "reconcile failed");
     Action::requeue(Duration::from_secs(15))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use capwin_api::common::InfraMachineInitialization;
+
+    #[test]
+    fn only_transient_trouble_on_a_provisioned_machine_keeps_ready() {
+        let provisioned = InfraMachineStatus {
+            initialization: Some(InfraMachineInitialization { provisioned: Some(true) }),
+            ..Default::default()
+        };
+        assert!(keeps_ready(Some(&provisioned), "Throttled"));
+        assert!(keeps_ready(Some(&provisioned), "ARMUnavailable"));
+        assert!(!keeps_ready(Some(&provisioned), "IdentityNotAllowed"), "a real problem is shown");
+        assert!(!keeps_ready(Some(&InfraMachineStatus::default()), "Throttled"), "not provisioned yet");
+        assert!(!keeps_ready(None, "Throttled"));
+    }
 }

@@ -265,6 +265,30 @@ async fn throttling_and_server_errors_are_survived() {
     }
     let c = counts(&env);
     assert!(total(&c) <= 60, "retries must back off, not hot-loop: {c:?}");
+
+    // Pausing the Cluster: Paused says so, Ready keeps what it said, nothing is deleted while
+    // paused, and unpausing resumes.
+    let pause = |p: bool| json!({"spec": {"paused": p}});
+    let clusters = env.capi("Cluster");
+    clusters.patch("azthrottle", &PatchParams::default(), &Patch::Merge(pause(true))).await.unwrap();
+    let paused = env
+        .wait("Paused=True", T, || async {
+            let m = machines.get("azthrottle-0").await?;
+            Ok(condition(&m, "Paused").is_some_and(|(s, r, _)| s == "True" && r == "Paused").then_some(m))
+        })
+        .await
+        .unwrap();
+    assert_eq!(condition(&paused, "Ready").unwrap().1, "VMRunning", "a pause does not touch Ready");
+    machines.delete("azthrottle-0", &Default::default()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(owned(&env, VM, "azthrottle-0").len(), 1, "nothing is deleted while paused");
+    clusters.patch("azthrottle", &PatchParams::default(), &Patch::Merge(pause(false))).await.unwrap();
+    env.wait("the machine's deletion to finish after unpausing", T, || async {
+        Ok(machines.get_opt("azthrottle-0").await?.is_none().then_some(()))
+    })
+    .await
+    .unwrap();
+    assert!(owned(&env, VM, "azthrottle-0").is_empty(), "deleted once unpaused");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
