@@ -527,10 +527,18 @@ pub async fn run(ctx: Arc<Context>) {
         }
         None => (Api::all(ctx.client.clone()), Api::all_with(ctx.client.clone(), &capi("Machine"))),
     };
-    Controller::new(api, watcher::Config::default())
-        // A Machine gains its bootstrap data and its Node on the Machine; only such changes wake
-        // a reconcile (see capwin_infra::watch).
+    let clusters: Api<DynamicObject> = match &ctx.namespace {
+        Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, &capi("Cluster")),
+        None => Api::all_with(ctx.client.clone(), &capi("Cluster")),
+    };
+    let controller = Controller::new(api, watcher::Config::default());
+    let store = controller.store();
+    controller
+        // A Machine gains its bootstrap data, its Node and its deletion on the Machine; a Cluster
+        // its pause and its infrastructure. Only such changes wake a reconcile
+        // (see capwin_infra::watch).
         .watches_with(machines, capi("Machine"), watcher::Config::default(), watch::machines_to("AWSWindowsMachine"))
+        .watches_with(clusters, capi("Cluster"), watcher::Config::default(), watch::clusters_to(store))
         .run(reconcile, error_policy, ctx)
         .for_each(|r| async move {
             if let Err(e) = r {

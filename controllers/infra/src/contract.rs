@@ -69,8 +69,8 @@ pub fn require_cluster_infrastructure(cluster: &DynamicObject) -> Result<(), Err
     Err(blocked(
         "WaitingForClusterInfrastructure",
         "the Cluster's infrastructure is not provisioned yet",
-        // Cluster changes do not wake machine reconciles; look again soon (API reads only).
-        Some(Duration::from_secs(10)),
+        // The Cluster watch wakes the machine when it is; this is a safety net.
+        Some(Duration::from_secs(60)),
     ))
 }
 

@@ -96,8 +96,9 @@ impl Writer<'_> {
     }
 
     /// The object is paused (its Cluster's `spec.paused` or its `cluster.x-k8s.io/paused`
-    /// annotation): `Paused` says so, `Ready` keeps what it said, nothing else happens (not even
-    /// deletion), and the object is looked at again in 30 s (unpausing a Cluster wakes nothing).
+    /// annotation): `Paused` says so, `Ready` keeps what it said, and nothing else happens (not
+    /// even deletion). Unpausing the Cluster wakes the machine (the Cluster watch); removing the
+    /// annotation is a change of the object itself. The requeue is only a safety net.
     pub async fn paused<K: InfraMachine>(&self, m: &K) -> Result<Action, Error> {
         let mut status = m.infra_status().cloned().unwrap_or_default();
         let message = "the Cluster or this object is paused";
@@ -107,7 +108,7 @@ impl Writer<'_> {
             api.patch_status(&m.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await?;
             self.event(m, EventType::Normal, "Paused", message, "Reconcile").await;
         }
-        Ok(Action::requeue(Duration::from_secs(30)))
+        Ok(Action::requeue(Duration::from_secs(300)))
     }
 
     /// One reconcile: the finalizer protocol around `f` (apply or cleanup), then [`Writer::finish`].

@@ -1,4 +1,4 @@
-//! Which Machine changes wake a machine controller. CAPI rewrites Machine status all the time
+//! Which Machine and Cluster changes wake a machine controller. CAPI rewrites Machine status all the time
 //! (conditions, addresses, timestamps), and each reconcile of a running machine costs a cloud
 //! read, so only what the controllers read triggers one (measured on AWS: one DescribeInstances
 //! a second per machine without this).
@@ -8,7 +8,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
 use kube::api::DynamicObject;
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
@@ -31,16 +31,36 @@ pub fn machine_fingerprint(m: &DynamicObject) -> u64 {
     h.finish()
 }
 
-/// The last fingerprint seen per Machine (by namespace/name).
-#[derive(Clone, Default)]
-pub struct MachineChanges(Arc<Mutex<HashMap<String, u64>>>);
+/// What the machine controllers read from a Cluster: whether it is paused and whether its
+/// infrastructure is provisioned.
+pub fn cluster_fingerprint(c: &DynamicObject) -> u64 {
+    let relevant = json!([
+        c.metadata.uid,
+        c.data["spec"]["paused"],
+        c.data["status"]["initialization"]["infrastructureProvisioned"],
+    ]);
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    relevant.to_string().hash(&mut h);
+    h.finish()
+}
 
-impl MachineChanges {
-    /// Whether `m` differs, in what the controllers read, from the last time it was seen.
-    pub fn changed(&self, m: &DynamicObject) -> bool {
-        let key = format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any());
-        let print = machine_fingerprint(m);
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(key, print) != Some(print)
+/// The last fingerprint seen per object (by namespace/name).
+#[derive(Clone)]
+pub struct Changes {
+    seen: Arc<Mutex<HashMap<String, u64>>>,
+    fingerprint: fn(&DynamicObject) -> u64,
+}
+
+impl Changes {
+    pub fn new(fingerprint: fn(&DynamicObject) -> u64) -> Self {
+        Self { seen: Arc::default(), fingerprint }
+    }
+
+    /// Whether `o` differs, in what the controllers read, from the last time it was seen.
+    pub fn changed(&self, o: &DynamicObject) -> bool {
+        let key = format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any());
+        let print = (self.fingerprint)(o);
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(key, print) != Some(print)
     }
 }
 
@@ -49,13 +69,35 @@ impl MachineChanges {
 pub fn machines_to<K: Resource<DynamicType = ()>>(
     kind: &'static str,
 ) -> impl Fn(DynamicObject) -> Option<ObjectRef<K>> + Send + Sync + Clone + 'static {
-    let seen = MachineChanges::default();
+    let seen = Changes::new(machine_fingerprint);
     move |m: DynamicObject| {
         let r = &m.data["spec"]["infrastructureRef"];
         if r["kind"] != kind || !seen.changed(&m) {
             return None;
         }
         Some(ObjectRef::new(r["name"].as_str().unwrap_or_default()).within(&m.namespace().unwrap_or_default()))
+    }
+}
+
+/// The mapper for a Cluster watch: a Cluster that was paused or unpaused, or whose
+/// infrastructure became provisioned, wakes every machine of it (by the
+/// `cluster.x-k8s.io/cluster-name` label, from the controller's own cache).
+pub fn clusters_to<K>(store: Store<K>) -> impl Fn(DynamicObject) -> Vec<ObjectRef<K>> + Send + Sync + Clone + 'static
+where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    let seen = Changes::new(cluster_fingerprint);
+    move |c: DynamicObject| {
+        if !seen.changed(&c) {
+            return Vec::new();
+        }
+        let (ns, name) = (c.namespace(), c.name_any());
+        store
+            .state()
+            .iter()
+            .filter(|m| m.namespace() == ns && m.labels().get("cluster.x-k8s.io/cluster-name") == Some(&name))
+            .map(|m| ObjectRef::from_obj(m.as_ref()))
+            .collect()
     }
 }
 
@@ -75,7 +117,7 @@ mod tests {
             "spec": {"clusterName": "c", "version": "v1.34.13", "bootstrap": {"configRef": {"name": "w-0"}},
                 "infrastructureRef": {"kind": "AWSWindowsMachine", "name": "w-0"}},
             "status": {"conditions": [{"type": "Ready", "status": "False"}]}});
-        let seen = MachineChanges::default();
+        let seen = Changes::new(machine_fingerprint);
         assert!(seen.changed(&machine(base.clone())), "first sight");
         assert!(!seen.changed(&machine(base.clone())), "same object");
 
@@ -111,6 +153,35 @@ mod tests {
             changed["spec"][field] = json!("other");
             assert_ne!(machine_fingerprint(&machine(changed)), machine_fingerprint(&machine(node.clone())), "{field}");
         }
+    }
+
+    #[test]
+    fn a_cluster_wakes_its_machines_only_when_pause_or_infrastructure_changes() {
+        use kube::runtime::reflector::store;
+        use kube::runtime::watcher::Event;
+        let (reader, mut writer) = store::<capwin_api::aws::AWSWindowsMachine>();
+        for (name, cluster) in [("a-0", "a"), ("a-1", "a"), ("b-0", "b")] {
+            let m: capwin_api::aws::AWSWindowsMachine = serde_json::from_value(json!({
+                "apiVersion": "infrastructure.cluster.x-k8s.io/v1alpha1", "kind": "AWSWindowsMachine",
+                "metadata": {"name": name, "namespace": "ns", "labels": {"cluster.x-k8s.io/cluster-name": cluster}},
+                "spec": {"instanceType": "m6i.xlarge"}}))
+            .unwrap();
+            writer.apply_watcher_event(&Event::Apply(m));
+        }
+        let map = clusters_to(reader);
+        let cluster = |paused: bool, provisioned: bool, rv: &str| {
+            machine(json!({"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster",
+                "metadata": {"name": "a", "namespace": "ns", "uid": "c", "resourceVersion": rv},
+                "spec": {"paused": paused},
+                "status": {"initialization": {"infrastructureProvisioned": provisioned}, "conditions": [{"type": "x", "lastTransitionTime": rv}]}}))
+        };
+        let mut woken: Vec<String> = map(cluster(false, false, "1")).into_iter().map(|r| r.name).collect();
+        woken.sort();
+        assert_eq!(woken, ["a-0", "a-1"], "first sight wakes the cluster's machines, not b's");
+        assert!(map(cluster(false, false, "2")).is_empty(), "status churn wakes nobody");
+        assert_eq!(map(cluster(false, true, "3")).len(), 2, "infrastructure provisioned");
+        assert_eq!(map(cluster(true, true, "4")).len(), 2, "paused");
+        assert_eq!(map(cluster(false, true, "5")).len(), 2, "unpaused");
     }
 
     #[test]
