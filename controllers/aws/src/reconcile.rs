@@ -16,14 +16,12 @@ use capwin_infra::diagnostics::{self, Slots};
 use capwin_infra::status::Writer;
 pub use capwin_infra::{Error, blocked};
 use capwin_infra::{contract, watch};
-use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::finalizer::Event as Finalizer;
-use kube::runtime::{Controller, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -182,7 +180,7 @@ fn launch_error(e: LaunchError) -> Error {
     blocked(e.reason(), e.to_string(), Some(retry))
 }
 
-use capwin_api::common::{capi_resource as capi, now_rfc3339 as now};
+use capwin_api::common::now_rfc3339 as now;
 
 pub async fn reconcile(obj: Arc<AWSWindowsMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
     if contract::paused(&ctx.client, obj.as_ref()).await? {
@@ -510,40 +508,15 @@ pub async fn reconcile_template(t: Arc<AWSWindowsMachineTemplate>, ctx: Arc<Cont
 
 /// Runs the controllers for machines and their templates.
 pub async fn run(ctx: Arc<Context>) {
-    let templates: Api<AWSWindowsMachineTemplate> = match &ctx.namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
-    };
-    let template_ctx = ctx.clone();
-    tokio::spawn(async move {
-        Controller::new(templates, watcher::Config::default())
-            .run(reconcile_template, |_, _, _| Action::requeue(Duration::from_secs(30)), template_ctx)
-            .for_each(|_| async {})
-            .await;
-    });
-    let (api, machines): (Api<AWSWindowsMachine>, Api<DynamicObject>) = match &ctx.namespace {
-        Some(ns) => {
-            (Api::namespaced(ctx.client.clone(), ns), Api::namespaced_with(ctx.client.clone(), ns, &capi("Machine")))
-        }
-        None => (Api::all(ctx.client.clone()), Api::all_with(ctx.client.clone(), &capi("Machine"))),
-    };
-    let clusters: Api<DynamicObject> = match &ctx.namespace {
-        Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, &capi("Cluster")),
-        None => Api::all_with(ctx.client.clone(), &capi("Cluster")),
-    };
-    let controller = Controller::new(api, watcher::Config::default());
-    let store = controller.store();
-    controller
-        // A Machine gains its bootstrap data, its Node and its deletion on the Machine; a Cluster
-        // its pause and its infrastructure. Only such changes wake a reconcile
-        // (see capwin_infra::watch).
-        .watches_with(machines, capi("Machine"), watcher::Config::default(), watch::machines_to("AWSWindowsMachine"))
-        .watches_with(clusters, capi("Cluster"), watcher::Config::default(), watch::clusters_to(store))
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "aws controller event");
-            }
-        })
-        .await;
+    let (client, namespace) = (ctx.client.clone(), ctx.namespace.clone());
+    watch::run_controllers::<AWSWindowsMachine, AWSWindowsMachineTemplate, _, _, _, _, _, _>(
+        client,
+        namespace.as_deref(),
+        "AWSWindowsMachine",
+        ctx,
+        reconcile,
+        error_policy,
+        reconcile_template,
+    )
+    .await;
 }

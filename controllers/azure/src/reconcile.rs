@@ -27,7 +27,6 @@ use capwin_infra::status::Writer;
 pub use capwin_infra::{Error, blocked};
 use capwin_infra::{contract, watch};
 use capwin_payload::serial;
-use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -35,7 +34,6 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, P
 use kube::runtime::controller::Action;
 use kube::runtime::events::{EventType, Recorder, Reporter};
 use kube::runtime::finalizer::Event as Finalizer;
-use kube::runtime::{Controller, watcher};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
@@ -821,42 +819,17 @@ async fn azure_json_for(
 
 /// Runs the controllers for machines and their templates.
 pub async fn run(ctx: Arc<Context>) {
-    let templates: Api<AzureWindowsMachineTemplate> = match &ctx.settings.namespace {
-        Some(ns) => Api::namespaced(ctx.client.clone(), ns),
-        None => Api::all(ctx.client.clone()),
-    };
-    let template_ctx = ctx.clone();
-    tokio::spawn(async move {
-        Controller::new(templates, watcher::Config::default())
-            .run(reconcile_template, |_, _, _| Action::requeue(Duration::from_secs(30)), template_ctx)
-            .for_each(|_| async {})
-            .await;
-    });
-    let (api_, machines): (Api<AzureWindowsMachine>, Api<DynamicObject>) = match &ctx.settings.namespace {
-        Some(ns) => {
-            (Api::namespaced(ctx.client.clone(), ns), Api::namespaced_with(ctx.client.clone(), ns, &capi("Machine")))
-        }
-        None => (Api::all(ctx.client.clone()), Api::all_with(ctx.client.clone(), &capi("Machine"))),
-    };
-    let clusters: Api<DynamicObject> = match &ctx.settings.namespace {
-        Some(ns) => Api::namespaced_with(ctx.client.clone(), ns, &capi("Cluster")),
-        None => Api::all_with(ctx.client.clone(), &capi("Cluster")),
-    };
-    let controller = Controller::new(api_, watcher::Config::default());
-    let store = controller.store();
-    controller
-        // A Machine gains its bootstrap data, its Node and its deletion on the Machine; a Cluster
-        // its pause and its infrastructure. Only such changes wake a reconcile
-        // (see capwin_infra::watch).
-        .watches_with(machines, capi("Machine"), watcher::Config::default(), watch::machines_to("AzureWindowsMachine"))
-        .watches_with(clusters, capi("Cluster"), watcher::Config::default(), watch::clusters_to(store))
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "azure controller event");
-            }
-        })
-        .await;
+    let (client, namespace) = (ctx.client.clone(), ctx.settings.namespace.clone());
+    watch::run_controllers::<AzureWindowsMachine, AzureWindowsMachineTemplate, _, _, _, _, _, _>(
+        client,
+        namespace.as_deref(),
+        "AzureWindowsMachine",
+        ctx,
+        reconcile,
+        error_policy,
+        reconcile_template,
+    )
+    .await;
 }
 
 #[cfg(test)]

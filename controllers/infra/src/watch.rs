@@ -7,7 +7,19 @@ use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex};
 
-use kube::api::DynamicObject;
+use std::fmt::Debug;
+use std::time::Duration;
+
+use capwin_api::common::capi_resource as capi;
+use futures_util::{StreamExt, TryFuture};
+use k8s_openapi::NamespaceResourceScope;
+use kube::Client;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::controller::Action;
+use kube::runtime::{Controller, watcher};
+use serde::de::DeserializeOwned;
+
+use crate::Error;
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
@@ -99,6 +111,70 @@ where
             .map(|m| ObjectRef::from_obj(m.as_ref()))
             .collect()
     }
+}
+
+/// Runs a machine controller and its template controller until the process stops. Machines are
+/// woken by their own changes, their Machine's (`machines_to`) and their Cluster's
+/// (`clusters_to`); templates by their own.
+#[allow(clippy::too_many_arguments)]
+pub async fn run_controllers<K, T, C, R, RF, E, TR, TF>(
+    client: Client,
+    namespace: Option<&str>,
+    kind: &'static str,
+    ctx: Arc<C>,
+    reconcile: R,
+    error_policy: E,
+    reconcile_template: TR,
+) where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+    T: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+    C: Send + Sync + 'static,
+    R: FnMut(Arc<K>, Arc<C>) -> RF,
+    RF: TryFuture<Ok = Action, Error = Error> + Send + 'static,
+    E: Fn(Arc<K>, &Error, Arc<C>) -> Action,
+    TR: FnMut(Arc<T>, Arc<C>) -> TF + Send + 'static,
+    TF: TryFuture<Ok = Action, Error = Error> + Send + 'static,
+{
+    let scoped = |ar: &ApiResource| match namespace {
+        Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, ar),
+        None => Api::<DynamicObject>::all_with(client.clone(), ar),
+    };
+    let (machines, clusters) = (scoped(&capi("Machine")), scoped(&capi("Cluster")));
+    let (objects, templates): (Api<K>, Api<T>) = match namespace {
+        Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
+        None => (Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let template_ctx = ctx.clone();
+    tokio::spawn(async move {
+        Controller::new(templates, watcher::Config::default())
+            .run(reconcile_template, |_, _, _| Action::requeue(Duration::from_secs(30)), template_ctx)
+            .for_each(|_| async {})
+            .await;
+    });
+    let controller = Controller::new(objects, watcher::Config::default());
+    let store = controller.store();
+    controller
+        .watches_with(machines, capi("Machine"), watcher::Config::default(), machines_to(kind))
+        .watches_with(clusters, capi("Cluster"), watcher::Config::default(), clusters_to(store))
+        .run(reconcile, error_policy, ctx)
+        .for_each(|r| async move {
+            if let Err(e) = r {
+                tracing::debug!(kind, error = %e, "controller event");
+            }
+        })
+        .await;
 }
 
 #[cfg(test)]

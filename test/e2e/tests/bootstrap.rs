@@ -13,18 +13,17 @@ const B: &str = "bootstrap.cluster.x-k8s.io";
 const I: &str = "infrastructure.cluster.x-k8s.io";
 
 async fn cluster(env: &Env, name: &str, replicas: u32, infra_kind: &str, config: Value) {
-    create_cluster(env, name, true).await;
+    create_cluster(env, name, true, json!({})).await;
     workers(env, name, replicas, infra_kind, config).await;
 }
 
-async fn create_cluster(env: &Env, name: &str, with_endpoint: bool) {
+async fn create_cluster(env: &Env, name: &str, with_endpoint: bool, annotations: Value) {
     let mut spec = json!({"clusterNetwork": {"pods": {"cidrBlocks": ["192.168.0.0/16"]}, "services": {"cidrBlocks": ["10.96.0.0/12"]}}});
     if with_endpoint {
         spec["controlPlaneEndpoint"] = json!({"host": "10.0.0.4", "port": 6443});
     }
-    env.create("cluster.x-k8s.io", "v1beta2", "Cluster", json!({"metadata": {"name": name}, "spec": spec}))
-        .await
-        .unwrap();
+    let metadata = json!({"name": name, "annotations": annotations});
+    env.create("cluster.x-k8s.io", "v1beta2", "Cluster", json!({"metadata": metadata, "spec": spec})).await.unwrap();
 }
 
 async fn workers(env: &Env, name: &str, replicas: u32, infra_kind: &str, config: Value) {
@@ -312,9 +311,9 @@ async fn bad_input_gets_a_named_condition_and_no_secret() {
     ready_reason(&env, "kc-win-0", "InvalidKubeconfigSecret").await;
 
     // Missing CA and kubeconfig Secrets: a Cluster whose Secrets CAPI has not written.
-    create_cluster(&env, "nosec", true).await;
-    let skip = json!({"metadata": {"annotations": {capwin_testkit::capi::SKIP_SECRETS_ANNOTATION: "true"}}});
-    env.capi("Cluster").patch("nosec", &PatchParams::default(), &Patch::Merge(skip)).await.unwrap();
+    // Annotated from creation: a later patch would race the simulator writing them.
+    let skip = json!({capwin_testkit::capi::SKIP_SECRETS_ANNOTATION: "true"});
+    create_cluster(&env, "nosec", true, skip).await;
     workers(&env, "nosec", 1, "AzureWindowsMachine", json!({})).await;
     ready_reason(&env, "nosec-win-0", "MissingCASecret").await;
     let (crt, key) = capwin_testkit::capi::self_signed_ca("nosec").unwrap();
@@ -327,7 +326,7 @@ async fn bad_input_gets_a_named_condition_and_no_secret() {
     ready_reason(&env, "nosec-win-0", "MissingKubeconfigSecret").await;
 
     // A Cluster reported ready but without an endpoint.
-    create_cluster(&env, "ep", false).await;
+    create_cluster(&env, "ep", false, json!({})).await;
     let status =
         json!({"status": {"initialization": {"infrastructureProvisioned": true, "controlPlaneInitialized": true}}});
     env.capi("Cluster").patch_status("ep", &PatchParams::default(), &Patch::Merge(status)).await.unwrap();
