@@ -473,7 +473,9 @@ async fn apply(m: &AzureWindowsMachine, ctx: &Context) -> Result<Action, Error> 
             tracing::debug!(machine = %m.name_any(), error = %e, "operation poll failed; reading the VM next");
         }
     }
-    Ok(Action::requeue(Duration::from_millis(200)))
+    // Soon, but not before the watch has likely delivered the providerID patch (a stale cached
+    // object would walk the create path again: harmless, a 412 and an adoption, but calls).
+    Ok(Action::requeue(Duration::from_secs(1)))
 }
 
 /// Picks the first free name among the machine's deterministic candidates and records it.
