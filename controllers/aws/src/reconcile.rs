@@ -5,13 +5,11 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use capwin_api::aws::{AWSWindowsMachine, AWSWindowsMachineTemplate};
 use capwin_api::common::NodeInfo;
-use capwin_api::common::{
-    InfraMachineInitialization, InfraMachineStatus, MachineAddress, MachineAddressType, set_condition,
-};
+use capwin_api::common::{InfraMachineInitialization, MachineAddress, MachineAddressType, set_condition};
 use capwin_infra::diagnostics::{self, Slots};
 use capwin_infra::status::Writer;
 pub use capwin_infra::{Error, blocked};
@@ -366,37 +364,29 @@ async fn report(m: &AWSWindowsMachine, ctx: &Context, id: &str, machine: &Dynami
     let mut failure_event = None;
     if ready {
         let uid = m.uid().unwrap_or_default();
-        match machine.data["status"]["nodeRef"]["name"].as_str().filter(|n| !n.is_empty()) {
-            Some(node) => {
-                // The Node exists: its own conditions tell the rest; the console is not read again.
-                ctx.console_reads.forget(&uid);
-                diagnostics::node_joined(&mut status, node, m.metadata.generation);
-            }
-            None => {
-                requeue = requeue.min(diagnostics::READ_INTERVAL);
-                if ctx.console_reads.take(&uid, Instant::now(), diagnostics::should_read) {
-                    failure_event = read_console(ctx, m, &ec2, id, &mut status).await;
-                }
-            }
-        }
+        let read = || read_console(m, &ec2, id);
+        let (cap, note) = diagnostics::follow(
+            &ctx.console_reads,
+            &ctx.metrics,
+            machine,
+            &uid,
+            &mut status,
+            m.metadata.generation,
+            read,
+        )
+        .await;
+        requeue = cap.map_or(requeue, |c| requeue.min(c));
+        failure_event = note;
     }
     ctx.writer().record(m, ready, reason, &message, Some(status)).await?;
     if let Some(note) = failure_event {
-        ctx.writer().event(m, EventType::Warning, "BootstrapFailed", &note, "Bootstrap").await;
+        ctx.writer().event(m, EventType::Warning, "BootstrapFailed", &note, "Diagnose").await;
     }
     Ok(Action::requeue(requeue))
 }
 
-/// Reads the console once and sets `NodeBootstrap` from it; returns the event note when this
-/// is a failure not reported before. Best effort: a failed read changes nothing.
-async fn read_console(
-    ctx: &Context,
-    m: &AWSWindowsMachine,
-    ec2: &Ec2Client,
-    id: &str,
-    status: &mut InfraMachineStatus,
-) -> Option<String> {
-    ctx.metrics.diagnostics_reads.inc();
+/// The instance's console text, or `None` when it cannot be read now (best effort).
+async fn read_console(m: &AWSWindowsMachine, ec2: &Ec2Client, id: &str) -> Option<String> {
     // Bounded: diagnostics must not hold up the report of the instance itself.
     let text = match tokio::time::timeout(Duration::from_secs(15), ec2.console_output(id)).await {
         Ok(Ok(Some(t))) => t,
@@ -410,7 +400,7 @@ async fn read_console(
             return None;
         }
     };
-    diagnostics::apply_console(&text, status, m.metadata.generation)
+    Some(text)
 }
 
 /// Terminates the instance and waits until EC2 reports it terminated.

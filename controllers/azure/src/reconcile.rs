@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 
 use capwin_api::azure::{AzureWindowsMachine, AzureWindowsMachineTemplate};
 use capwin_api::common::{
-    ConditionStatus, InfraMachineInitialization, InfraMachineStatus, MachineAddress, MachineAddressType, NodeInfo,
-    capi_resource as capi, now_rfc3339 as now, set_condition,
+    ConditionStatus, InfraMachineInitialization, MachineAddress, MachineAddressType, NodeInfo, capi_resource as capi,
+    now_rfc3339 as now, set_condition,
 };
 use capwin_infra::diagnostics::{self, Slots};
 use capwin_infra::status::Writer;
@@ -587,15 +587,19 @@ async fn report(
         status.initialization = Some(InfraMachineInitialization { provisioned: Some(true) });
         // Until the Node exists, the serial log is the only window into the join.
         let uid = m.uid().unwrap_or_default();
-        if let Some(node) = machine.data["status"]["nodeRef"]["name"].as_str().filter(|n| !n.is_empty()) {
-            ctx.serial_reads.forget(&uid);
-            diagnostics::node_joined(&mut status, node, m.metadata.generation);
-        } else {
-            requeue = diagnostics::READ_INTERVAL;
-            if ctx.serial_reads.take(&uid, Instant::now(), diagnostics::should_read) {
-                failure_note = read_serial_log(ctx, m, arm, vm_id, &mut status).await;
-            }
-        }
+        let read = || read_serial_log(m, arm, vm_id);
+        let (cap, note) = diagnostics::follow(
+            &ctx.serial_reads,
+            &ctx.metrics,
+            machine,
+            &uid,
+            &mut status,
+            m.metadata.generation,
+            read,
+        )
+        .await;
+        requeue = cap.unwrap_or(requeue);
+        failure_note = note;
     }
     ctx.writer().record(m, ready, reason, &message, Some(status)).await?;
     if let Some(note) = failure_note {
@@ -604,16 +608,9 @@ async fn report(
     Ok(Action::requeue(requeue))
 }
 
-/// Reads the boot diagnostics serial log once and sets `NodeBootstrap` from it; returns the
-/// event note when this read newly found a failure. The SAS URL is fetched without the ARM token.
-async fn read_serial_log(
-    ctx: &Context,
-    m: &AzureWindowsMachine,
-    arm: &ArmClient,
-    vm_id: &str,
-    status: &mut InfraMachineStatus,
-) -> Option<String> {
-    ctx.metrics.diagnostics_reads.inc();
+/// The VM's boot diagnostics serial log, or `None` when it cannot be read now (best effort). The
+/// SAS URL is fetched without the ARM token.
+async fn read_serial_log(m: &AzureWindowsMachine, arm: &ArmClient, vm_id: &str) -> Option<String> {
     let target =
         format!("{vm_id}/retrieveBootDiagnosticsData?api-version={}&sasUriExpirationTimeInMinutes=5", api::COMPUTE);
     let uris = match arm.call(arm::Method::Post, &target, None, false).await {
@@ -632,7 +629,7 @@ async fn read_serial_log(
             return None;
         }
     };
-    diagnostics::apply_console(&text, status, m.metadata.generation)
+    Some(text)
 }
 
 /// Deletes the VM, then the NIC and the OS disk, verifying each is gone.

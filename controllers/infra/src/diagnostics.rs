@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use capwin_api::common::{InfraMachineStatus, condition_reason, now_rfc3339, set_condition};
 use capwin_payload::serial::{self, Phase};
+use kube::api::DynamicObject;
+
+use crate::metrics::Metrics;
 
 /// Condition type for what the serial console says about bootstrap, before the Node exists.
 /// Separate from `Ready`: `Ready` is the VM's state, and a failed join does not change it.
@@ -44,6 +47,39 @@ pub fn apply_console(text: &str, status: &mut InfraMachineStatus, generation: Op
 pub fn node_joined(status: &mut InfraMachineStatus, node: &str, generation: Option<i64>) {
     let msg = serial::clean(&format!("node {node} joined"));
     set_condition(&mut status.conditions, NODE_BOOTSTRAP, true, "NodeJoined", &msg, generation, &now_rfc3339());
+}
+
+/// What a report does about the serial console: until the Machine's Node exists, read it (at
+/// most once per [`READ_INTERVAL`] per machine, through `read`) into `NodeBootstrap`; once it
+/// exists, say so and stop reading. Returns the requeue cap (while still reading) and, when this
+/// read newly found a failure, the note for a Warning event.
+pub async fn follow<F, Fut>(
+    slots: &Slots,
+    metrics: &Metrics,
+    machine: &DynamicObject,
+    uid: &str,
+    status: &mut InfraMachineStatus,
+    generation: Option<i64>,
+    read: F,
+) -> (Option<Duration>, Option<String>)
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Option<String>>,
+{
+    if let Some(node) = machine.data["status"]["nodeRef"]["name"].as_str().filter(|n| !n.is_empty()) {
+        slots.forget(uid);
+        node_joined(status, node, generation);
+        return (None, None);
+    }
+    if !slots.take(uid, Instant::now(), should_read) {
+        return (Some(READ_INTERVAL), None);
+    }
+    metrics.diagnostics_reads.inc();
+    let note = match read().await {
+        Some(text) => apply_console(&text, status, generation),
+        None => None,
+    };
+    (Some(READ_INTERVAL), note)
 }
 
 /// Per-machine time slots (by machine UID): taking one when due counts an attempt as a read, so a

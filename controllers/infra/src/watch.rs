@@ -24,6 +24,12 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Resource, ResourceExt};
 use serde_json::json;
 
+fn hash(v: &serde_json::Value) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.to_string().hash(&mut h);
+    h.finish()
+}
+
 /// What the machine controllers read from a Machine.
 pub fn machine_fingerprint(m: &DynamicObject) -> u64 {
     let spec = &m.data["spec"];
@@ -38,9 +44,7 @@ pub fn machine_fingerprint(m: &DynamicObject) -> u64 {
         spec["infrastructureRef"],
         m.data["status"]["nodeRef"],
     ]);
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    relevant.to_string().hash(&mut h);
-    h.finish()
+    hash(&relevant)
 }
 
 /// What the machine controllers read from a Cluster: whether it is paused and whether its
@@ -51,9 +55,7 @@ pub fn cluster_fingerprint(c: &DynamicObject) -> u64 {
         c.data["spec"]["paused"],
         c.data["status"]["initialization"]["infrastructureProvisioned"],
     ]);
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    relevant.to_string().hash(&mut h);
-    h.finish()
+    hash(&relevant)
 }
 
 /// The last fingerprint seen per object (by namespace/name).
