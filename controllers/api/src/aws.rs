@@ -75,10 +75,10 @@ pub struct AWSWindowsMachineSpec {
     pub additional_tags: BTreeMap<String, String>,
 }
 
-/// An AMI by ID or by look-up; at most one is set. Without either, capwin looks up owner
-/// `258751437250` and `capwin-ami-windows-<version>-v<kubernetes>-*`, which only the test kit
-/// provides: no public Windows AMIs exist, so build one (image-builder's Windows targets with
-/// cloudbase-init and containerd) and name it here.
+/// An AMI by ID or by look-up; at most one is set. Without either, capwin looks up the newest
+/// Windows AMI of its own account (owner `self`) named
+/// `capa-ami-windows-<version>-?<kubernetes without v>-*`: what image-builder's
+/// `make build-ami-windows-2019` makes in your account. No public Windows AMIs exist.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!(has(self.id) && has(self.lookup))").message("set either id or lookup, not both"))]

@@ -7,10 +7,14 @@ use base64::Engine;
 pub const USER_DATA_LIMIT: usize = 16_384;
 /// Tag prefix marking what capwin owns.
 pub const TAG_PREFIX: &str = "sigs.k8s.io/cluster-api-provider-capwin";
-/// Default owner of the reference Windows AMIs (override with `ami.lookup.owner`).
-pub const DEFAULT_AMI_OWNER: &str = "258751437250";
-/// Default AMI name pattern.
-pub const DEFAULT_AMI_NAME_PATTERN: &str = "capwin-ami-windows-{{.WindowsVersion}}-v{{.K8sVersion}}-*";
+/// Default owner of the Windows AMIs: the account capwin acts as (EC2's owner alias `self`).
+/// No public CAPI Windows AMIs exist; users build them with image-builder in their own account
+/// (`make build-ami-windows-2019`), so that is where the default look-up searches.
+pub const DEFAULT_AMI_OWNER: &str = "self";
+/// Default AMI name pattern: what image-builder's AWS builds are named
+/// (`capa-ami-windows-2019-v1.34.13-<timestamp>`, `images/capi/packer/ami`), in CAPA's look-up form
+/// (`capa-ami-{{.BaseOS}}-?{{.K8sVersion}}-*`: `?` stands for the `v`).
+pub const DEFAULT_AMI_NAME_PATTERN: &str = "capa-ami-windows-{{.WindowsVersion}}-?{{.K8sVersion}}-*";
 
 /// An EC2 instance as the shim sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -153,7 +157,7 @@ mod tests {
 
     #[test]
     fn ami_lookup() {
-        assert_eq!(ami_name_pattern(DEFAULT_AMI_NAME_PATTERN, "2025", "v1.34.2"), "capwin-ami-windows-2025-v1.34.2-*");
+        assert_eq!(ami_name_pattern(DEFAULT_AMI_NAME_PATTERN, "2019", "v1.34.2"), "capa-ami-windows-2019-?1.34.2-*");
         let img = |name: &str, date: &str| Image {
             id: format!("ami-{name}"),
             name: name.into(),

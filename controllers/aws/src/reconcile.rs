@@ -496,13 +496,15 @@ pub async fn reconcile_template(t: Arc<AWSWindowsMachineTemplate>, ctx: Arc<Cont
     Ok(Action::requeue(Duration::from_secs(3600)))
 }
 
-/// Runs the controllers for machines and their templates.
-pub async fn run(ctx: Arc<Context>) {
+/// Runs the controllers for machines and their templates; `queue` receives their reconcile
+/// queue delays.
+pub async fn run(ctx: Arc<Context>, queue: capwin_infra::QueueMetrics) {
     let (client, namespace) = (ctx.client.clone(), ctx.namespace.clone());
     watch::run_controllers::<AWSWindowsMachine, AWSWindowsMachineTemplate, _, _, _, _, _, _>(
         client,
         namespace.as_deref(),
         "AWSWindowsMachine",
+        queue,
         ctx,
         reconcile,
         error_policy,

@@ -112,8 +112,8 @@ async fn lookup_launch_idempotently_report_and_terminate() {
 
     // AMI by look-up: the newest build for the Windows and Kubernetes versions.
     let image = launch::resolve_ami(&ec2, &s, &c).await.unwrap();
-    assert!(image.name.starts_with("capwin-ami-windows-2025-v1.34.13-"), "{}", image.name);
-    let all = ec2.find_images(model::DEFAULT_AMI_OWNER, "capwin-ami-windows-2025-v1.34.13-*").await.unwrap();
+    assert!(image.name.starts_with("capa-ami-windows-2025-v1.34.13-"), "{}", image.name);
+    let all = ec2.find_images(model::DEFAULT_AMI_OWNER, "capa-ami-windows-2025-v1.34.13-*").await.unwrap();
     assert!(all.len() >= 2 && all.iter().all(|i| i.creation_date <= image.creation_date), "newest of several builds");
 
     // Subnet by filters in the machine's failure domain.
@@ -162,7 +162,7 @@ async fn bad_input_names_the_field() {
         id: None,
         lookup: Some(AmiLookup {
             owner: model::DEFAULT_AMI_OWNER.into(),
-            name_pattern: "capwin-ami-windows-2016-*".into(),
+            name_pattern: "capa-ami-windows-2016-*".into(),
         }),
     };
     assert!(matches!(launch::resolve_ami(&ec2, &s, &c).await.unwrap_err(), LaunchError::NoAmiMatch { .. }));

@@ -816,13 +816,15 @@ async fn azure_json_for(
     Ok(Ok(()))
 }
 
-/// Runs the controllers for machines and their templates.
-pub async fn run(ctx: Arc<Context>) {
+/// Runs the controllers for machines and their templates; `queue` receives their reconcile
+/// queue delays.
+pub async fn run(ctx: Arc<Context>, queue: capwin_infra::QueueMetrics) {
     let (client, namespace) = (ctx.client.clone(), ctx.settings.namespace.clone());
     watch::run_controllers::<AzureWindowsMachine, AzureWindowsMachineTemplate, _, _, _, _, _, _>(
         client,
         namespace.as_deref(),
         "AzureWindowsMachine",
+        queue,
         ctx,
         reconcile,
         error_policy,

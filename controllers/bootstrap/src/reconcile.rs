@@ -6,17 +6,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 use capwin_api::bootstrap::{BootstrapInitialization, WindowsKubeadmConfig, WindowsKubeadmConfigStatus};
 use capwin_payload::{BootstrapToken, ClusterInputs, RenderError, RenderInput};
-use futures_util::StreamExt;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
+use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
-use kube::runtime::{Controller, WatchStreamExt};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
 
@@ -70,11 +69,18 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub settings: Settings,
     pub workload: WorkloadClients,
+    /// Time from a trigger to the reconcile it caused (`capwin_reconcile_queue_delay_seconds`).
+    pub queue_delay: Arc<capwin_runtime::QueueDelay>,
     failures: Mutex<HashMap<ObjectRef<WindowsKubeadmConfig>, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, metrics: Arc<Metrics>, settings: Settings) -> Arc<Self> {
+    pub fn new(
+        client: Client,
+        metrics: Arc<Metrics>,
+        queue: capwin_runtime::QueueMetrics,
+        settings: Settings,
+    ) -> Arc<Self> {
         let recorder = Recorder::new(
             client.clone(),
             Reporter { controller: "capwin-bootstrap".into(), instance: std::env::var("POD_NAME").ok() },
@@ -85,6 +91,7 @@ impl Context {
             metrics,
             settings,
             workload: WorkloadClients::default(),
+            queue_delay: capwin_runtime::QueueDelay::new("bootstrap", queue),
             failures: Mutex::default(),
         })
     }
@@ -112,6 +119,7 @@ use capwin_api::common::now_rfc3339;
 /// Reconciles one config (with the finalizer helper managing cleanup).
 pub async fn reconcile(cfg: Arc<WindowsKubeadmConfig>, ctx: Arc<Context>) -> Result<Action, Error> {
     let start = Instant::now();
+    ctx.queue_delay.started(&capwin_runtime::obj_key(cfg.as_ref()));
     let ns = cfg.namespace().unwrap_or_default();
     let api: Api<WindowsKubeadmConfig> = Api::namespaced(ctx.client.clone(), &ns);
     let result = finalizer(&api, FINALIZER, cfg.clone(), |ev| async {
@@ -675,6 +683,8 @@ async fn cleanup(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<Action, Er
 }
 
 /// Wires the controller: configs, plus Machines and Clusters mapped to the configs they affect.
+/// Every watch backs off on its own errors and no outcome of one object ever pauses another
+/// (`capwin_runtime`): the output is drained, never backed off.
 pub async fn run(ctx: Arc<Context>) {
     let client = ctx.client.clone();
     let s = &ctx.settings;
@@ -701,44 +711,43 @@ pub async fn run(ctx: Arc<Context>) {
     if let Some(f) = &s.watch_filter {
         wc = wc.labels(&format!("{}={f}", views::WATCH_FILTER_LABEL));
     }
-    let controller = Controller::new(configs, wc.clone())
+    let delay = ctx.queue_delay.clone();
+    let (store, writer) = kube::runtime::reflector::store();
+    let own = delay.observed(capwin_runtime::reflect(configs, wc.clone(), writer, "WindowsKubeadmConfig"));
+    let controller = Controller::for_stream(own, store.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(s.concurrency));
-    let store = controller.store();
-    let sync = s.sync_period;
-    controller
-        .owns(owned, watcher::Config::default().labels(views::CLUSTER_NAME_LABEL))
-        .watches_with(machines, views::capi_resource("Machine"), wc.clone(), |m: DynamicObject| {
-            let r = &m.data["spec"]["bootstrap"]["configRef"];
-            (r["kind"] == "WindowsKubeadmConfig").then(|| {
-                ObjectRef::new(r["name"].as_str().unwrap_or_default()).within(&m.namespace().unwrap_or_default())
+    let cluster_store = store.clone();
+    let machine_to_config = |m: DynamicObject| {
+        let r = &m.data["spec"]["bootstrap"]["configRef"];
+        (r["kind"] == "WindowsKubeadmConfig")
+            .then(|| ObjectRef::new(r["name"].as_str().unwrap_or_default()).within(&m.namespace().unwrap_or_default()))
+    };
+    let cluster_to_configs = move |c: DynamicObject| {
+        let (name, ns) = (c.name_any(), c.namespace().unwrap_or_default());
+        cluster_store
+            .state()
+            .into_iter()
+            .filter(|cfg| {
+                cfg.namespace().as_deref() == Some(ns.as_str())
+                    && cfg.labels().get(views::CLUSTER_NAME_LABEL) == Some(&name)
             })
-        })
-        .watches_with(clusters, views::capi_resource("Cluster"), wc, move |c: DynamicObject| {
-            let (name, ns) = (c.name_any(), c.namespace().unwrap_or_default());
-            store
-                .state()
-                .into_iter()
-                .filter(|cfg| {
-                    cfg.namespace().as_deref() == Some(ns.as_str())
-                        && cfg.labels().get(views::CLUSTER_NAME_LABEL) == Some(&name)
-                })
-                .map(|cfg| ObjectRef::from_obj(cfg.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        .reconcile_all_on(tokio_stream_interval(sync))
-        .run(reconcile, error_policy, ctx)
-        .default_backoff()
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(error = %e, "controller event");
-            }
-        })
-        .await;
-}
-
-fn tokio_stream_interval(period: Duration) -> impl futures_util::Stream<Item = ()> + Send {
-    futures_util::stream::unfold((), move |_| async move {
-        tokio::time::sleep(period).await;
-        Some(((), ()))
-    })
+            .map(|cfg| ObjectRef::from_obj(cfg.as_ref()))
+            .collect::<Vec<_>>()
+    };
+    let owned = capwin_runtime::watch(owned, watcher::Config::default().labels(views::CLUSTER_NAME_LABEL), "Secret");
+    let output = controller
+        .owns_stream(owned)
+        .watches_stream_with(
+            capwin_runtime::watch(machines, wc.clone(), "Machine"),
+            delay.mapped(machine_to_config),
+            views::capi_resource("Machine"),
+        )
+        .watches_stream_with(
+            capwin_runtime::watch(clusters, wc, "Cluster"),
+            delay.mapped(cluster_to_configs),
+            views::capi_resource("Cluster"),
+        )
+        .reconcile_all_on(delay.resync(s.sync_period, store))
+        .run(reconcile, error_policy, ctx.clone());
+    capwin_runtime::drain("bootstrap", delay, output).await;
 }

@@ -32,3 +32,4 @@ pub enum Error {
 pub fn blocked(reason: &'static str, message: impl Into<String>, retry: Option<Duration>) -> Error {
     Error::Blocked { reason, message: message.into(), retry }
 }
+pub use capwin_runtime::QueueMetrics;

@@ -11,7 +11,7 @@ use std::fmt::Debug;
 use std::time::Duration;
 
 use capwin_api::common::capi_resource as capi;
-use futures_util::{StreamExt, TryFuture};
+use futures_util::TryFuture;
 use k8s_openapi::NamespaceResourceScope;
 use kube::Client;
 use kube::api::{Api, ApiResource, DynamicObject};
@@ -117,14 +117,17 @@ where
 
 /// Runs a machine controller and its template controller until the process stops. Machines are
 /// woken by their own changes, their Machine's (`machines_to`) and their Cluster's
-/// (`clusters_to`); templates by their own.
+/// (`clusters_to`); templates by their own. Every watch backs off on its own errors and the
+/// outputs are drained, never backed off (`capwin_runtime`): one object's trouble never pauses
+/// another's reconcile.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_controllers<K, T, C, R, RF, E, TR, TF>(
     client: Client,
     namespace: Option<&str>,
     kind: &'static str,
+    queue: capwin_runtime::QueueMetrics,
     ctx: Arc<C>,
-    reconcile: R,
+    mut reconcile: R,
     error_policy: E,
     reconcile_template: TR,
 ) where
@@ -158,25 +161,53 @@ pub async fn run_controllers<K, T, C, R, RF, E, TR, TF>(
         Some(ns) => (Api::namespaced(client.clone(), ns), Api::namespaced(client.clone(), ns)),
         None => (Api::all(client.clone()), Api::all(client.clone())),
     };
+    let template_kind: &'static str = Box::leak(format!("{kind}Template").into_boxed_str());
+    let template_delay = capwin_runtime::QueueDelay::new(template_kind, queue.clone());
     let template_ctx = ctx.clone();
     tokio::spawn(async move {
-        Controller::new(templates, watcher::Config::default())
-            .run(reconcile_template, |_, _, _| Action::requeue(Duration::from_secs(30)), template_ctx)
-            .for_each(|_| async {})
-            .await;
+        let (store, writer) = kube::runtime::reflector::store();
+        let own = template_delay.observed(capwin_runtime::reflect(
+            templates,
+            watcher::Config::default(),
+            writer,
+            template_kind,
+        ));
+        let mut reconcile_template = reconcile_template;
+        let started = template_delay.clone();
+        let output = Controller::for_stream(own, store).run(
+            move |t: Arc<T>, c: Arc<C>| {
+                started.started(&capwin_runtime::obj_key(t.as_ref()));
+                reconcile_template(t, c)
+            },
+            |_, _, _| Action::requeue(Duration::from_secs(30)),
+            template_ctx,
+        );
+        capwin_runtime::drain(template_kind, template_delay, output).await;
     });
-    let controller = Controller::new(objects, watcher::Config::default());
-    let store = controller.store();
-    controller
-        .watches_with(machines, capi("Machine"), watcher::Config::default(), machines_to(kind))
-        .watches_with(clusters, capi("Cluster"), watcher::Config::default(), clusters_to(store))
-        .run(reconcile, error_policy, ctx)
-        .for_each(|r| async move {
-            if let Err(e) = r {
-                tracing::debug!(kind, error = %e, "controller event");
-            }
-        })
-        .await;
+    let delay = capwin_runtime::QueueDelay::new(kind, queue);
+    let (store, writer) = kube::runtime::reflector::store();
+    let own = delay.observed(capwin_runtime::reflect(objects, watcher::Config::default(), writer, kind));
+    let started = delay.clone();
+    let output = Controller::for_stream(own, store.clone())
+        .watches_stream_with(
+            capwin_runtime::watch(machines, watcher::Config::default(), "Machine"),
+            delay.mapped(machines_to(kind)),
+            capi("Machine"),
+        )
+        .watches_stream_with(
+            capwin_runtime::watch(clusters, watcher::Config::default(), "Cluster"),
+            delay.mapped(clusters_to(store)),
+            capi("Cluster"),
+        )
+        .run(
+            move |o: Arc<K>, c: Arc<C>| {
+                started.started(&capwin_runtime::obj_key(o.as_ref()));
+                reconcile(o, c)
+            },
+            error_policy,
+            ctx,
+        );
+    capwin_runtime::drain(kind, delay, output).await;
 }
 
 #[cfg(test)]

@@ -142,6 +142,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     let metrics = Metrics::register(&mut registry);
     let aws_metrics = capwin_aws::metrics::register(&mut registry);
     let azure_metrics = capwin_azure::metrics::register(&mut registry);
+    let queue = capwin_runtime::QueueMetrics::register(&mut registry);
     let ready = Arc::new(AtomicBool::new(false));
     let registry = Arc::new(registry);
     if let Some(addr) = bind(&args.health_probe_bind_address)? {
@@ -169,12 +170,14 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         sync_period: args.sync_period,
         concurrency: args.concurrency,
     };
-    let mut tasks = Vec::new();
+    // Every controller is a task; the manager exits non-zero as soon as any of them ends, so the
+    // Deployment restarts it (a controller never ends on its own).
+    let mut tasks = tokio::task::JoinSet::new();
     for c in &args.controllers {
         match c {
             ControllerName::Bootstrap => {
-                let ctx = Context::new(client.clone(), metrics.clone(), settings.clone());
-                tasks.push(tokio::spawn(capwin_bootstrap::reconcile::run(ctx)));
+                let ctx = Context::new(client.clone(), metrics.clone(), queue.clone(), settings.clone());
+                tasks.spawn(capwin_bootstrap::reconcile::run(ctx));
                 tracing::info!(
                     namespace = args.namespace.as_deref().unwrap_or("(all)"),
                     "bootstrap controller started"
@@ -201,12 +204,12 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
                     aws_metrics.clone(),
                 )
                 .await;
-                tasks.push(tokio::spawn(capwin_aws::reconcile::run(ctx)));
+                tasks.spawn(capwin_aws::reconcile::run(ctx, queue.clone()));
                 tracing::info!(region = region.as_deref().unwrap_or("(none)"), "aws controller started");
             }
             ControllerName::Azure => {
                 let ctx = azure_context(&args, client.clone(), azure_metrics.clone())?;
-                tasks.push(tokio::spawn(capwin_azure::reconcile::run(ctx)));
+                tasks.spawn(capwin_azure::reconcile::run(ctx, queue.clone()));
                 tracing::info!(arm = %args.azure_arm_endpoint, "azure controller started");
             }
         }
@@ -216,7 +219,7 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("interrupted; stopping"),
         _ = term.recv() => tracing::info!("terminated; stopping"),
-        _ = futures_all(tasks) => anyhow::bail!("a controller stopped unexpectedly"),
+        _ = tasks.join_next() => anyhow::bail!("a controller stopped unexpectedly"),
     }
     Ok(())
 }
@@ -247,10 +250,4 @@ fn azure_context(
     let own = capwin_azure::credentials::from_environment(env);
     tracing::info!(credential = ?own, "azure credential from the environment");
     Ok(capwin_azure::reconcile::Context::new(client, settings, own, metrics))
-}
-
-async fn futures_all(tasks: Vec<tokio::task::JoinHandle<()>>) {
-    for t in tasks {
-        let _ = t.await;
-    }
 }

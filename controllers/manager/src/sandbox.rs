@@ -394,10 +394,11 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
 
     let mut registry = prometheus_client::registry::Registry::default();
     let metrics = Metrics::register(&mut registry);
+    let queue = capwin_runtime::QueueMetrics::register(&mut registry);
     let settings =
         Settings { namespace: Some(ns.clone()), token_ttl: Duration::from_secs(15 * 60), ..Settings::default() };
     let mut controllers =
-        vec![tokio::spawn(capwin_bootstrap::reconcile::run(Context::new(mgmt.clone(), metrics, settings)))];
+        vec![tokio::spawn(capwin_bootstrap::reconcile::run(Context::new(mgmt.clone(), metrics, queue, settings)))];
     say("bootstrap controller running (the same code as `capwin manager --controllers bootstrap`)".into());
     for cloud in &clouds {
         cloud.seed_account(&objects, &say).await?;

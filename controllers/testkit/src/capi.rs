@@ -341,6 +341,11 @@ impl CapiSim {
             if status["addresses"].is_null() {
                 status.as_object_mut().expect("object").remove("addresses");
             }
+            // CAPI's schema wants at least one property in `initialization` (a Machine whose
+            // config and infrastructure do not exist yet has none).
+            if status["initialization"].as_object().is_some_and(|o| o.is_empty()) {
+                status.as_object_mut().expect("object").remove("initialization");
+            }
             machines.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await?;
         }
         Ok(())

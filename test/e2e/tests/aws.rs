@@ -63,7 +63,7 @@ async fn create_run_join_and_terminate_after_a_crash_mid_create() {
     let ec2 = ec2(&env).await;
     // A previous manager sent RunInstances for this machine and died before recording it.
     let tags = model::ownership_tags("aws", &env.namespace, "aws-0");
-    let image = ec2.find_images(model::DEFAULT_AMI_OWNER, "capwin-ami-windows-2025-v1.34.13-*").await.unwrap();
+    let image = ec2.find_images(model::DEFAULT_AMI_OWNER, "capa-ami-windows-2025-v1.34.13-*").await.unwrap();
     let subnet = ec2.subnets(&[], &[("availability-zone".into(), vec!["us-east-1c".into()])]).await.unwrap();
     let orphan = ec2
         .run(&LaunchSpec {

@@ -90,6 +90,14 @@ async fn probes_metrics_leader_election_and_watch_filter() {
         "{body}"
     );
     assert!(body.contains("capwin_reconcile_duration_seconds_bucket"), "{body}");
+    // The reconcile queue delay (trigger to reconcile start) of the controller that ran, and of
+    // no controller this manager does not run.
+    let delays = body
+        .lines()
+        .find(|l| l.starts_with("capwin_reconcile_queue_delay_seconds_count{controller=\"bootstrap\"}"))
+        .unwrap_or_else(|| panic!("no queue delay series: {body}"));
+    assert!(delays.split_whitespace().last().unwrap().parse::<u64>().unwrap() >= 1, "{delays}");
+    assert!(!body.contains("queue_delay_seconds_count{controller=\"AWSWindowsMachine\""), "{body}");
 
     // A second manager waits for the lease instead of running controllers.
     let second_log = std::env::temp_dir().join(format!("capwin-second-{}.log", std::process::id()));

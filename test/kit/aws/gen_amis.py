@@ -4,15 +4,20 @@
 Deterministic: the same script always writes the same file (ids are derived
 from the names). `python3 gen_amis.py --check` exits 1 if amis.json is stale.
 
-Naming scheme (the CAPI reference-image scheme, CAPA's
-"capa-ami-{{.BaseOS}}-{{.K8sVersion}}-*" with our prefix):
+Naming scheme: exactly what image-builder's AWS builds write (packer/ami,
+`ami_name` = "capa-ami-{{build_name}}-{{kubernetes_semver}}-{{timestamp}}"; CAPA
+looks them up with "capa-ami-{{.BaseOS}}-?{{.K8sVersion}}-*"):
 
-    capwin-ami-<base-os>-<k8s-version>-<build-unix-timestamp>
-    e.g. capwin-ami-windows-2025-v1.35.10-1794481200
+    capa-ami-<base-os>-<k8s-version>-<build-unix-timestamp>
+    e.g. capa-ami-windows-2019-v1.35.10-1794481200
 
-base-os: windows-2019 | windows-2022 | windows-2025 (plus one ubuntu-24.04
-Linux image). The owner of all our images is OWNER (a fixed 12-digit account
-id); one impostor image with a capwin name is owned by OTHER_OWNER.
+base-os: windows-2019 (image-builder's only AWS Windows target,
+`make build-ami-windows-2019`) | windows-2022 | windows-2025 (built the same way
+by users who add those targets), plus one ubuntu-24.04 Linux image. The owner of
+all our images is OWNER: moto's default account, i.e. what the owner alias
+`self` means for the kit's credentials, as a user's own image-builder AMIs are
+owned by their account. One impostor image with a capa name is owned by
+OTHER_OWNER (another account; never found by `self`).
 
 Each entry only uses keys that moto 5.2.5's Ami(**entry) accepts (an unknown
 key makes moto_server fail on the first EC2 request).
@@ -23,7 +28,7 @@ import json
 import os
 import sys
 
-OWNER = "258751437250"
+OWNER = "123456789012"
 OTHER_OWNER = "111122223333"
 BUILD_MINUTES = 47  # creation_date = build timestamp + this (AMI snapshot time)
 
@@ -59,12 +64,12 @@ def ami_id(name, owner):
 
 def image(base_os, k8s, built, owner=OWNER, windows=True, desc=None):
     stamp = int(built.timestamp())
-    name = f"capwin-ami-{base_os}-{k8s}-{stamp}"
+    name = f"capa-ami-{base_os}-{k8s}-{stamp}"
     created = built + dt.timedelta(minutes=BUILD_MINUTES)
     e = {
         "ami_id": ami_id(name, owner),
         "name": name,
-        "description": desc or f"capwin reference image: {base_os}, Kubernetes {k8s}",
+        "description": desc or f"image-builder CAPI image: {base_os}, Kubernetes {k8s}",
         "owner_id": owner,
         "public": True,
         "state": "available",
@@ -95,11 +100,11 @@ def catalogue():
                     out.append(image(base_os, f"v{minor}.{patch}", ts(d, shift)))
     # One Linux image in the same account, same name prefix (platform filter).
     out.append(image("ubuntu-24.04", "v1.34.13", ts("2026-11-12 09:30"), windows=False))
-    # An impostor: capwin name, another owner, newer than every real build, so
+    # An impostor: capa name, another owner, newer than every real build, so
     # a lookup that forgets the owner filter picks it.
     out.append(image("windows-2025", "v1.34.13", ts("2026-11-20 06:00"),
                      owner=OTHER_OWNER,
-                     desc="NOT a capwin image: same name scheme, other owner"))
+                     desc="NOT this account's image: same name scheme, other owner"))
     ids = [e["ami_id"] for e in out]
     assert len(set(ids)) == len(ids)
     return out

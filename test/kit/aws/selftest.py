@@ -28,7 +28,7 @@ import botocore.exceptions
 from botocore.config import Config
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-OWNER = "258751437250"
+OWNER = "123456789012"  # moto's default account: what Owners=["self"] means for the kit's credentials
 OTHER_OWNER = "111122223333"
 CLUSTER_TAG = "sigs.k8s.io/cluster-api-provider-capwin/cluster/demo"
 OTHER_CLUSTER_TAG = "sigs.k8s.io/cluster-api-provider-capwin/cluster/other"
@@ -137,7 +137,7 @@ def run_windows(ami, tags, user_data=b"", count=1, **kw):
 
 
 def newest(base_os, version_glob):
-    imgs = windows_images("capwin-ami-%s-%s-*" % (base_os, version_glob))
+    imgs = windows_images("capa-ami-%s-%s-*" % (base_os, version_glob))
     assert imgs, (base_os, version_glob)
     return imgs[0]
 
@@ -156,11 +156,11 @@ def amis_catalogue_loaded_in_every_region():
 
 @case
 def amis_filter_owner_name_platform_v134_on_2025():
-    imgs = windows_images("capwin-ami-windows-2025-v1.34.*")
+    imgs = windows_images("capa-ami-windows-2025-v1.34.*")
     assert [i["Name"] for i in imgs] == [
-        "capwin-ami-windows-2025-v1.34.13-1794474600",
-        "capwin-ami-windows-2025-v1.34.13-1792055400",
-        "capwin-ami-windows-2025-v1.34.12-1789031400",
+        "capa-ami-windows-2025-v1.34.13-1794474600",
+        "capa-ami-windows-2025-v1.34.13-1792055400",
+        "capa-ami-windows-2025-v1.34.12-1789031400",
     ], [i["Name"] for i in imgs]
     i = imgs[0]
     assert (i["OwnerId"], i["Platform"], i["State"], i["Architecture"], i["RootDeviceName"],
@@ -173,35 +173,35 @@ def amis_filter_owner_name_platform_v134_on_2025():
 def amis_newest_first_per_windows_version_and_minor():
     for base_os in ("windows-2019", "windows-2022", "windows-2025"):
         for minor in range(32, 38):
-            imgs = windows_images("capwin-ami-%s-v1.%d.*" % (base_os, minor))
+            imgs = windows_images("capa-ami-%s-v1.%d.*" % (base_os, minor))
             expect = sorted((e for e in CATALOGUE if e["owner_id"] == OWNER
                              and e.get("platform") == "windows"
-                             and e["name"].startswith("capwin-ami-%s-v1.%d." % (base_os, minor))),
+                             and e["name"].startswith("capa-ami-%s-v1.%d." % (base_os, minor))),
                             key=lambda e: e["creation_date"], reverse=True)
             assert len(imgs) >= 2, (base_os, minor, len(imgs))
             assert [i["ImageId"] for i in imgs] == [e["ami_id"] for e in expect], (base_os, minor)
-            assert all(i["Name"].startswith("capwin-ami-%s-v1.%d." % (base_os, minor))
+            assert all(i["Name"].startswith("capa-ami-%s-v1.%d." % (base_os, minor))
                        for i in imgs)
     # v1.35.10 is newer than v1.35.9 but sorts before it by name.
     for base_os in ("windows-2019", "windows-2022", "windows-2025"):
-        imgs = windows_images("capwin-ami-%s-v1.35.*" % base_os)
-        assert imgs[0]["Name"].startswith("capwin-ami-%s-v1.35.10-" % base_os), imgs[0]["Name"]
+        imgs = windows_images("capa-ami-%s-v1.35.*" % base_os)
+        assert imgs[0]["Name"].startswith("capa-ami-%s-v1.35.10-" % base_os), imgs[0]["Name"]
         by_name = sorted(imgs, key=lambda i: i["Name"], reverse=True)
-        assert by_name[0]["Name"].startswith("capwin-ami-%s-v1.35.9-" % base_os)
+        assert by_name[0]["Name"].startswith("capa-ami-%s-v1.35.9-" % base_os)
 
 
 @case
 def amis_two_builds_of_one_version_newest_wins():
-    imgs = windows_images("capwin-ami-windows-2022-v1.37.2-*")
-    assert [i["Name"] for i in imgs] == ["capwin-ami-windows-2022-v1.37.2-1795089900",
-                                         "capwin-ami-windows-2022-v1.37.2-1794485100"], imgs
+    imgs = windows_images("capa-ami-windows-2022-v1.37.2-*")
+    assert [i["Name"] for i in imgs] == ["capa-ami-windows-2022-v1.37.2-1795089900",
+                                         "capa-ami-windows-2022-v1.37.2-1794485100"], imgs
     assert newest("windows-2019", "v1.34.13")["Name"] == \
-        "capwin-ami-windows-2019-v1.34.13-1794474000"
+        "capa-ami-windows-2019-v1.34.13-1794474000"
 
 
 @case
 def amis_owner_filter_matters():
-    pattern = "capwin-ami-windows-2025-v1.34.13-*"
+    pattern = "capa-ami-windows-2025-v1.34.13-*"
     anyone = windows_images(pattern, owners=())
     assert len(anyone) == 3 and anyone[0]["OwnerId"] == OTHER_OWNER, \
         [(i["Name"], i["OwnerId"]) for i in anyone]
@@ -216,21 +216,33 @@ def amis_owner_filter_matters():
 
 
 @case
+def amis_self_owner_alias_finds_the_accounts_own_images():
+    # capwin's default look-up (controllers/aws/src/model.rs): Owners=["self"] and CAPA's
+    # pattern with `?` standing for the `v` of the version; the impostor (another account,
+    # newer) is never found.
+    pattern = "capa-ami-windows-2019-?1.34.13-*"
+    got = windows_images(pattern, owners=("self",))
+    assert [i["Name"] for i in got] == ["capa-ami-windows-2019-v1.34.13-1794474000",
+                                        "capa-ami-windows-2019-v1.34.13-1792054800"], got
+    assert {i["OwnerId"] for i in windows_images("capa-ami-windows-2025-?1.34.13-*", owners=("self",))} == {OWNER}
+
+
+@case
 def amis_platform_filter_matters():
-    pattern = "capwin-ami-*-v1.34.13-*"
+    pattern = "capa-ami-*-v1.34.13-*"
     all_os = windows_images(pattern, platform=False)
     win = windows_images(pattern)
     assert len(all_os) == 7 and len(win) == 6, (len(all_os), len(win))
     linux = [i for i in all_os if i not in win]
-    assert [i["Name"] for i in linux] == ["capwin-ami-ubuntu-24.04-v1.34.13-1794475800"], linux
+    assert [i["Name"] for i in linux] == ["capa-ami-ubuntu-24.04-v1.34.13-1794475800"], linux
     assert "Platform" not in linux[0], linux[0]
 
 
 @case
 def amis_question_mark_wildcard_and_case_sensitivity():
-    imgs = windows_images("capwin-ami-windows-20??-v1.36.6-*")
+    imgs = windows_images("capa-ami-windows-20??-v1.36.6-*")
     assert len(imgs) == 3, len(imgs)
-    assert windows_images("CAPWIN-ami-windows-2025-v1.36.6-*") == []
+    assert windows_images("CAPA-ami-windows-2025-v1.36.6-*") == []
 
 
 @case
@@ -390,7 +402,7 @@ def moto_gaps_misc():
                           " SignedHeaders=host, Signature=00"})
     assert st == 500 and body.lstrip().lower().startswith(b"<!doctype html"), (st, body[:80])
     # name filters are fnmatch patterns: [..] is a character class in moto, literal in EC2
-    assert len(windows_images("capwin-ami-windows-202[25]-v1.36.6-*")) == 2
+    assert len(windows_images("capa-ami-windows-202[25]-v1.36.6-*")) == 2
 
 
 @case
@@ -400,7 +412,7 @@ def reset_wipes_state_and_reloads_amis():
     assert EC2.describe_instances()["Reservations"] == []
     assert len(EC2.describe_images()["Images"]) == len(CATALOGUE)
     assert newest("windows-2025", "v1.34.*")["Name"] == \
-        "capwin-ami-windows-2025-v1.34.13-1794474600"
+        "capa-ami-windows-2025-v1.34.13-1794474600"
 
 
 # --------------------------------------------------------------- proxy ----
@@ -492,7 +504,7 @@ def proxy_relays_moto_answers_and_errors():
     control("POST", "clear")
     px = client(ARGS.proxy)
     r = px.describe_images(Owners=[OWNER], Filters=[
-        {"Name": "name", "Values": ["capwin-ami-windows-2019-v1.32.*"]}])
+        {"Name": "name", "Values": ["capa-ami-windows-2019-v1.32.*"]}])
     assert len(r["Images"]) == 2
     code, meta = error_code(px.describe_instances, InstanceIds=["i-0123456789abcdef0"])
     assert code == "InvalidInstanceID.NotFound" and meta["HTTPStatusCode"] == 400, (code, meta)

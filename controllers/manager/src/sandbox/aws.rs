@@ -237,7 +237,7 @@ impl AwsCloud {
             metrics,
         )
         .await;
-        tokio::spawn(capwin_aws::reconcile::run(ctx))
+        tokio::spawn(capwin_aws::reconcile::run(ctx, capwin_runtime::QueueMetrics::register(&mut registry)))
     }
 
     /// (simulated CAPA) Makes each new `AWSCluster`'s network in moto and reports it as CAPA

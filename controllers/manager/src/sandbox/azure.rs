@@ -296,7 +296,7 @@ impl AzureCloud {
             tenant: Some(TENANT.into()),
         };
         let ctx = capwin_azure::reconcile::Context::new(mgmt, settings, manager_credential(), metrics);
-        tokio::spawn(capwin_azure::reconcile::run(ctx))
+        tokio::spawn(capwin_azure::reconcile::run(ctx, capwin_runtime::QueueMetrics::register(&mut registry)))
     }
 
     /// (simulated CAPZ) Points each new `AzureCluster` at the seeded network and reports it

@@ -1,0 +1,312 @@
+//! What every capwin controller shares so that none of them ever pauses as a whole because one
+//! object's reconcile or look-up failed:
+//!
+//! - [`watch`] and [`reflect`]: watch streams that back off on their *own* errors (client-go's
+//!   default backoff, kube's `default_backoff`) and log them instead of handing them on. A watch
+//!   error that reached a `Controller` would pause every trigger through the controller's trigger
+//!   backoff; a backoff on the controller's *output* (the mistake fixed by issue 16) paused every
+//!   reconcile whenever one object failed or was not found.
+//! - [`drain`]: consumes a controller's output. Per-object outcomes are only logged (their retry is
+//!   the error policy's business); `ObjectNotFound` for an object that is gone is nothing to do.
+//! - [`QueueDelay`]: the time from a trigger (a watch event of the object or of something mapped to
+//!   it, or a periodic resync) to the start of the reconcile it caused, as the histogram
+//!   `capwin_reconcile_queue_delay_seconds{controller}`, so an operator can see a stall.
+
+use std::collections::HashMap;
+use std::fmt::Debug;
+use std::hash::Hash;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures_util::{Stream, StreamExt, future};
+use kube::api::Api;
+use kube::runtime::controller::{Action, Error as ControllerError};
+use kube::runtime::reflector::{ObjectRef, Store, store::Writer};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use kube::{Resource, ResourceExt};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use serde::de::DeserializeOwned;
+
+/// Passes a watch's objects on and keeps its errors: each is logged, and the stream backs off
+/// before the watcher tries again. Nothing downstream ever sees an error.
+fn without_errors<K>(
+    what: &'static str,
+    stream: impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Send + 'static,
+{
+    stream.filter_map(move |r| {
+        future::ready(match r {
+            Ok(o) => Some(Ok(o)),
+            Err(e) => {
+                tracing::warn!(watch = what, error = %e, "watch failed; retrying it with backoff");
+                None
+            }
+        })
+    })
+}
+
+/// Objects that changed or were deleted (for triggers mapped onto other objects), from a watch
+/// that backs off on its own errors.
+pub fn watch<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    what: &'static str,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+{
+    without_errors(what, watcher(api, config).default_backoff().touched_objects())
+}
+
+/// The objects of a watch, kept in `writer`'s store, as triggers for the store's own kind: the
+/// watch backs off on its own errors.
+pub fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: Writer<K>,
+    what: &'static str,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone + Default,
+{
+    without_errors(what, reflector(writer, watcher(api, config).default_backoff()).applied_objects())
+}
+
+/// The key of an object in [`QueueDelay`]: `namespace/name`.
+pub fn key(namespace: Option<&str>, name: &str) -> String {
+    format!("{}/{name}", namespace.unwrap_or_default())
+}
+
+/// The key of an object reference.
+pub fn ref_key<K: Resource>(r: &ObjectRef<K>) -> String {
+    key(r.namespace.as_deref(), &r.name)
+}
+
+/// The key of an object.
+pub fn obj_key<K: Resource>(o: &K) -> String {
+    key(o.meta().namespace.as_deref(), &o.name_any())
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ControllerLabel {
+    controller: String,
+}
+
+/// The queue-delay histogram of every controller of a process.
+#[derive(Clone)]
+pub struct QueueMetrics(Family<ControllerLabel, Histogram>);
+
+impl QueueMetrics {
+    /// Registers `capwin_reconcile_queue_delay_seconds`. A controller's series exists once it has
+    /// reconciled something, so a manager exports only the series of the controllers it runs.
+    pub fn register(registry: &mut Registry) -> Self {
+        let family = Family::<ControllerLabel, Histogram>::new_with_constructor(|| {
+            // 1 ms to about 9 minutes.
+            Histogram::new(exponential_buckets(0.001, 2.0, 20))
+        });
+        registry.sub_registry_with_prefix("capwin").register(
+            "reconcile_queue_delay_seconds",
+            "Time from a trigger (a watch event of the object or of an object mapped to it, or a resync) to the start of the reconcile it caused; a growing delay is a stalled or saturated controller",
+            family.clone(),
+        );
+        Self(family)
+    }
+}
+
+/// Measures the time from a trigger to the start of the reconcile it caused. Several triggers
+/// before one start count from the earliest; a trigger that arrives while the object is being
+/// reconciled counts from its own arrival to the next start.
+pub struct QueueDelay {
+    controller: &'static str,
+    pending: Mutex<HashMap<String, Instant>>,
+    metrics: QueueMetrics,
+}
+
+/// Triggers remembered at most; past that the oldest knowledge is dropped (triggers for objects
+/// that are never reconciled, e.g. deleted before their turn, must not grow memory).
+const MAX_PENDING: usize = 200_000;
+
+impl QueueDelay {
+    pub fn new(controller: &'static str, metrics: QueueMetrics) -> Arc<Self> {
+        Arc::new(Self { controller, pending: Mutex::default(), metrics })
+    }
+
+    fn pending(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.pending.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A trigger for the object `key` arrived now.
+    pub fn triggered(&self, key: String) {
+        self.triggered_at(key, Instant::now());
+    }
+
+    fn triggered_at(&self, key: String, at: Instant) {
+        let mut p = self.pending();
+        if p.len() >= MAX_PENDING && !p.contains_key(&key) {
+            p.clear();
+        }
+        p.entry(key).or_insert(at);
+    }
+
+    /// The reconcile of `key` starts now: its delay, when a trigger was seen (a requeue that the
+    /// controller scheduled itself is not a trigger and is not measured).
+    pub fn started(&self, key: &str) -> Option<std::time::Duration> {
+        let at = self.pending().remove(key)?;
+        let delay = at.elapsed();
+        self.metrics
+            .0
+            .get_or_create(&ControllerLabel { controller: self.controller.into() })
+            .observe(delay.as_secs_f64());
+        Some(delay)
+    }
+
+    /// The object is gone: a trigger for it will never start a reconcile.
+    pub fn forget(&self, key: &str) {
+        self.pending().remove(key);
+    }
+
+    /// Wraps a mapper of `Controller::watches_stream`: every object it maps to was triggered now.
+    pub fn mapped<O, K, I>(
+        self: &Arc<Self>,
+        mapper: impl Fn(O) -> I + Send + Sync + 'static,
+    ) -> impl Fn(O) -> Vec<ObjectRef<K>> + Send + Sync + 'static
+    where
+        K: Resource + 'static,
+        I: IntoIterator<Item = ObjectRef<K>>,
+    {
+        let delay = self.clone();
+        move |o| {
+            let refs: Vec<ObjectRef<K>> = mapper(o).into_iter().collect();
+            for r in &refs {
+                delay.triggered(ref_key(r));
+            }
+            refs
+        }
+    }
+
+    /// Wraps the stream of the controller's own objects: each is a trigger.
+    pub fn observed<K>(
+        self: &Arc<Self>,
+        stream: impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+    ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+    where
+        K: Resource + Send + 'static,
+    {
+        let delay = self.clone();
+        stream.inspect(move |r| {
+            if let Ok(o) = r {
+                delay.triggered(obj_key(o));
+            }
+        })
+    }
+
+    /// A periodic resync of everything in `store`: each object is triggered when it fires.
+    pub fn resync<K>(
+        self: &Arc<Self>,
+        every: std::time::Duration,
+        store: Store<K>,
+    ) -> impl Stream<Item = ()> + Send + 'static
+    where
+        K: Resource + Clone + Send + Sync + 'static,
+        K::DynamicType: Eq + Hash + Clone,
+    {
+        let delay = self.clone();
+        futures_util::stream::unfold((), move |()| async move {
+            tokio::time::sleep(every).await;
+            Some(((), ()))
+        })
+        .inspect(move |()| {
+            for o in store.state() {
+                delay.triggered(obj_key(o.as_ref()));
+            }
+        })
+    }
+}
+
+/// Consumes a controller's output: nothing here ever waits, so one object's failure never
+/// holds up another's reconcile.
+pub async fn drain<K, E1, E2>(
+    controller: &'static str,
+    delay: Arc<QueueDelay>,
+    output: impl Stream<Item = Result<(ObjectRef<K>, Action), ControllerError<E1, E2>>>,
+) where
+    K: Resource,
+    E1: std::error::Error + 'static,
+    E2: std::error::Error + 'static,
+{
+    output
+        .for_each(|r| {
+            match r {
+                Ok(_) => {}
+                Err(ControllerError::ObjectNotFound(r)) => {
+                    // A trigger for an object that is gone (a deleted config's Machine) or not yet
+                    // cached (a Machine created before it): nothing to do now; its own event
+                    // brings it when it exists.
+                    delay.forget(&ref_key(r.as_ref()));
+                    tracing::debug!(controller, object = %r, "triggered object not found; nothing to do");
+                }
+                Err(ControllerError::ReconcilerFailed(e, r)) => {
+                    tracing::debug!(controller, object = %r, error = %e, "reconcile failed; the error policy retries it");
+                }
+                Err(e) => tracing::warn!(controller, error = %e, "controller trouble"),
+            }
+            future::ready(())
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn delay() -> (Arc<QueueDelay>, Registry) {
+        let mut registry = Registry::default();
+        let m = QueueMetrics::register(&mut registry);
+        (QueueDelay::new("test", m), registry)
+    }
+
+    fn exposed(registry: &Registry) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, registry).unwrap();
+        out
+    }
+
+    #[test]
+    fn the_earliest_trigger_counts_and_each_start_consumes_it() {
+        let (d, registry) = delay();
+        let t0 = Instant::now() - Duration::from_secs(5);
+        d.triggered_at("ns/a".into(), t0);
+        d.triggered_at("ns/a".into(), Instant::now());
+        let measured = d.started("ns/a").expect("a trigger was pending");
+        assert!(measured >= Duration::from_secs(5), "counted from the earliest trigger: {measured:?}");
+        assert_eq!(d.started("ns/a"), None, "a scheduled requeue is not a trigger");
+        let out = exposed(&registry);
+        assert!(out.contains("capwin_reconcile_queue_delay_seconds_count{controller=\"test\"} 1"), "{out}");
+    }
+
+    #[test]
+    fn forgotten_objects_leave_nothing_behind() {
+        let (d, registry) = delay();
+        d.triggered("ns/gone".into());
+        d.forget("ns/gone");
+        assert_eq!(d.started("ns/gone"), None);
+        assert!(!exposed(&registry).contains("controller=\"test\""), "no series before a reconcile");
+    }
+
+    #[test]
+    fn mapped_triggers_are_recorded_per_target() {
+        let (d, _) = delay();
+        let map = d.mapped(|n: u32| {
+            (0..n).map(|i| ObjectRef::<k8s_openapi::api::core::v1::Secret>::new(&format!("s{i}")).within("ns"))
+        });
+        assert_eq!(map(2).len(), 2);
+        assert!(d.started("ns/s0").is_some() && d.started("ns/s1").is_some() && d.started("ns/s2").is_none());
+    }
+}
