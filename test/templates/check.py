@@ -8,30 +8,51 @@ For every template:
                CRDs, built-in kinds with kubernetes-validate, unknown fields are errors)
   addons       every manifest stream embedded in a ConfigMap's data (and, recursively, in the
                ConfigMaps those manifests create) validated the same way; documents whose kind has
-               no schema here (tigera-operator's Installation, Calico's crd.projectcalico.org
-               kinds) are listed as "skipped: no schema"
+               no schema here (Calico's crd.projectcalico.org IPAMConfig) are listed as
+               "skipped: no schema"
   scripts      PowerShell (.ps1 keys) parsed with the tree-sitter grammar plus a Windows
                PowerShell 5.1 check (pslint.py), shell scripts with `sh -n`, JSON keys parsed
   namespace    every object sits in ${NAMESPACE} (or is cluster-scoped)
   variables    every ${...} is ${NAME} or ${NAME:=default} with an UPPER_SNAKE name, documented in
-               templates/README.md with the same default, one default per name, and none of the
-               sequences drone/envsubst (clusterctl's substitution) rewrites: $$, a backslash
-               before a backslash or a slash
+               templates/README.md with the same default (per flavour where the table gives one
+               per flavour), one default per name, and none of the sequences drone/envsubst
+               (clusterctl's substitution) rewrites: $$, a backslash before a backslash or a slash
+  helm         every HelmChartProxy (CAAPH) selects the Cluster (addons=<name> plus labels the
+               Cluster carries, "true" for opt-ins), pins its chart version, and its valuesTemplate
+               renders (gotemplate.py, CAAPH's Go template subset) on the template's own Cluster,
+               with the controlPlaneEndpoint CAPZ/CAPA set, into a YAML mapping with no <no value>
+  calico       for the Calico flavours, the rendered tigera-operator values: windowsDataplane HNS,
+               BGP off, VXLAN pools = the Cluster's pod CIDRs and serviceCIDRs = its service CIDRs
+               (also for a Cluster with other CIDRs: nothing is hard-coded), kubernetesServiceEndpoint
+               = the Cluster's controlPlaneEndpoint, and none for a Cluster without one or with a
+               host and no port, a dnsConfig with nameservers, the cloud's MTU, Felix VXLAN VNI
+               4096 on port 4789; IPAMConfig strictAffinity applied by a Reconcile ClusterResourceSet
+  forbidden    no Job or CronJob, no (Cluster)RoleBinding to cluster-admin, no run-time download of
+               manifests (a URL of a .yaml/.yml/.json file or raw.githubusercontent.com anywhere but
+               a HelmChartProxy's repoURL), anywhere in the template or its addons
+  images       every image reference (pod specs, top-level and embedded, and image/tag/imageTag in
+               valuesTemplates) has a tag or digest, not latest, and every ${VAR} in it a default
+               (KUBERNETES_VERSION, which clusterctl always sets, excepted); every HelmChartProxy
+               pins spec.version
   structure    one Cluster whose refs resolve; one MachineDeployment with a WindowsKubeadmConfig-
-               Template and a capwin infrastructure template; one MachineHealthCheck selecting its
-               Machines; ClusterResourceSets selecting the Cluster, their ConfigMaps present; the
-               addons the flavour needs (CNI matching the CNI flavour and the Cluster's CIDRs,
-               kube-proxy-windows naming the CNI's HNS network, cloud provider, RuntimeClasses,
-               opt-in csi-proxy and Hyper-V); copies of the Cluster's CIDRs agree; every ConfigMap
-               an addon pod reads (or the Calico installer waits for) is created by an addon,
-               by kubeadm or by the control plane's capwin-publish-endpoint.sh; Windows DaemonSets
-               are HostProcess and tolerate the os taint; images are pinned
+               Template (no windows.cni.vxlan: the VNI lives in the addons) and a capwin
+               infrastructure template; one MachineHealthCheck selecting its Machines;
+               ClusterResourceSets selecting the Cluster, their ConfigMaps present; the addons the
+               flavour needs (CNI matching the CNI flavour and the Cluster's CIDRs, VNI 4096 stated,
+               kube-proxy-windows naming the CNI's HNS network and running capwin's start.ps1,
+               cloud provider chart, RuntimeClasses, opt-in csi-proxy, Hyper-V RuntimeClass only
+               on nodes labelled for it, gMSA with cert-manager); copies of the Cluster's CIDRs
+               agree; every ConfigMap an addon pod reads is created by an addon or by kubeadm;
+               Windows DaemonSets are HostProcess and tolerate the os taint; AWS opens VXLAN and
+               Typha
 
-Then: addon ConfigMaps shared by several templates must be identical, and negative cases (a
-fixture with a typo in a field, and mutations of the real templates) must each be caught by the
-check that is meant to catch them. Ends with `templates checks: N passed, M failed`.
+Then: gotemplate.py's own cases; addon ConfigMaps (top-level and embedded) and HelmChartProxies
+shared by several templates must be identical; and negative cases (a fixture with a typo in a
+field, and mutations of the real templates) must each be caught by the check that is meant to
+catch them. Ends with `templates checks: N passed, M failed`.
 """
 import argparse
+import fnmatch
 import glob
 import json
 import os
@@ -49,20 +70,38 @@ sys.path.insert(0, os.path.dirname(VALIDATE))
 import validate as V  # noqa: E402  (the validator's YAML loader, substitution and schema registries)
 sys.path.insert(0, HERE)
 import pslint  # noqa: E402  (its Windows PowerShell 5.1 check needs no grammar)
+import gotemplate  # noqa: E402  (CAAPH's valuesTemplate rendering, without Go)
 
 K8S = '1.34'
 NS_SENTINEL = 'capwin-ns-sentinel'
 
 CAPWIN_INFRA_KINDS = {'AzureWindowsMachineTemplate', 'AWSWindowsMachineTemplate'}
-OPT_IN = {'csi-proxy': 'capwin.cluster.x-k8s.io/csi-proxy', 'hyperv': 'capwin.cluster.x-k8s.io/hyperv'}
+OPT_IN = {'csi-proxy': 'capwin.cluster.x-k8s.io/csi-proxy', 'hyperv': 'capwin.cluster.x-k8s.io/hyperv',
+          'gmsa': 'capwin.cluster.x-k8s.io/gmsa'}
 ADDONS_LABEL = 'capwin.cluster.x-k8s.io/addons'
+HYPERV_NODE_LABEL = 'capwin.cluster.x-k8s.io/hyperv-isolation'
+WINDOWS_VNI = 4096  # flannel's and Calico's Windows VXLAN network identifier
+VXLAN_PORT = 4789   # the only VXLAN port Windows accepts
+TYPHA_PORT = 5473
+# The Calico MTU each cloud's flavour sets (Azure: CAPZ's 1350; AWS: 1500 - 50 of VXLAN).
+CALICO_MTU = {'AzureWindowsMachineTemplate': 1350, 'AWSWindowsMachineTemplate': 1450}
+# The chart of each cloud's cloud provider (HelmChartProxy chartName).
+CLOUD_CHART = {'AzureWindowsMachineTemplate': 'cloud-provider-azure',
+               'AWSWindowsMachineTemplate': 'aws-cloud-controller-manager'}
+# What CAPZ / CAPA write into Cluster.spec.controlPlaneEndpoint before CAAPH renders values.
+PROBE_ENDPOINT = {'host': 'win1-0a1b2c3d.westeurope.cloudapp.azure.com', 'port': 6443}
+# Another Cluster network, to show the rendered values follow the Cluster (nothing hard-coded).
+PROBE_NETWORK = {'pods': {'cidrBlocks': ['172.20.0.0/16']}, 'services': {'cidrBlocks': ['10.128.0.0/16']}}
+# Image variables without a default that still pin: clusterctl always sets them (required).
+REQUIRED_PINNING_VARIABLES = {'KUBERNETES_VERSION'}
 # Built-in kinds that are cluster-scoped (the CRD kinds' scope comes from their CRDs).
 CLUSTER_SCOPED_BUILTINS = {'Namespace', 'ClusterRole', 'ClusterRoleBinding', 'RuntimeClass',
                            'CustomResourceDefinition', 'PriorityClass', 'StorageClass',
                            'CSIDriver', 'PersistentVolume', 'Node', 'IngressClass',
                            'ValidatingWebhookConfiguration', 'MutatingWebhookConfiguration'}
-# ConfigMap data keys that legitimately differ between templates of the same name.
-MAY_DIFFER = {'calico.yaml'}  # Azure sets the VXLAN MTU and the checksum-offload workaround
+# Objects of the same name that legitimately differ between templates: the Calico values (the
+# cloud's MTU and resolver, Azure's checksum-offload workaround).
+MAY_DIFFER = {'HelmChartProxy/placeholder-calico'}
 
 VAR_ANY = re.compile(r'\$\{[^}]*\}?')
 VAR_OK = re.compile(r'\$\{([A-Z][A-Z0-9_]*)(?::=([^${}]*))?\}')
@@ -367,7 +406,8 @@ def check_namespace(t, workdir):
 
 
 def readme_variables():
-    """{NAME: default or None} from the variables tables of templates/README.md."""
+    """{NAME: default or None} from the variables tables of templates/README.md. A default cell may
+    give one default per flavour, "`2025` (azure-*), `2019` (aws-*)": then {glob: default}."""
     out = {}
     try:
         with open(README, encoding='utf-8') as f:
@@ -379,12 +419,30 @@ def readme_variables():
         if not m:
             continue
         cell = m.group(2).strip()
+        per_flavour = re.findall(r'`([^`]*)`\s*\(([a-z0-9*-]+)\)', cell)
         if cell.lower().startswith(('required', 'set by clusterctl')):
             out[m.group(1)] = None
+        elif per_flavour:
+            out[m.group(1)] = {glob: default for default, glob in per_flavour}
         else:
             d = re.match(r'^`([^`]*)`', cell)
             out[m.group(1)] = d.group(1) if d else '<unparsed: %s>' % cell
     return out
+
+
+def flavour_of(t):
+    m = re.search(r'cluster-template-(.+)[.]yaml$', t.name)
+    return m.group(1) if m else t.name
+
+
+def documented_default(documented, name, flavour):
+    d = documented.get(name)
+    if isinstance(d, dict):
+        for glob, default in d.items():
+            if fnmatch.fnmatch(flavour, glob):
+                return default
+        return '<no default for flavour %s in templates/README.md>' % flavour
+    return d
 
 
 def template_variables(raw):
@@ -414,9 +472,9 @@ def check_variables(t, workdir):
             problems.append('${%s} has different defaults in one template: %s (clusterctl gives '
                             'each occurrence its own default; one without becomes empty)'
                             % (name, ', '.join(sorted('none' if d is None else repr(d) for d in ds))))
-        elif name in documented and documented[name] != next(iter(ds)):
+        elif name in documented and documented_default(documented, name, flavour_of(t)) != next(iter(ds)):
             problems.append('${%s}: default in the template %r, in templates/README.md %r'
-                            % (name, next(iter(ds)), documented[name]))
+                            % (name, next(iter(ds)), documented_default(documented, name, flavour_of(t))))
     for seq, why in ENVSUBST_ESCAPES:
         at = t.raw.find(seq)
         if at >= 0:
@@ -518,18 +576,7 @@ def check_structure(t, workdir):
     for crs in crss:
         spec = crs.get('spec') or {}
         sel = ((spec.get('clusterSelector') or {}).get('matchLabels')) or {}
-        if sel.get(ADDONS_LABEL) != cname:
-            p.append('%s: clusterSelector lacks %s=<cluster name>' % (ident(crs), ADDONS_LABEL))
-        for k in sel:
-            if k not in clabels:
-                p.append('%s: selects label %s, which the Cluster does not carry' % (ident(crs), k))
-        extra = {k: v for k, v in sel.items() if k != ADDONS_LABEL}
-        if not extra and not labels_match(sel, clabels):
-            p.append('%s: does not select the Cluster (%s vs %s)' % (ident(crs), sel, clabels))
-        for k, v in extra.items():
-            if k not in OPT_IN.values() or v != 'true':
-                p.append('%s: unexpected selector %s=%s (opt-in labels are %s, value "true")'
-                         % (ident(crs), k, v, ', '.join(sorted(OPT_IN.values()))))
+        p.extend(selector_problems(ident(crs), sel, cname, clabels))
         for r in spec.get('resources') or []:
             referenced.add((r.get('kind'), r.get('name')))
             if not t.find(r.get('kind'), r.get('name')):
@@ -538,7 +585,10 @@ def check_structure(t, workdir):
         if ('ConfigMap', meta(cm).get('name')) not in referenced:
             p.append('%s is applied by no ClusterResourceSet' % ident(cm))
 
-    base = all_addon_objects(t, lambda sel: set(sel) == {ADDONS_LABEL})
+    def is_base(sel):
+        return not any(k in OPT_IN.values() for k in sel)
+
+    base = all_addon_objects(t, is_base)
 
     def optin(label):
         return all_addon_objects(t, lambda sel: sel.get(OPT_IN[label]) == 'true')
@@ -553,35 +603,59 @@ def check_structure(t, workdir):
             p.append('addons: no %s %s/%s (%s)' % (kind, ns or '-', name, why))
         return found[0] if found else None
 
-    need(base, 'DaemonSet', 'kube-proxy-windows', 'kube-system', 'kube-proxy for Windows')
+    def chart(name, why, optin_label=None):
+        """The HelmChartProxy installing chart `name` for the Cluster (opt-in: by that label)."""
+        for h in t.find('HelmChartProxy'):
+            spec = h.get('spec') or {}
+            sel = ((spec.get('clusterSelector') or {}).get('matchLabels')) or {}
+            if spec.get('chartName') != name:
+                continue
+            if optin_label and sel.get(OPT_IN[optin_label]) != 'true':
+                p.append('%s: chart %s is not selected by the opt-in label %s=true' % (ident(h), name, OPT_IN[optin_label]))
+            if not optin_label and not is_base(sel):
+                p.append('%s: chart %s is needed by every cluster but selected by an opt-in label' % (ident(h), name))
+            return h
+        p.append('addons: no HelmChartProxy for the %s chart (%s)' % (name, why))
+        return None
+
+    kp = need(base, 'DaemonSet', 'kube-proxy-windows', 'kube-system', 'kube-proxy for Windows')
     if not [o for o in has(base, 'RuntimeClass') if o.get('handler') == 'runhcs-wcow-process']:
         p.append('addons: no RuntimeClass with handler runhcs-wcow-process')
-    if not [o for o in has(optin('hyperv'), 'RuntimeClass') if o.get('handler') == 'runhcs-wcow-hypervisor']:
+    hyperv = [o for o in has(optin('hyperv'), 'RuntimeClass') if o.get('handler') == 'runhcs-wcow-hypervisor']
+    if not hyperv:
         p.append('addons: no opt-in (%s) RuntimeClass with handler runhcs-wcow-hypervisor' % OPT_IN['hyperv'])
+    for rc in hyperv:
+        sched = rc.get('scheduling') or {}
+        sel = sched.get('nodeSelector') or {}
+        if sel.get(HYPERV_NODE_LABEL) != 'true' or sel.get('kubernetes.io/os') != 'windows':
+            p.append('%s: scheduling.nodeSelector %s must hold %s: "true" and kubernetes.io/os: windows '
+                     '(only nodes with the handler)' % (ident(rc), sel, HYPERV_NODE_LABEL))
+        if not any(x.get('key') == 'os' and x.get('effect') == 'NoSchedule' for x in sched.get('tolerations') or []):
+            p.append('%s: does not tolerate os=windows:NoSchedule' % ident(rc))
     need(optin('csi-proxy'), 'DaemonSet', 'csi-proxy', 'kube-system', 'opt-in %s' % OPT_IN['csi-proxy'])
+    chart('gmsa', 'opt-in gMSA webhook and GMSACredentialSpec CRD', 'gmsa')
+    chart('cert-manager', 'the gMSA webhook\'s certificate', 'gmsa')
 
     wspec = (((wkct or {}).get('spec') or {}).get('template') or {}).get('spec') or {}
     windows = wspec.get('windows') or {}
-    flavour = (windows.get('cni') or {}).get('flavour', 'calico-vxlan')
-    vni = ((windows.get('cni') or {}).get('vxlan') or {}).get('vni', 4096)
+    cni = windows.get('cni') or {}
+    flavour = cni.get('flavour', 'calico-vxlan')
+    if 'vxlan' in cni:
+        p.append('%s: spec.template.spec.windows.cni.vxlan is set; the VNI lives in the addons only'
+                 % ident(wkct))
     os_taint = (windows.get('node') or {}).get('osTaint', False)
     if flavour == 'calico-vxlan':
-        need(base, 'Job', 'capwin-calico-installer', 'kube-system', 'installs tigera-operator')
-        inst = need(base, 'Installation', 'default', None, 'Calico Installation')
-        if inst:
-            ispec = inst.get('spec') or {}
-            net = ispec.get('calicoNetwork') or {}
-            if net.get('windowsDataplane') != 'HNS':
-                p.append('Installation: calicoNetwork.windowsDataplane is not HNS')
-            if net.get('bgp') != 'Disabled':
-                p.append('Installation: calicoNetwork.bgp is not Disabled (VXLAN only on Windows)')
-            pools = net.get('ipPools') or []
-            if sorted(x.get('cidr') for x in pools) != sorted(pods):
-                p.append('Installation: ipPools %s != Cluster pods %s' % ([x.get('cidr') for x in pools], pods))
-            if any(x.get('encapsulation') != 'VXLAN' for x in pools):
-                p.append('Installation: an IP pool is not VXLAN')
-            if sorted(ispec.get('serviceCIDRs') or []) != sorted(services):
-                p.append('Installation: serviceCIDRs %s != Cluster services %s' % (ispec.get('serviceCIDRs'), services))
+        chart('tigera-operator', 'Calico')
+        if clabels.get('capwin.cluster.x-k8s.io/cni') != 'calico':
+            p.append('Cluster: label capwin.cluster.x-k8s.io/cni is not calico')
+        ipam = need(base, 'IPAMConfig', 'default', None, 'Calico IPAM strict affinity, which Windows requires')
+        if ipam and (ipam.get('spec') or {}).get('strictAffinity') is not True:
+            p.append('IPAMConfig default: strictAffinity is not true')
+        if ipam:
+            for s in t.streams:
+                if ipam in s.docs and crs_strategy(t, s) != 'Reconcile':
+                    p.append('IPAMConfig default: its ClusterResourceSet is not strategy Reconcile (Calico may '
+                             'create the object first; ApplyOnce would leave strictAffinity unset)')
     elif flavour in ('flannel-vxlan', 'flannel-host-gw'):
         need(base, 'DaemonSet', 'kube-flannel-ds', None, 'flannel for Linux')
         need(base, 'DaemonSet', 'kube-flannel-ds-windows', None, 'flannel for Windows')
@@ -595,31 +669,45 @@ def check_structure(t, workdir):
             backend = net.get('Backend') or {}
             if [net.get('Network')] != pods:
                 p.append('flannel Network %s != Cluster pods %s' % (net.get('Network'), pods))
-            if flavour == 'flannel-vxlan' and (backend.get('Type') != 'vxlan' or backend.get('VNI') != vni
-                                               or backend.get('Port') != 4789):
-                p.append('flannel Backend %s does not match cni flannel-vxlan VNI %s port 4789' % (backend, vni))
+            if flavour == 'flannel-vxlan' and (backend.get('Type') != 'vxlan' or backend.get('VNI') != WINDOWS_VNI
+                                               or backend.get('Port') != VXLAN_PORT):
+                p.append('flannel Backend %s does not state VNI %d and port %d (what flannel on Windows needs)'
+                         % (backend, WINDOWS_VNI, VXLAN_PORT))
             if flavour == 'flannel-host-gw' and backend.get('Type') != 'host-gw':
                 p.append('flannel Backend %s is not host-gw' % backend)
     else:
         p.append('WindowsKubeadmConfigTemplate cni flavour %r: no addon rule' % flavour)
 
-    # kube-proxy must name the HNS network the CNI creates.
-    want_network = {'calico-vxlan': ['Calico'], 'flannel-vxlan': ['flannel.%s' % vni, ''],
+    # kube-proxy must name the HNS network the CNI creates, and run capwin's script (not the
+    # image's start.ps1 with its hard-coded feature gates).
+    want_network = {'calico-vxlan': ['Calico'], 'flannel-vxlan': ['flannel.%d' % WINDOWS_VNI, ''],
                     'flannel-host-gw': ['cbr0', '']}.get(flavour, [])
-    for kp in has(base, 'DaemonSet', 'kube-proxy-windows', 'kube-system'):
-        for c in pod_spec(kp).get('containers') or []:
+    if kp:
+        ps = pod_spec(kp)
+        for c in ps.get('containers') or []:
             for e in c.get('env') or []:
                 if e.get('name') == 'KUBE_NETWORK' and e.get('value', '') not in want_network:
                     p.append('%s: KUBE_NETWORK %r, but cni %s creates %s'
                              % (ident(kp), e.get('value'), flavour, ' or '.join(repr(x) for x in want_network)))
+            words = [str(x) for x in (c.get('command') or []) + (c.get('args') or [])]
+            if any('kube-proxy/start.ps1' in w for w in words) or not any('capwin/start.ps1' in w for w in words):
+                p.append('%s container %s: runs %s, not capwin/start.ps1 (the image\'s start.ps1 hard-codes '
+                         'feature gates)' % (ident(kp), c.get('name'), words))
+        scripts = [(v.get('configMap') or {}).get('name') for v in ps.get('volumes') or [] if v.get('configMap')]
+        if not [cm for cm in has(base, 'ConfigMap', None, 'kube-system')
+                if meta(cm).get('name') in scripts and 'start.ps1' in (cm.get('data') or {})]:
+            p.append('%s: mounts no addon ConfigMap with start.ps1 (%s)' % (ident(kp), scripts))
 
     infra_kind = (infra or {}).get('kind')
-    if infra_kind == 'AzureWindowsMachineTemplate':
-        need(base, 'Deployment', 'cloud-controller-manager', 'kube-system', 'Azure cloud-controller-manager')
-        need(base, 'DaemonSet', 'cloud-node-manager', 'kube-system', 'Azure cloud-node-manager for Linux')
-        need(base, 'DaemonSet', 'cloud-node-manager-windows', 'kube-system', 'Azure cloud-node-manager for Windows')
-    elif infra_kind == 'AWSWindowsMachineTemplate':
-        need(base, 'DaemonSet', 'aws-cloud-controller-manager', 'kube-system', 'AWS cloud-controller-manager')
+    if infra_kind in CLOUD_CHART:
+        chart(CLOUD_CHART[infra_kind], 'the cloud provider')
+    if infra_kind == 'AWSWindowsMachineTemplate':
+        for aws in t.find('AWSCluster'):
+            rules = ((((aws.get('spec') or {}).get('network') or {}).get('cni') or {}).get('cniIngressRules')) or []
+            for proto, port, what in (('udp', VXLAN_PORT, 'VXLAN'), ('tcp', TYPHA_PORT, 'Calico Typha')):
+                if flavour.endswith('vxlan') and not any(r.get('protocol') == proto and r.get('fromPort', 0) <= port
+                                                         <= r.get('toPort', -1) for r in rules):
+                    p.append('%s: cniIngressRules do not open %s %d (%s)' % (ident(aws), proto, port, what))
 
     every = [o for s in t.streams for o in s.docs]
     # Copies of the Cluster's CIDRs in the addons.
@@ -632,17 +720,11 @@ def check_structure(t, workdir):
             for a in (c.get('command') or []) + (c.get('args') or []):
                 if isinstance(a, str) and a.startswith('--cluster-cidr=') and [a.split('=', 1)[1]] != pods:
                     p.append('%s: %s != Cluster pods %s' % (ident(o), a, pods))
-    # ConfigMaps the addons' pods read must come from the addons, from kubeadm (kube-proxy), or
-    # from the control plane's capwin-publish-endpoint.sh arguments.
+    # ConfigMaps the addons' pods read must come from the addons or from kubeadm (kube-proxy).
     available = {(meta(o).get('namespace'), meta(o).get('name')) for o in every if o.get('kind') == 'ConfigMap'}
     available.add(('kube-system', 'kube-proxy'))
-    if kcp is not None:
-        for cmd in (((kcp.get('spec') or {}).get('kubeadmConfigSpec') or {}).get('postKubeadmCommands') or []):
-            if 'capwin-publish-endpoint.sh' in cmd:
-                for arg in cmd.split()[1:]:
-                    available.add(tuple(arg.split('/', 1)))
     for o in every:
-        if o.get('kind') not in ('DaemonSet', 'Deployment', 'Job'):
+        if o.get('kind') not in ('DaemonSet', 'Deployment', 'StatefulSet'):
             continue
         ns = meta(o).get('namespace')
         ps = pod_spec(o)
@@ -650,25 +732,14 @@ def check_structure(t, workdir):
         for c in (ps.get('initContainers') or []) + (ps.get('containers') or []):
             wanted += [((e.get('configMapRef') or {}).get('name'), 'envFrom') for e in c.get('envFrom') or []
                        if e.get('configMapRef') and not e['configMapRef'].get('optional')]
-            cmd = c.get('command') or []
-            if cmd[:2] == ['kubectl', 'wait'] and '--for=create' in cmd:
-                wns = next((x.split('=', 1)[1] for x in cmd if x.startswith('--namespace=')), ns)
-                for x in cmd:
-                    if x.startswith('configmap/') and (wns, x.split('/', 1)[1]) not in available:
-                        p.append('%s waits for ConfigMap %s/%s, which nothing creates' % (ident(o), wns, x.split('/', 1)[1]))
         for name, how in wanted:
             if (ns, name) not in available:
-                p.append('%s: %s ConfigMap %s/%s is created by no addon, kubeadm or the control plane'
+                p.append('%s: %s ConfigMap %s/%s is created by no addon and not by kubeadm'
                          % (ident(o), how, ns, name))
     for o in every:
-        if o.get('kind') not in ('DaemonSet', 'Deployment', 'Job'):
+        if o.get('kind') not in ('DaemonSet', 'Deployment', 'StatefulSet'):
             continue
         ps = pod_spec(o)
-        for c in (ps.get('initContainers') or []) + (ps.get('containers') or []):
-            image = str(c.get('image', ''))
-            name_tag = image.rsplit('/', 1)[-1]
-            if '@sha256:' not in image and (':' not in name_tag or name_tag.endswith(':latest')):
-                p.append('%s container %s: image %r is not pinned to a version' % (ident(o), c.get('name'), image))
         if (ps.get('nodeSelector') or {}).get('kubernetes.io/os') == 'windows':
             wo = ((ps.get('securityContext') or {}).get('windowsOptions')) or {}
             if not wo.get('hostProcess') or not ps.get('hostNetwork'):
@@ -681,19 +752,316 @@ def check_structure(t, workdir):
     return p
 
 
+def crs_strategy(t, stream):
+    """The strategy of the ClusterResourceSet applying the top-level ConfigMap of `stream`."""
+    cm_name = stream.label.split('[', 1)[0].split('/', 1)[1]
+    for crs in t.find('ClusterResourceSet'):
+        spec = crs.get('spec') or {}
+        if any(r.get('name') == cm_name for r in spec.get('resources') or []):
+            return spec.get('strategy', 'ApplyOnce')
+    return None
+
+
+def selector_problems(who, sel, cname, clabels):
+    """A ClusterResourceSet's or HelmChartProxy's matchLabels must name this Cluster (addons=<name>)
+    and otherwise only labels the Cluster carries: opt-ins with "true", the rest with the Cluster's
+    own value (so the addon selects the Cluster as generated)."""
+    p = []
+    if sel.get(ADDONS_LABEL) != cname:
+        p.append('%s: clusterSelector lacks %s=<cluster name>' % (who, ADDONS_LABEL))
+    for k, v in sel.items():
+        if k == ADDONS_LABEL:
+            continue
+        if k not in clabels:
+            p.append('%s: selects label %s, which the Cluster does not carry' % (who, k))
+        elif k in OPT_IN.values():
+            if v != 'true':
+                p.append('%s: opt-in selector %s=%s (opt-in labels are selected with "true")' % (who, k, v))
+        elif clabels.get(k) != v:
+            p.append('%s: selects %s=%s, the Cluster has %s=%s' % (who, k, v, k, clabels.get(k)))
+    return p
+
+
+# --------------------------------------------------------------------------------------------
+# HelmChartProxies: selection, pinning, valuesTemplate rendering
+# --------------------------------------------------------------------------------------------
+
+def cluster_objects(t):
+    """(Cluster, ControlPlane, InfraCluster) of the template, as CAAPH looks them up."""
+    cluster = (t.find('Cluster') or [{}])[0]
+    spec = cluster.get('spec') or {}
+
+    def ref(r):
+        r = r or {}
+        found = t.find(r.get('kind'), r.get('name'))
+        return found[0] if found else {}
+    return cluster, ref(spec.get('controlPlaneRef')), ref(spec.get('infrastructureRef'))
+
+
+def cluster_variant(cluster, endpoint='set', network=None):
+    """A copy of the template's Cluster as CAAPH would see it: with the controlPlaneEndpoint CAPZ /
+    CAPA set ('set'), without one (None), or with only a host ('host')."""
+    c = json.loads(json.dumps(cluster))
+    spec = c.setdefault('spec', {})
+    spec.pop('controlPlaneEndpoint', None)
+    if endpoint == 'set':
+        spec['controlPlaneEndpoint'] = dict(PROBE_ENDPOINT)
+    elif endpoint == 'host':
+        spec['controlPlaneEndpoint'] = {'host': PROBE_ENDPOINT['host']}
+    if network:
+        spec['clusterNetwork'] = dict(spec.get('clusterNetwork') or {}, **json.loads(json.dumps(network)))
+    return c
+
+
+def render_values(t, hcp, cluster):
+    """(values mapping or None, problems) of a HelmChartProxy's valuesTemplate on `cluster`."""
+    text = ((hcp.get('spec') or {}).get('valuesTemplate')) or ''
+    _, cp, infra = cluster_objects(t)
+    try:
+        out = gotemplate.render(text, {'Cluster': cluster, 'ControlPlane': cp, 'InfraCluster': infra})
+    except gotemplate.GoTemplateError as e:
+        return None, ['%s: valuesTemplate: %s' % (ident(hcp), e)]
+    if '<no value>' in out:
+        line = next(l for l in out.splitlines() if '<no value>' in l)
+        return None, ['%s: valuesTemplate renders <no value> (a field the Cluster lacks): %r' % (ident(hcp), line.strip())]
+    try:
+        docs = load_stream(out)
+    except ValueError as e:
+        return None, ['%s: rendered valuesTemplate is not YAML: %s' % (ident(hcp), e)]
+    if len(docs) > 1 or (docs and not isinstance(docs[0][1], dict)):
+        return None, ['%s: rendered valuesTemplate is not one YAML mapping' % ident(hcp)]
+    return (docs[0][1] if docs else {}), []
+
+
+def check_helm(t, workdir):
+    p = []
+    clusters = t.find('Cluster')
+    if len(clusters) != 1:
+        return ['%d Cluster objects, want exactly 1' % len(clusters)]
+    cluster = clusters[0]
+    cname = meta(cluster).get('name')
+    clabels = meta(cluster).get('labels') or {}
+    for h in t.find('HelmChartProxy'):
+        spec = h.get('spec') or {}
+        sel = ((spec.get('clusterSelector') or {}).get('matchLabels')) or {}
+        if (spec.get('clusterSelector') or {}).get('matchExpressions'):
+            p.append('%s: clusterSelector.matchExpressions are not checked here; use matchLabels' % ident(h))
+        p.extend(selector_problems(ident(h), sel, cname, clabels))
+        for field in ('repoURL', 'chartName', 'version', 'releaseName', 'namespace'):
+            if not spec.get(field):
+                p.append('%s: spec.%s is not set%s' % (ident(h), field, ' (CAAPH would install and follow the '
+                                                        'latest chart)' if field == 'version' else ''))
+        if spec.get('repoURL') and not str(spec['repoURL']).startswith(('https://', 'oci://')):
+            p.append('%s: repoURL %s is neither https:// nor oci://' % (ident(h), spec['repoURL']))
+        for variant in ('set', None):
+            values, problems = render_values(t, h, cluster_variant(cluster, variant))
+            p.extend(problems)
+            if problems:
+                break
+    return p
+
+
+def check_calico(t, workdir):
+    """The rendered tigera-operator values carry what Windows nodes need (see the docstring)."""
+    p = []
+    hcps = [h for h in t.find('HelmChartProxy') if (h.get('spec') or {}).get('chartName') == 'tigera-operator']
+    if not hcps:
+        return ['no HelmChartProxy for the tigera-operator chart']
+    cluster, _, _ = cluster_objects(t)
+    infra_kind = next((o.get('kind') for o in t.docs if o.get('kind') in CAPWIN_INFRA_KINDS), None)
+    for h in hcps:
+        spec = h.get('spec') or {}
+        if spec.get('repoURL') != 'https://docs.tigera.io/calico/charts' or spec.get('namespace') != 'tigera-operator':
+            p.append('%s: want repoURL https://docs.tigera.io/calico/charts, namespace tigera-operator (%s, %s)'
+                     % (ident(h), spec.get('repoURL'), spec.get('namespace')))
+        for label, variant, network in (('the template\'s Cluster with its controlPlaneEndpoint', 'set', None),
+                                        ('a Cluster with other CIDRs', 'set', PROBE_NETWORK)):
+            c = cluster_variant(cluster, variant, network)
+            values, problems = render_values(t, h, c)
+            if problems:
+                p.extend(problems)
+                continue
+            net = (c.get('spec') or {}).get('clusterNetwork') or {}
+            pods = (net.get('pods') or {}).get('cidrBlocks') or []
+            services = (net.get('services') or {}).get('cidrBlocks') or []
+            where = '%s values for %s' % (ident(h), label)
+            inst = values.get('installation') or {}
+            calico_net = inst.get('calicoNetwork') or {}
+            if (inst.get('cni') or {}).get('type') != 'Calico':
+                p.append('%s: installation.cni.type is not Calico' % where)
+            if calico_net.get('windowsDataplane') != 'HNS':
+                p.append('%s: installation.calicoNetwork.windowsDataplane is not HNS' % where)
+            if calico_net.get('bgp') != 'Disabled':
+                p.append('%s: installation.calicoNetwork.bgp is not Disabled (VXLAN only on Windows)' % where)
+            pools = calico_net.get('ipPools') or []
+            if sorted(str(x.get('cidr')) for x in pools) != sorted(pods):
+                p.append('%s: ipPools %s != Cluster pods %s' % (where, [x.get('cidr') for x in pools], pods))
+            if any(x.get('encapsulation') != 'VXLAN' for x in pools):
+                p.append('%s: an IP pool is not VXLAN' % where)
+            if sorted(inst.get('serviceCIDRs') or []) != sorted(services):
+                p.append('%s: serviceCIDRs %s != Cluster services %s' % (where, inst.get('serviceCIDRs'), services))
+            want_mtu = CALICO_MTU.get(infra_kind)
+            if want_mtu is not None and calico_net.get('mtu') != want_mtu:
+                p.append('%s: installation.calicoNetwork.mtu %s, want %d for %s'
+                         % (where, calico_net.get('mtu'), want_mtu, infra_kind))
+            ep = values.get('kubernetesServiceEndpoint') or {}
+            if ep.get('host') != PROBE_ENDPOINT['host'] or str(ep.get('port')) != str(PROBE_ENDPOINT['port']):
+                p.append('%s: kubernetesServiceEndpoint %s is not the Cluster\'s controlPlaneEndpoint %s'
+                         % (where, ep or None, PROBE_ENDPOINT))
+            dns = values.get('dnsConfig') or {}
+            if not dns.get('nameservers'):
+                p.append('%s: no dnsConfig.nameservers: the host-network operator asks cluster DNS for the '
+                         'API server name before CoreDNS can run (projectcalico/calico#9536)' % where)
+            felix = values.get('defaultFelixConfiguration') or {}
+            if (felix.get('enabled') is not True or felix.get('vxlanVNI') != WINDOWS_VNI
+                    or felix.get('vxlanPort') != VXLAN_PORT):
+                p.append('%s: defaultFelixConfiguration must be enabled with vxlanVNI %d and vxlanPort %d '
+                         '(what Windows needs), got %s' % (where, WINDOWS_VNI, VXLAN_PORT, felix or None))
+        # Negative: no endpoint, or a host without a port, renders no kubernetesServiceEndpoint.
+        for label, variant in (('a Cluster without controlPlaneEndpoint', None),
+                               ('a Cluster whose controlPlaneEndpoint has no port', 'host')):
+            values, problems = render_values(t, h, cluster_variant(cluster, variant))
+            if problems:
+                p.extend('%s (%s)' % (x, label) for x in problems)
+            elif 'kubernetesServiceEndpoint' in values:
+                p.append('%s values for %s: kubernetesServiceEndpoint %s is rendered (the chart would publish a '
+                         'broken kubernetes-services-endpoint)' % (ident(h), label, values['kubernetesServiceEndpoint']))
+    return p
+
+
+# --------------------------------------------------------------------------------------------
+# Forbidden constructs and image pinning
+# --------------------------------------------------------------------------------------------
+
+URL_RE = re.compile(r'https?://[^\s\'"`<>)\]]+')
+
+
+def walk_strings(x, path=()):
+    if isinstance(x, dict):
+        for k, v in x.items():
+            yield from walk_strings(v, path + (k,))
+    elif isinstance(x, list):
+        for i, v in enumerate(x):
+            yield from walk_strings(v, path + (i,))
+    elif isinstance(x, str):
+        yield path, x
+
+
+def check_forbidden(t, workdir):
+    p = []
+    objects = [('', o) for o in t.docs] + [(s.label + ' ', o) for s in t.streams for o in s.docs]
+    for where, o in objects:
+        kind = o.get('kind')
+        if kind in ('Job', 'CronJob'):
+            p.append('%s%s: a %s (addons are charts or plain manifests; nothing runs once to install them)'
+                     % (where, ident(o), kind))
+        if kind in ('ClusterRoleBinding', 'RoleBinding') and (o.get('roleRef') or {}).get('name') == 'cluster-admin':
+            p.append('%s%s: binds cluster-admin' % (where, ident(o)))
+    for where, o in [(w, o) for w, o in objects if w == '']:
+        for path, s in walk_strings(o):
+            if o.get('kind') == 'HelmChartProxy' and path == ('spec', 'repoURL'):
+                continue
+            for url in URL_RE.findall(s):
+                bare = url.split('?', 1)[0].split('#', 1)[0].rstrip('.,;:')
+                if bare.endswith(('.yaml', '.yml', '.json')) or 'raw.githubusercontent.com' in bare:
+                    p.append('%s %s: run-time download of manifests: %s' % (ident(o), V.fmt_path(path), bare))
+            if re.search(r'kubectl\s+(apply|create|replace)\b[^\n]*\s-f\s*[\'"]?https?://', s):
+                p.append('%s %s: kubectl applies manifests from a URL' % (ident(o), V.fmt_path(path)))
+    return p
+
+
+IMAGE_LINE = re.compile(r'^(\s*(?:-\s+)?)(image|imageTag|tag):\s*(\S.*?)\s*$')
+
+
+def image_problems(value, where):
+    p = []
+    raw = value.strip().strip('\'"')
+    for m in VAR_ANY.finditer(raw):
+        ok = VAR_OK.fullmatch(m.group(0))
+        if ok and ok.group(2) is None and ok.group(1) not in REQUIRED_PINNING_VARIABLES:
+            p.append('%s: %s: ${%s} has no default: the image is pinned to nothing until someone sets it'
+                     % (where, raw, ok.group(1)))
+    resolved = V.substitute(raw, {}, True, K8S)
+    return p, resolved
+
+
+def check_images(t, workdir):
+    """Every image reference pinned: see the docstring. Reads the raw template (variables intact)."""
+    p = []
+    in_values = False
+    for lineno, line in enumerate(t.raw.splitlines(), 1):
+        if re.match(r'^\S', line):
+            in_values = False
+        if re.match(r'^  valuesTemplate:\s*\|', line):
+            in_values = True
+            continue
+        m = IMAGE_LINE.match(line)
+        if not m or line.lstrip().startswith('#'):
+            continue
+        key, value = m.group(2), m.group(3)
+        if value.startswith(('{', '|', '>')) or value == '':
+            continue  # a mapping (image: {repository, tag}) or a block: its keys are lines of their own
+        if key in ('tag', 'imageTag') and not in_values:
+            continue
+        where = 'line %d %s' % (lineno, key)
+        problems, resolved = image_problems(value, where)
+        p.extend(problems)
+        if key == 'image':
+            name_tag = resolved.rsplit('/', 1)[-1]
+            if '@sha256:' not in resolved and (':' not in name_tag or name_tag.endswith(':latest')):
+                p.append('%s: %s is not pinned to a version (a tag or a digest)' % (where, value))
+        elif resolved in ('', 'latest') or '{{' in resolved:
+            p.append('%s: %s is not a pinned version' % (where, value))
+    # Rendered values: an image given as a repository without a tag is not pinned either.
+    cluster, _, _ = cluster_objects(t)
+    for h in t.find('HelmChartProxy'):
+        spec = h.get('spec') or {}
+        version = str(spec.get('version') or '')
+        if not version or version == 'latest' or version.startswith('placeholder'):
+            p.append('%s: spec.version %r does not pin the chart' % (ident(h), spec.get('version')))
+        values, problems = render_values(t, h, cluster_variant(cluster))
+        if problems or not values:
+            continue
+        for path, s in walk_strings(values):
+            if path and path[-1] == 'image' and '/' in s:
+                name_tag = s.rsplit('/', 1)[-1]
+                if '@sha256:' not in s and (':' not in name_tag or name_tag.endswith(':latest')):
+                    p.append('%s values %s: %s is not pinned' % (ident(h), V.fmt_path(path), s))
+            if path and path[-1] == 'repository':
+                parent = values
+                for k in path[:-1]:
+                    parent = parent[k]
+                if not (parent.get('tag') or parent.get('digest')):
+                    p.append('%s values %s: image %s has no tag' % (ident(h), V.fmt_path(path), s))
+    # Raw-text lines are scanned above; a template without any image reference is suspicious.
+    if 'image:' not in t.raw:
+        p.append('no image reference found (the scan would pass vacuously)')
+    return p
+
+
 def check_shared(templates):
-    """Addon ConfigMap data shared by several templates must be identical."""
+    """Addon ConfigMap data (top-level and embedded in addons) and HelmChartProxy specs of the same
+    name in several templates must be identical (MAY_DIFFER excepted)."""
     seen, problems = {}, []
+
+    def note(key, value, t):
+        if key[0] in MAY_DIFFER:
+            return
+        if key in seen and seen[key][1] != value:
+            problems.append('%s differs between %s and %s' % ('/'.join(str(x) for x in key if x), seen[key][0], t.name))
+        seen.setdefault(key, (t.name, value))
+
     for t in templates:
         for cm in t.find('ConfigMap'):
             for key, value in (cm.get('data') or {}).items():
-                if key in MAY_DIFFER:
-                    continue
-                k = (meta(cm).get('name'), key)
-                if k in seen and seen[k][1] != value:
-                    problems.append('ConfigMap/%s[%s] differs between %s and %s'
-                                    % (k[0], key, seen[k][0], t.name))
-                seen.setdefault(k, (t.name, value))
+                note(('ConfigMap/%s' % meta(cm).get('name'), '', key), value, t)
+        for s in t.streams:
+            for o in s.docs:
+                if o.get('kind') == 'ConfigMap':
+                    for key, value in (o.get('data') or {}).items():
+                        note(('ConfigMap/%s' % meta(o).get('name'), meta(o).get('namespace'), key), value, t)
+        for h in t.find('HelmChartProxy'):
+            note(('HelmChartProxy/%s' % meta(h).get('name'), '', 'spec'), json.dumps(h.get('spec'), sort_keys=True), t)
     return problems
 
 
@@ -710,15 +1078,57 @@ def run_template(t, workdir, pslint_python):
     out.append(('scripts', problems, notes))
     out.append(('namespace', check_namespace(t, workdir), []))
     out.append(('variables', check_variables(t, workdir), []))
+    out.append(('helm', check_helm(t, workdir), []))
+    if any((h.get('spec') or {}).get('chartName') == 'tigera-operator' for h in t.find('HelmChartProxy')) \
+            or 'calico' in t.name:
+        out.append(('calico', check_calico(t, workdir), []))
+    out.append(('forbidden', check_forbidden(t, workdir), []))
+    out.append(('images', check_images(t, workdir), []))
     out.append(('structure', check_structure(t, workdir), []))
     return out
 
 
 # Negative cases: (name, template, (old, new) or None, check that must fail, text it must report).
 FIXTURE = os.path.join(HERE, 'fixtures', 'cluster-template-bad-field.yaml')
+# The kind of installer the Calico flavours used to have: a Job bound to cluster-admin that
+# downloads manifests at run time (each of the three must be caught on its own).
+INSTALLER_JOB = (
+    '  calico-ipam.yaml: |\n',
+    '  calico-ipam.yaml: |\n'
+    '    apiVersion: batch/v1\n'
+    '    kind: Job\n'
+    '    metadata:\n'
+    '      name: calico-installer\n'
+    '      namespace: kube-system\n'
+    '    spec:\n'
+    '      template:\n'
+    '        spec:\n'
+    '          restartPolicy: OnFailure\n'
+    '          containers:\n'
+    '          - name: apply\n'
+    '            image: registry.k8s.io/kubectl:v1.34.2\n'
+    '            command: [kubectl, apply, --server-side, -f, '
+    '"https://raw.githubusercontent.com/projectcalico/calico/v3.30.4/manifests/tigera-operator.yaml"]\n'
+    '    ---\n'
+    '    apiVersion: rbac.authorization.k8s.io/v1\n'
+    '    kind: ClusterRoleBinding\n'
+    '    metadata:\n'
+    '      name: calico-installer\n'
+    '    roleRef:\n'
+    '      apiGroup: rbac.authorization.k8s.io\n'
+    '      kind: ClusterRole\n'
+    '      name: cluster-admin\n'
+    '    subjects:\n'
+    '    - kind: ServiceAccount\n'
+    '      name: default\n'
+    '      namespace: kube-system\n'
+    '    ---\n')
 NEGATIVE = [
     ('fixture with a typo in a CR field (osTaints)', FIXTURE, None,
      'validate', 'spec.template.spec.windows.node.osTaints: unknown field "osTaints"'),
+    ('typo in a HelmChartProxy field (CAAPH schema)', 'cluster-template-azure-windows-calico.yaml',
+     ('  releaseName: projectcalico\n', '  releaseNme: projectcalico\n'),
+     'validate', 'unknown field "releaseNme"'),
     ('typo in a field of an embedded DaemonSet', 'cluster-template-azure-windows-calico.yaml',
      ('          serviceAccountName: kube-proxy\n', '          serviceAccountNme: kube-proxy\n'),
      'addons', 'unknown field "serviceAccountNme"'),
@@ -733,9 +1143,12 @@ NEGATIVE = [
      ('  region: ${AWS_REGION}\n', '  region: ${CAPWIN_NOT_DOCUMENTED}\n'),
      'variables', '${CAPWIN_NOT_DOCUMENTED} is not listed'),
     ('one variable, two defaults', 'cluster-template-azure-windows-calico.yaml',
-     ('calico/${CAPWIN_CALICO_VERSION:=v3.30.4}/manifests/operator-crds',
-      'calico/${CAPWIN_CALICO_VERSION:=v3.29.0}/manifests/operator-crds'),
-     'variables', '${CAPWIN_CALICO_VERSION} has different defaults'),
+     ('      imageTag: ${CAPWIN_AZURE_CLOUD_PROVIDER_VERSION:=v1.34.2}\n',
+      '      imageTag: ${CAPWIN_AZURE_CLOUD_PROVIDER_VERSION:=v1.33.0}\n'),
+     'variables', '${CAPWIN_AZURE_CLOUD_PROVIDER_VERSION} has different defaults'),
+    ('a per-flavour default not the flavour\'s', 'cluster-template-aws-windows-calico.yaml',
+     ('${CAPWIN_WINDOWS_SERVER_VERSION:=2019}', '${CAPWIN_WINDOWS_SERVER_VERSION:=2025}'),
+     'variables', "${CAPWIN_WINDOWS_SERVER_VERSION}: default in the template '2025', in templates/README.md '2019'"),
     ('nested default clusterctl cannot take portably', 'cluster-template-azure-windows-calico.yaml',
      ('  resourceGroup: ${CLUSTER_NAME}\n', '  resourceGroup: ${AZURE_RESOURCE_GROUP:=${CLUSTER_NAME}}\n'),
      'variables', 'is not ${NAME} or ${NAME:=default}'),
@@ -747,24 +1160,86 @@ NEGATIVE = [
     ('PowerShell 7 operator in an embedded script', 'cluster-template-azure-windows-calico.yaml',
      ("        exit $LASTEXITCODE\n", "        Test-Path C:/k && exit $LASTEXITCODE\n"),
      'scripts', 'PowerShell 7 only'),
+    ('HelmChartProxy selecting a label the Cluster lacks', 'cluster-template-azure-windows-flannel.yaml',
+     ('      capwin.cluster.x-k8s.io/cloud-provider: azure\n  repoURL',
+      '      capwin.cluster.x-k8s.io/cloud-provider: azure\n      capwin.cluster.x-k8s.io/windows: enabled\n  repoURL'),
+     'helm', 'selects label capwin.cluster.x-k8s.io/windows, which the Cluster does not carry'),
+    ('HelmChartProxy without a chart version', 'cluster-template-aws-windows-calico.yaml',
+     ('  version: ${CAPWIN_AWS_CLOUD_PROVIDER_CHART_VERSION:=0.0.10}\n', ''),
+     'images', 'does not pin the chart'),
+    ('valuesTemplate using a function the evaluator does not know', 'cluster-template-azure-windows-calico.yaml',
+     ('host: {{ .host | quote }}', 'host: {{ .host | squote }}'),
+     'helm', "function 'squote' not defined"),
+    ('valuesTemplate reading a field the Cluster lacks', 'cluster-template-aws-windows-calico.yaml',
+     ('--configure-cloud-routes=false\n', '--configure-cloud-routes=false\n    - --cluster-cidr={{ .Cluster.spec.clusterNetwork.podCIDR }}\n'),
+     'helm', 'renders <no value>'),
+    ('Calico service CIDRs hard-coded', 'cluster-template-aws-windows-calico.yaml',
+     ('      {{- range $cidr := .Cluster.spec.clusterNetwork.services.cidrBlocks }}\n      - {{ $cidr }}\n      {{- end }}\n',
+      '      - 10.96.0.0/12\n'),
+     'calico', "serviceCIDRs ['10.96.0.0/12'] != Cluster services ['10.128.0.0/16']"),
+    ('Calico pools hard-coded', 'cluster-template-azure-windows-calico.yaml',
+     ('        - cidr: {{ $cidr }}\n', '        - cidr: 192.168.0.0/16\n'),
+     'calico', 'ipPools'),
+    ('kubernetesServiceEndpoint rendered without a port', 'cluster-template-azure-windows-calico.yaml',
+     ('    {{- if and .host .port }}\n', '    {{- if .host }}\n'),
+     'calico', 'Cluster whose controlPlaneEndpoint has no port: kubernetesServiceEndpoint'),
+    ('kubernetesServiceEndpoint rendered without an endpoint', 'cluster-template-aws-windows-calico.yaml',
+     ('    {{- with .Cluster.spec.controlPlaneEndpoint }}\n    {{- if and .host .port }}\n    kubernetesServiceEndpoint:\n      host: {{ .host | quote }}\n      port: {{ .port | quote }}\n    {{- end }}\n    {{- end }}\n',
+      '    kubernetesServiceEndpoint:\n      host: "api.example.com"\n      port: "6443"\n'),
+     'calico', 'a Cluster without controlPlaneEndpoint: kubernetesServiceEndpoint'),
+    ('no dnsConfig for the host-network operator', 'cluster-template-azure-windows-calico.yaml',
+     ('    dnsConfig:\n', '    dnsConfigs:\n'),
+     'calico', 'no dnsConfig.nameservers'),
+    ('Felix VNI Windows cannot use', 'cluster-template-aws-windows-calico.yaml',
+     ('      vxlanVNI: 4096\n', '      vxlanVNI: 1\n'),
+     'calico', 'vxlanVNI 4096'),
+    ('Calico MTU not the cloud\'s', 'cluster-template-azure-windows-calico.yaml',
+     ('        mtu: 1350\n', '        mtu: 1450\n'),
+     'calico', 'mtu 1450, want 1350'),
+    ('installer Job with a cluster-admin binding and a manifest download', 'cluster-template-aws-windows-calico.yaml',
+     INSTALLER_JOB, 'forbidden', 'Job/calico-installer: a Job'),
+    ('cluster-admin binding in an addon', 'cluster-template-aws-windows-calico.yaml',
+     INSTALLER_JOB, 'forbidden', 'ClusterRoleBinding/calico-installer: binds cluster-admin'),
+    ('run-time manifest download', 'cluster-template-aws-windows-calico.yaml',
+     INSTALLER_JOB, 'forbidden', 'run-time download of manifests: https://raw.githubusercontent.com/projectcalico/calico'),
+    ('image on latest', 'cluster-template-azure-windows-flannel.yaml',
+     ('csi-proxy:v1.1.3', 'csi-proxy:latest'), 'images', 'is not pinned to a version'),
+    ('image tag variable without a default', 'cluster-template-azure-windows-flannel.yaml',
+     ('image: ghcr.io/flannel-io/flannel:${CAPWIN_FLANNEL_VERSION:=v0.27.4}\n            command: [/opt/bin/flanneld]',
+      'image: ghcr.io/flannel-io/flannel:${CAPWIN_FLANNEL_IMAGE_TAG}\n            command: [/opt/bin/flanneld]'),
+     'images', '${CAPWIN_FLANNEL_IMAGE_TAG} has no default'),
+    ('chart image tag variable without a default', 'cluster-template-azure-windows-calico.yaml',
+     ('    cloudNodeManager:\n      imageTag: ${CAPWIN_AZURE_CLOUD_PROVIDER_VERSION:=v1.34.2}\n',
+      '    cloudNodeManager:\n      imageTag: ${CAPWIN_AZURE_CCM_TAG}\n'),
+     'images', '${CAPWIN_AZURE_CCM_TAG} has no default'),
+    ('VNI back in the WindowsKubeadmConfigTemplate', 'cluster-template-azure-windows-flannel.yaml',
+     ('          flavour: flannel-vxlan\n', '          flavour: flannel-vxlan\n          vxlan:\n            vni: 4096\n'),
+     'structure', 'windows.cni.vxlan is set'),
     ('ClusterResourceSet naming a missing ConfigMap', 'cluster-template-aws-windows-calico.yaml',
      ('    name: ${CLUSTER_NAME}-kube-proxy-windows\n---', '    name: ${CLUSTER_NAME}-kube-proxy-windowz\n---'),
      'structure', 'resource ConfigMap/placeholder-kube-proxy-windowz is not in the template'),
-    ('Calico pool not matching the Cluster pod CIDR', 'cluster-template-aws-windows-calico.yaml',
-     ('          cidr: 192.168.0.0/16\n', '          cidr: 10.244.0.0/16\n'),
-     'structure', 'ipPools'),
-    ('flannel VNI not matching the Windows CNI settings', 'cluster-template-azure-windows-flannel.yaml',
-     ('"VNI": 4096', '"VNI": 1'), 'structure', 'does not match cni flannel-vxlan VNI'),
-    ('Windows agents reading an endpoint ConfigMap nobody publishes', 'cluster-template-azure-windows-flannel.yaml',
-     ('capwin-publish-endpoint.sh kube-system/capwin-apiserver-endpoint\n',
-      'capwin-publish-endpoint.sh kube-system/capwin-endpoint\n'),
-     'structure', 'envFrom ConfigMap kube-system/capwin-apiserver-endpoint is created by no addon'),
-    ('Calico installer waiting for an endpoint nobody publishes', 'cluster-template-aws-windows-calico.yaml',
-     ('capwin-publish-endpoint.sh tigera-operator/kubernetes-services-endpoint ', 'capwin-publish-endpoint.sh '),
-     'structure', 'waits for ConfigMap tigera-operator/kubernetes-services-endpoint, which nothing creates'),
+    ('strict affinity applied once only', 'cluster-template-azure-windows-calico.yaml',
+     ('  strategy: Reconcile\n', '  strategy: ApplyOnce\n'),
+     'structure', 'not strategy Reconcile'),
+    ('flannel VNI Windows cannot use', 'cluster-template-azure-windows-flannel.yaml',
+     ('"VNI": 4096', '"VNI": 1'), 'structure', 'does not state VNI 4096 and port 4789'),
+    ('Windows agents reading a ConfigMap nobody creates', 'cluster-template-azure-windows-flannel.yaml',
+     ('          - name: kube-proxy\n            configMap:\n              name: kube-proxy\n',
+      '          - name: kube-proxy\n            configMap:\n              name: kube-proxyz\n'),
+     'structure', 'volume ConfigMap kube-system/kube-proxyz is created by no addon and not by kubeadm'),
+    ('kube-proxy running the image\'s start.ps1', 'cluster-template-aws-windows-calico.yaml',
+     ("'capwin/start.ps1')\"]\n            env:\n            - name: NODE_NAME\n              valueFrom:\n                fieldRef:\n                  fieldPath: spec.nodeName\n            # Calico",
+      "'kube-proxy/start.ps1')\"]\n            env:\n            - name: NODE_NAME\n              valueFrom:\n                fieldRef:\n                  fieldPath: spec.nodeName\n            # Calico"),
+     'structure', 'not capwin/start.ps1'),
     ('kube-proxy naming the wrong HNS network', 'cluster-template-azure-windows-flannel.yaml',
      ('              value: flannel.4096\n', '              value: Calico\n'),
      'structure', "KUBE_NETWORK 'Calico', but cni flannel-vxlan creates"),
+    ('Hyper-V RuntimeClass scheduling onto nodes without the handler', 'cluster-template-azure-windows-calico.yaml',
+     ('        capwin.cluster.x-k8s.io/hyperv-isolation: "true"\n', ''),
+     'structure', 'scheduling.nodeSelector'),
+    ('AWS security group without Typha', 'cluster-template-aws-windows-calico.yaml',
+     ('        fromPort: 5473\n        toPort: 5473\n', '        fromPort: 5474\n        toPort: 5474\n'),
+     'structure', 'do not open tcp 5473'),
     ('service CIDR copy out of step with the Cluster', 'cluster-template-azure-windows-flannel.yaml',
      ('              value: 10.96.0.0/12\n', '              value: 10.0.0.0/16\n'),
      'structure', 'SERVICE_CIDR 10.0.0.0/16 != Cluster services'),
@@ -824,6 +1299,8 @@ def main(argv=None):
 
     if not paths:
         report('templates exist', ['no templates/cluster-template-*.yaml'], [])
+    report('gotemplate.py evaluator: its own %d cases (unsupported functions and actions are errors)'
+           % len(gotemplate.SELF_TEST), gotemplate.self_test(), [])
     with tempfile.TemporaryDirectory(prefix='capwin-templates-') as workdir:
         loaded = []
         for path in paths:

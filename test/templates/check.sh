@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Checks the clusterctl templates in templates/ (see check.py for the list): validate.py with
-# --default-vars on every templates/cluster-template-*.yaml and on every addon manifest embedded in
-# their ConfigMaps, embedded scripts parsed, namespaces, variables against templates/README.md,
+# --default-vars on every templates/cluster-template-*.yaml (CAAPH HelmChartProxies included) and on
+# every addon manifest embedded in their ConfigMaps, embedded scripts parsed, namespaces, variables
+# against templates/README.md, HelmChartProxy valuesTemplates rendered with gotemplate.py (and the
+# Calico values Windows needs), no Job / cluster-admin binding / manifest download, pinned images,
 # structure, and negative cases that must fail. Ends with `templates checks: N passed, M failed`;
 # exits non-zero on any failure.
 #

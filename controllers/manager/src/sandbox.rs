@@ -46,12 +46,14 @@ const CAPWIN_CRDS: [&str; 6] = [
     include_str!("../../../crds/infrastructure.cluster.x-k8s.io_azurewindowsmachinetemplates.yaml"),
 ];
 /// Every Cluster API kind the templates hold (see `test/kit/capi-crds/README.md`).
-const CAPI_CRDS: [&str; 12] = [
+const CAPI_CRDS: [&str; 14] = [
     include_str!("../../../test/kit/capi-crds/cluster.x-k8s.io_clusters.yaml"),
     include_str!("../../../test/kit/capi-crds/cluster.x-k8s.io_machines.yaml"),
     include_str!("../../../test/kit/capi-crds/cluster.x-k8s.io_machinedeployments.yaml"),
     include_str!("../../../test/kit/capi-crds/cluster.x-k8s.io_machinehealthchecks.yaml"),
     include_str!("../../../test/kit/capi-crds/addons.cluster.x-k8s.io_clusterresourcesets.yaml"),
+    include_str!("../../../test/kit/capi-crds/addons.cluster.x-k8s.io_helmchartproxies.yaml"),
+    include_str!("../../../test/kit/capi-crds/addons.cluster.x-k8s.io_helmreleaseproxies.yaml"),
     include_str!("../../../test/kit/capi-crds/controlplane.cluster.x-k8s.io_kubeadmcontrolplanes.yaml"),
     include_str!("../../../test/kit/capi-crds/bootstrap.cluster.x-k8s.io_kubeadmconfigtemplates.yaml"),
     include_str!("../../../test/kit/capi-crds/infrastructure.cluster.x-k8s.io_awsclusters.yaml"),
@@ -389,7 +391,10 @@ pub async fn run(args: SandboxArgs) -> anyhow::Result<()> {
             .create(&PostParams::default(), &serde_json::from_value(v.clone())?)
             .await
             .with_context(|| format!("applying {} {}", v["kind"], v["metadata"]["name"]))?;
-        say(format!("applied {} {}", ar.kind, o.name_any()));
+        // Addons are only stored: no ClusterResourceSet controller or CAAPH runs in the sandbox.
+        let stored =
+            if matches!(ar.kind.as_str(), "ClusterResourceSet" | "HelmChartProxy") { " (not run here)" } else { "" };
+        say(format!("applied {} {}{stored}", ar.kind, o.name_any()));
     }
 
     let mut registry = prometheus_client::registry::Registry::default();
