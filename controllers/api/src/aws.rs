@@ -157,20 +157,30 @@ pub enum AwsVolumeType {
 
 /// Instance metadata service options.
 ///
-/// Default `httpTokens: optional`: cloudbase-init's EC2 metadata service cannot fetch IMDSv2
-/// tokens, so with `required` it never sees the user data and the node never joins. The
-/// trade-off: IMDSv1 answers unauthenticated GETs, which SSRF bugs in workloads can abuse; the hop
-/// limit of 1 keeps pods behind NAT from reaching it. Set `required` only with an image whose
-/// first-boot agent speaks IMDSv2.
+/// At launch the default is `httpTokens: optional`: cloudbase-init's EC2 metadata service (1.1.x)
+/// cannot fetch IMDSv2 tokens, so with `required` it never sees the user data and the node never
+/// joins. IMDSv1 answers unauthenticated GETs, and the hop limit does not protect it (the limit
+/// only applies to IMDSv2's token PUT), so a pod could read the instance role's credentials.
+/// Therefore, once the Machine's Node has joined, capwin switches the instance to
+/// `httpTokens: required` (`ModifyInstanceMetadataOptions`), reports it in the
+/// `InstanceMetadataLockedDown` condition, and does it again whenever it finds it reverted. The
+/// window with IMDSv1 is the first boot. Later boots are safe: cloudbase-init then finds no
+/// metadata service, logs it and runs no plugin, and the kubelet does not use IMDS.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceMetadataOptions {
+    /// At launch. `required` only with an image whose first-boot agent speaks IMDSv2.
     #[serde(default)]
     pub http_tokens: HttpTokens,
     /// Default 1.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 64))]
     pub http_put_response_hop_limit: Option<u8>,
+    /// Switch to `httpTokens: required` once the Node has joined. Default true; set false only
+    /// for images whose agents need IMDSv1 after the first boot (then pods on the node can read
+    /// the instance role's credentials unless a network policy blocks them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lock_down_after_join: Option<bool>,
 }
 
 /// IMDS token mode.

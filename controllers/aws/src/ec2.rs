@@ -89,6 +89,9 @@ pub trait Ec2: Send + Sync {
     ) -> impl Future<Output = Result<Vec<String>, Ec2Error>> + Send;
     /// The serial console text (decoded), if any.
     fn console_output(&self, id: &str) -> impl Future<Output = Result<Option<String>, Ec2Error>> + Send;
+    /// Sets the instance's metadata service to `httpTokens: required` (IMDSv2 only), leaving
+    /// the other options as they are.
+    fn require_imds_tokens(&self, id: &str) -> impl Future<Output = Result<(), Ec2Error>> + Send;
 }
 
 /// The `aws-sdk-ec2` implementation.
@@ -112,6 +115,20 @@ impl std::fmt::Debug for StaticCredentials {
 }
 
 impl SdkEc2 {
+    /// Sets `httpTokens: optional` (IMDSv1 allowed). Not used by the controller: for tests and
+    /// for an operator undoing the lock-down by hand (which the controller reverts unless the
+    /// machine opts out).
+    pub async fn allow_imds_v1(&self, id: &str) -> Result<(), Ec2Error> {
+        self.client
+            .modify_instance_metadata_options()
+            .instance_id(id)
+            .http_tokens(HttpTokensState::Optional)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| err("ModifyInstanceMetadataOptions", e))
+    }
+
     /// The default credential chain (environment, profile, IRSA/web identity, instance role) or
     /// static credentials; `AWS_ENDPOINT_URL` (or `endpoint`) points it at another endpoint.
     pub async fn new(region: &str, endpoint: Option<&str>, credentials: Option<StaticCredentials>) -> Self {
@@ -151,6 +168,7 @@ fn instance(i: &aws_sdk_ec2::types::Instance) -> Instance {
         private_ip: i.private_ip_address().map(String::from),
         private_dns: i.private_dns_name().filter(|d| !d.is_empty()).map(String::from),
         client_token: i.client_token().filter(|t| !t.is_empty()).map(String::from),
+        http_tokens: i.metadata_options().and_then(|m| m.http_tokens()).map(|t| t.as_str().to_string()),
     }
 }
 
@@ -319,6 +337,18 @@ impl Ec2 for SdkEc2 {
             self.client.get_console_output().instance_id(id).send().await.map_err(|e| err("GetConsoleOutput", e))?;
         Ok(out.output().map(decode_console))
     }
+
+    async fn require_imds_tokens(&self, id: &str) -> Result<(), Ec2Error> {
+        self.client
+            .modify_instance_metadata_options()
+            .instance_id(id)
+            .http_tokens(HttpTokensState::Required)
+            .http_endpoint(InstanceMetadataEndpointState::Enabled)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| err("ModifyInstanceMetadataOptions", e))
+    }
 }
 
 /// `GetConsoleOutput`'s `Output` is base64 of the console bytes (not necessarily UTF-8, maybe
@@ -342,7 +372,7 @@ pub struct Counting<E> {
 }
 
 /// Seam calls in [`Counting::counts`] order, as (name, EC2 API operation).
-pub const OPERATIONS: [(&str, &str); 10] = [
+pub const OPERATIONS: [(&str, &str); 11] = [
     ("DescribeInstances(tags)", "DescribeInstances"),
     ("DescribeInstances(id)", "DescribeInstances"),
     ("RunInstances", "RunInstances"),
@@ -353,6 +383,7 @@ pub const OPERATIONS: [(&str, &str); 10] = [
     ("GetConsoleOutput", "GetConsoleOutput"),
     ("DescribeSecurityGroups", "DescribeSecurityGroups"),
     ("DescribeInstanceTypes", "DescribeInstanceTypes"),
+    ("ModifyInstanceMetadataOptions", "ModifyInstanceMetadataOptions"),
 ];
 
 impl<E: Ec2> Counting<E> {
@@ -420,6 +451,9 @@ impl<E: Ec2> Ec2 for Counting<E> {
     async fn instance_type(&self, name: &str) -> Result<Option<(i32, i64)>, Ec2Error> {
         self.hit(9, self.inner.instance_type(name).await)
     }
+    async fn require_imds_tokens(&self, id: &str) -> Result<(), Ec2Error> {
+        self.hit(10, self.inner.require_imds_tokens(id).await)
+    }
 }
 
 #[cfg(test)]
@@ -474,6 +508,9 @@ mod tests {
         async fn console_output(&self, _: &str) -> Result<Option<String>, Ec2Error> {
             Ok(None)
         }
+        async fn require_imds_tokens(&self, _: &str) -> Result<(), Ec2Error> {
+            Ok(())
+        }
     }
 
     #[tokio::test]
@@ -492,6 +529,7 @@ mod tests {
         let _ = c.console_output("i-1").await;
         let _ = c.security_groups(&[]).await;
         let _ = c.instance_type("m6i.xlarge").await;
+        let _ = c.require_imds_tokens("i-1").await;
         let snap = c.snapshot();
         assert_eq!(snap.len(), OPERATIONS.len(), "every seam call has its own slot: {snap:?}");
         assert_eq!(snap.iter().find(|(n, _)| *n == "DescribeInstances(id)").unwrap().1, 2);
@@ -509,6 +547,7 @@ mod tests {
             "GetConsoleOutput",
             "TerminateInstances",
             "DescribeSubnets",
+            "ModifyInstanceMetadataOptions",
         ] {
             assert!(out.contains(&format!("{} 1", line(op, "ok"))), "{op}: {out}");
         }

@@ -26,6 +26,8 @@ pub struct Instance {
     pub private_ip: Option<String>,
     pub private_dns: Option<String>,
     pub client_token: Option<String>,
+    /// The instance's IMDS token mode: `optional` or `required`.
+    pub http_tokens: Option<String>,
 }
 
 /// An AMI found by a look-up.
@@ -115,6 +117,53 @@ pub fn read_state(state: &str) -> StateReading {
     }
 }
 
+/// What to do about the instance metadata service of a running instance, and its
+/// `InstanceMetadataLockedDown` condition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImdsLockdown {
+    /// Call `ModifyInstanceMetadataOptions` with `httpTokens: required` now.
+    pub require_tokens: bool,
+    pub locked: bool,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Locks IMDS down to tokens (IMDSv2) once the Node has joined, never before: cloudbase-init
+/// needs IMDSv1 to read the user data on the first boot.
+pub fn imds_lockdown(enabled: bool, node_joined: bool, http_tokens: Option<&str>) -> ImdsLockdown {
+    let state = |require_tokens, locked, reason, message: &str| ImdsLockdown {
+        require_tokens,
+        locked,
+        reason,
+        message: message.to_string(),
+    };
+    if http_tokens == Some("required") {
+        return state(
+            false,
+            true,
+            "HttpTokensRequired",
+            "the instance metadata service answers only IMDSv2 (token) requests",
+        );
+    }
+    if !enabled {
+        return state(
+            false,
+            false,
+            "LockDownDisabled",
+            "spec.instanceMetadataOptions.lockDownAfterJoin is false: IMDSv1 stays open to everything on the node",
+        );
+    }
+    if !node_joined {
+        return state(
+            false,
+            false,
+            "WaitingForNodeJoin",
+            "IMDSv1 stays open until the Node joins: cloudbase-init reads the user data with it",
+        );
+    }
+    state(true, true, "HttpTokensRequired", "the Node joined: the instance metadata service now requires IMDSv2 tokens")
+}
+
 /// Picks this machine's live instance among those carrying its tags (a terminated one does not
 /// count; two live ones would be a bug elsewhere, and the oldest is kept).
 pub fn live_instance(found: &[Instance]) -> Option<&Instance> {
@@ -133,6 +182,7 @@ mod tests {
             private_ip: None,
             private_dns: None,
             client_token: None,
+            http_tokens: None,
         }
     }
 
@@ -169,6 +219,21 @@ mod tests {
                 .unwrap();
         assert_eq!(n.name, "a-v1.35.10", "by date, not by name");
         assert!(newest(vec![]).is_none());
+    }
+
+    #[test]
+    fn imds_is_locked_down_only_after_the_node_joined() {
+        let before = imds_lockdown(true, false, Some("optional"));
+        assert_eq!((before.require_tokens, before.locked, before.reason), (false, false, "WaitingForNodeJoin"));
+        let join = imds_lockdown(true, true, Some("optional"));
+        assert_eq!((join.require_tokens, join.locked, join.reason), (true, true, "HttpTokensRequired"));
+        let done = imds_lockdown(true, true, Some("required"));
+        assert!(!done.require_tokens && done.locked, "nothing to do once required");
+        let unknown = imds_lockdown(true, true, None);
+        assert!(unknown.require_tokens, "an endpoint that does not report the mode is locked down too");
+        let off = imds_lockdown(false, true, Some("optional"));
+        assert_eq!((off.require_tokens, off.locked, off.reason), (false, false, "LockDownDisabled"));
+        assert!(imds_lockdown(false, true, Some("required")).locked, "launched with required: reported as such");
     }
 
     #[test]

@@ -378,11 +378,69 @@ async fn report(m: &AWSWindowsMachine, ctx: &Context, id: &str, machine: &Dynami
         requeue = cap.map_or(requeue, |c| requeue.min(c));
         failure_event = note;
     }
+    let mut imds_event = None;
+    if ready {
+        let (event, retry) = lock_down_metadata(m, &ec2, &instance, machine, &mut status).await;
+        imds_event = event;
+        requeue = retry.map_or(requeue, |r| requeue.min(r));
+    }
     ctx.writer().record(m, ready, reason, &message, Some(status)).await?;
     if let Some(note) = failure_event {
         ctx.writer().event(m, EventType::Warning, "BootstrapFailed", &note, "Diagnose").await;
     }
+    if let Some((type_, reason, note)) = imds_event {
+        ctx.writer().event(m, type_, reason, &note, "LockDown").await;
+    }
     Ok(Action::requeue(requeue))
+}
+
+/// Condition type reporting whether the instance's metadata service requires IMDSv2 tokens.
+pub const IMDS_CONDITION: &str = "InstanceMetadataLockedDown";
+
+/// Once the Node has joined, switches the instance to `httpTokens: required` (again, when it
+/// finds it reverted), and sets [`IMDS_CONDITION`]. Returns the event to publish and, when the
+/// switch failed, how soon to try again. Never affects `Ready`.
+async fn lock_down_metadata(
+    m: &AWSWindowsMachine,
+    ec2: &Ec2Client,
+    instance: &model::Instance,
+    machine: &DynamicObject,
+    status: &mut capwin_api::common::InfraMachineStatus,
+) -> (Option<(EventType, &'static str, String)>, Option<Duration>) {
+    let enabled = m.spec.instance_metadata_options.lock_down_after_join.unwrap_or(true);
+    let plan = model::imds_lockdown(enabled, contract::node_joined(machine), instance.http_tokens.as_deref());
+    let was_locked = status
+        .conditions
+        .iter()
+        .any(|c| c.r#type == IMDS_CONDITION && c.status == capwin_api::common::ConditionStatus::True);
+    let (mut locked, mut reason, mut message) = (plan.locked, plan.reason, plan.message.clone());
+    let mut event = None;
+    let mut retry = None;
+    if plan.require_tokens {
+        match ec2.require_imds_tokens(&instance.id).await {
+            Ok(()) if was_locked => {
+                event = Some((
+                    EventType::Warning,
+                    "InstanceMetadataReverted",
+                    format!("instance {} allowed IMDSv1 again; set httpTokens required again", instance.id),
+                ));
+            }
+            Ok(()) => {
+                event = Some((
+                    EventType::Normal,
+                    "InstanceMetadataLockedDown",
+                    format!("the Node joined: instance {} now requires IMDSv2 tokens", instance.id),
+                ));
+            }
+            Err(e) => {
+                tracing::info!(machine = %m.name_any(), error = %e, "could not require IMDSv2 tokens; retrying");
+                (locked, reason, message) = (false, "LockDownFailed", format!("ModifyInstanceMetadataOptions: {e}"));
+                retry = Some(Duration::from_secs(20));
+            }
+        }
+    }
+    set_condition(&mut status.conditions, IMDS_CONDITION, locked, reason, &message, m.metadata.generation, &now());
+    (event, retry)
 }
 
 /// The instance's console text, or `None` when it cannot be read now (best effort).

@@ -145,6 +145,13 @@ pub fn should_write(existing: Option<&[u8]>, rendered: &[u8], vm_provisioned: bo
     }
 }
 
+/// After the join, the data Secret is rewritten while it still holds the token key or a payload
+/// that differs from the one rendered with the placeholder token (`rendered`; `None` when the
+/// spec no longer renders, then only the key goes).
+pub fn scrub_after_join(has_token_key: bool, old_value: Option<&[u8]>, rendered: Option<&[u8]>) -> bool {
+    has_token_key || rendered.is_some_and(|r| old_value != Some(r))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -212,6 +219,14 @@ mod tests {
         assert_eq!(token_action(st(true, None, true, false), now, ttl), TokenAction::Recreate);
         assert_eq!(token_action(st(true, Some(Some(now)), true, true), now, ttl), TokenAction::Delete);
         assert_eq!(token_action(st(true, None, true, true), now, ttl), TokenAction::Keep);
+    }
+
+    #[test]
+    fn after_the_join_the_secret_is_scrubbed_once() {
+        assert!(scrub_after_join(true, Some(b"with token"), Some(b"placeholder")), "first time");
+        assert!(scrub_after_join(true, Some(b"x"), None), "the key goes even when the spec no longer renders");
+        assert!(!scrub_after_join(false, Some(b"placeholder"), Some(b"placeholder")), "then nothing to do");
+        assert!(!scrub_after_join(false, Some(b"x"), None));
     }
 
     #[test]

@@ -345,6 +345,11 @@ async fn produce(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<Action, Er
 
     // The token: from the data Secret when one exists.
     let current = existing.as_ref().and_then(stored_token);
+    if machine.has_node()
+        && let Some(existing) = &existing
+    {
+        return after_join(cfg, ctx, &machine, &cluster, &secrets, existing, &tokens, current, ca_hashes, ready).await;
+    }
     let workload_secret = match &current {
         Some(t) => {
             tokens.get_opt(&token::secret_name(&t.id)).await.map_err(|e| unreachable_workload(&cluster_name, e))?
@@ -476,6 +481,76 @@ async fn produce(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<Action, Er
         ensure_owner(cfg, &secrets, s).await?;
     }
     finish(cfg, ctx, &machine, &name).await
+}
+
+/// The Node has joined: the join token is deleted from the workload cluster, and the data Secret
+/// keeps nothing live. Its `bootstrap-token` key goes, and `value` is rendered again with
+/// [`token::placeholder`] in place of the token, so no copy of a join credential outlives its use
+/// here (the VM's own copy, in its user data / custom data, names a token that no longer exists).
+#[allow(clippy::too_many_arguments)]
+async fn after_join(
+    cfg: &WindowsKubeadmConfig,
+    ctx: &Context,
+    machine: &Machine<'_>,
+    cluster: &Cluster<'_>,
+    secrets: &Api<Secret>,
+    existing: &Secret,
+    tokens: &Api<Secret>,
+    current: Option<BootstrapToken>,
+    ca_hashes: Vec<String>,
+    ready: plan::Ready,
+) -> Result<Action, Error> {
+    let name = cfg.name_any();
+    let cluster_name = machine.cluster_name().unwrap_or_default().to_string();
+    if let Some(t) = &current {
+        match tokens.delete(&token::secret_name(&t.id), &DeleteParams::default()).await {
+            Ok(_) => {
+                ctx.metrics.token("deleted");
+                publish(
+                    ctx,
+                    cfg,
+                    EventType::Normal,
+                    "BootstrapTokenDeleted",
+                    &format!("the Node joined; deleted bootstrap token {}", t.id),
+                )
+                .await;
+            }
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err(unreachable_workload(&cluster_name, e)),
+        }
+    }
+    let id =
+        current.as_ref().map(|t| t.id.clone()).or_else(|| existing.annotations().get(TOKEN_ID_ANNOTATION).cloned());
+    let placeholder = token::placeholder(id.as_deref().unwrap_or("000000"));
+    let secret_files = resolve_content_from(cfg, secrets).await.unwrap_or_default();
+    let inputs = ClusterInputs {
+        api_server_endpoint: ready.endpoint.clone(),
+        ca_cert_hashes: ca_hashes,
+        kubernetes_version: ready.version.clone(),
+        pod_cidrs: cluster.pod_cidrs(),
+        service_cidrs: cluster.service_cidrs(),
+    };
+    // A spec that no longer renders (changed after the VM got its payload) keeps the old value:
+    // its token is deleted all the same.
+    let rendered = capwin_payload::render(&RenderInput {
+        spec: &cfg.spec,
+        secret_file_contents: &secret_files,
+        cluster: &inputs,
+        token: &placeholder,
+        cloud: ready.cloud,
+    })
+    .ok()
+    .map(|p| p.bytes);
+    let data = existing.data.as_ref();
+    let old_value = data.and_then(|d| d.get("value")).map(|v| v.0.as_slice());
+    if plan::scrub_after_join(data.is_some_and(|d| d.contains_key(TOKEN_KEY)), old_value, rendered.as_deref()) {
+        let mut patch = json!({"data": {TOKEN_KEY: null}});
+        if let Some(v) = &rendered {
+            patch["data"]["value"] = json!(ByteString(v.clone()));
+        }
+        secrets.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+    }
+    finish(cfg, ctx, machine, &name).await
 }
 
 /// Status for a config whose data Secret exists, and when to look again.

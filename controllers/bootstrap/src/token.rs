@@ -36,6 +36,13 @@ pub fn generate() -> Result<BootstrapToken, getrandom::Error> {
     Ok(BootstrapToken { id: s[..6].to_string(), secret: s[6..].to_string() })
 }
 
+/// What a data Secret's payload carries in place of the join token once the Node has joined and
+/// the token is deleted: the token's id (not secret) and a secret of zeros, which names no live
+/// token (`generate` never makes one: 16 zeros are one in 36^16).
+pub fn placeholder(id: &str) -> BootstrapToken {
+    BootstrapToken { id: id.to_string(), secret: "0".repeat(16) }
+}
+
 /// `bootstrap-token-<id>`.
 pub fn secret_name(id: &str) -> String {
     format!("bootstrap-token-{id}")

@@ -119,6 +119,11 @@ async fn create_run_join_and_terminate_after_a_crash_mid_create() {
     })
     .await
     .unwrap();
+    // Before the join, IMDSv1 stays open: cloudbase-init reads the user data with it.
+    let imds = |o: &kube::api::DynamicObject| capwin_e2e::condition(o, "InstanceMetadataLockedDown");
+    let before = machines.get("aws-0").await.unwrap();
+    assert_eq!(imds(&before).map(|c| (c.0, c.1)), Some(("False".into(), "WaitingForNodeJoin".into())));
+    assert_eq!(ec2.describe(&orphan.id).await.unwrap().unwrap().http_tokens.as_deref(), Some("optional"));
     let dns = m.data["status"]["addresses"].as_array().unwrap().iter().find(|a| a["type"] == "InternalDNS").unwrap()["address"].as_str().unwrap().to_string();
     env.join_node("aws", &dns, &provider_id).await.unwrap();
     env.wait("the config to report Joined", T, || async {
@@ -130,6 +135,30 @@ async fn create_run_join_and_terminate_after_a_crash_mid_create() {
     })
     .await
     .unwrap();
+
+    // After the join: IMDSv2 only (pods can no longer GET the role's credentials with IMDSv1).
+    let locked = || async {
+        let o = machines.get("aws-0").await?;
+        let tokens = ec2.describe(&orphan.id).await?.and_then(|i| i.http_tokens);
+        Ok((imds(&o).is_some_and(|c| c.0 == "True") && tokens.as_deref() == Some("required")).then_some(()))
+    };
+    env.wait("IMDS locked down after the join", T, locked).await.unwrap();
+    // Someone reverts it: the next reconcile locks it down again and says so.
+    ec2.allow_imds_v1(&orphan.id).await.unwrap();
+    machines
+        .patch("aws-0", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"poke": "1"}}})))
+        .await
+        .unwrap();
+    env.wait("IMDS locked down again", T, locked).await.unwrap();
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(env.mgmt.clone(), &env.namespace);
+    let reasons: Vec<String> =
+        events.list(&Default::default()).await.unwrap().items.into_iter().filter_map(|e| e.reason).collect();
+    assert!(
+        reasons.iter().any(|r| r == "InstanceMetadataLockedDown")
+            && reasons.iter().any(|r| r == "InstanceMetadataReverted"),
+        "{reasons:?}"
+    );
 
     // Scale to zero: the instance is terminated before the object goes.
     env.capi("MachineDeployment")

@@ -127,6 +127,12 @@ async fn machine_deployment_to_data_secrets_token_upkeep_and_join() {
     .await
     .unwrap();
 
+    // The machine's own token, as its data Secret holds it before the join.
+    let held = env.secrets().get("demo-win-0").await.unwrap().data.unwrap();
+    let own_token = String::from_utf8(held["bootstrap-token"].0.clone()).unwrap();
+    let own_secret = own_token.split_once('.').unwrap().1.to_string();
+    assert!(gunzip_if_needed(&held["value"].0).contains(&own_token), "the payload carries the token before the join");
+
     // The infrastructure provider reports the VM, the Node joins: the token goes at once.
     let infra = env.api(I, "v1alpha1", "AWSWindowsMachine");
     infra
@@ -152,6 +158,23 @@ async fn machine_deployment_to_data_secrets_token_upkeep_and_join() {
     })
     .await
     .unwrap();
+    // No copy of it outlives its use: the data Secret holds no token any more, in no key.
+    let scrubbed = env
+        .wait("the data Secret to be scrubbed", T, || async {
+            let d = env.secrets().get("demo-win-0").await?.data.unwrap_or_default();
+            Ok((!d.contains_key("bootstrap-token")).then_some(d))
+        })
+        .await
+        .unwrap();
+    for (key, v) in &scrubbed {
+        let text = gunzip_if_needed(&v.0);
+        assert!(!text.contains(&own_secret), "the join token's secret is still in the data Secret's {key}");
+    }
+    let payload = gunzip_if_needed(&scrubbed["value"].0);
+    assert!(
+        payload.contains(&format!("{}.0000000000000000", &own_token[..6])),
+        "a placeholder names the deleted token"
+    );
 
     // Deleting the other Machine removes its config, data Secret and token.
     env.capi("MachineDeployment")
