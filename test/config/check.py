@@ -15,12 +15,13 @@ The default run ends with `config checks: N passed, M failed`, --release with
 `release checks: N passed, M failed`; exit 1 on any failure, 2 on a usage error or when kubectl is
 missing (both modes render config/ with it).
 
-Default run: renders config/bootstrap, config/infrastructure and config/crd with
-`kubectl kustomize --load-restrictor=LoadRestrictionsNone`, then checks each provider's components
-stream against the clusterctl rules (one Namespace, everything in it, provider label, CRD names and
-contract labels, one Deployment with a container named `manager`, probes, resources, the restricted
-security context, no RBAC wildcards, permissions exactly as documented, `${CAPWIN_...}` variables
-only, all documented in config/README.md), validates the output against real schemas with
+Default run: renders config/bootstrap, config/infrastructure and config/crd with plain
+`kubectl kustomize ROOT` (no flags, so kustomize's default load restrictor applies, as for every
+CAPI provider's config/default), then checks each provider's components stream against the
+clusterctl rules (one Namespace, everything in it, provider label, CRD names and contract labels,
+one Deployment with a container named `manager`, probes, resources, the restricted security
+context, no RBAC wildcards, permissions exactly as documented, `${CAPWIN_...}` variables only, all
+documented in config/README.md), validates the output against real schemas with
 test/manifests/validate.py, and checks tilt-provider.yaml, the Dockerfile and .dockerignore
 statically. A self-test runs the same checks on test/config/fixtures/, where each bad fixture must
 give exactly the expected problems.
@@ -57,7 +58,6 @@ REPO = os.path.dirname(os.path.dirname(HERE))
 FIXTURES = os.path.join(HERE, 'fixtures')
 MANIFESTS = os.path.join(REPO, 'test', 'manifests')
 VALIDATE = os.path.join(MANIFESTS, 'validate.py')
-KUSTOMIZE_FLAGS = ['--load-restrictor=LoadRestrictionsNone']
 
 PROVIDER_LABEL = 'cluster.x-k8s.io/provider'
 CONTRACT_LABEL = 'cluster.x-k8s.io/v1beta2'
@@ -150,16 +150,16 @@ class Fatal(Exception):
 # --------------------------------------------------------------------------------------------
 
 def render(root):
-    """`kubectl kustomize --load-restrictor=LoadRestrictionsNone ROOT` (ROOT relative to the repo)."""
+    """`kubectl kustomize ROOT` (ROOT relative to the repo), with no flags: every root must build with
+    kustomize's default load restrictor, which refuses files outside a kustomization's folder."""
     kubectl = shutil.which('kubectl')
     if not kubectl:
         raise Fatal('kubectl not found in PATH: it renders the kustomize roots '
                     '(kubectl kustomize, kustomize v5 built in); install kubectl >= 1.27')
-    p = subprocess.run([kubectl, 'kustomize', *KUSTOMIZE_FLAGS, os.path.join(REPO, root)],
-                       capture_output=True, text=True)
+    p = subprocess.run([kubectl, 'kustomize', os.path.join(REPO, root)], capture_output=True, text=True)
     if p.returncode != 0:
-        raise AssertionError('kubectl kustomize %s %s failed (rc=%d):\n%s' % (
-            ' '.join(KUSTOMIZE_FLAGS), root, p.returncode, p.stderr.strip()))
+        raise AssertionError('kubectl kustomize %s failed (rc=%d); it must build without flags '
+                             '(no --load-restrictor):\n%s' % (root, p.returncode, p.stderr.strip()))
     return p.stdout
 
 
@@ -1251,10 +1251,17 @@ def repo_cases():
     def crds_split_and_unchanged():
         need('bootstrap', 'infrastructure', 'crd')
         sources = {}
-        for f in sorted(glob.glob(os.path.join(REPO, 'crds', '*.yaml'))):
+        problems = []
+        # crds/<provider>/: the generated CRD files and their kustomization.yaml.
+        for f in sorted(glob.glob(os.path.join(REPO, 'crds', '*', '*.yaml'))):
+            if os.path.basename(f) == 'kustomization.yaml':
+                continue
             for d in load_docs(open(f, encoding='utf-8').read()):
                 sources[d['metadata']['name']] = d
-        problems = []
+                folder = os.path.basename(os.path.dirname(f))
+                if d['spec']['group'] != PROVIDERS.get(folder, {}).get('crd_group'):
+                    problems.append('%s: group %s does not belong in crds/%s/' % (
+                        os.path.relpath(f, REPO), d['spec']['group'], folder))
         for key in ('bootstrap', 'infrastructure', 'crd'):
             crds = {d['metadata']['name']: d for d in load_docs(rendered[key])
                     if d.get('kind') == 'CustomResourceDefinition'}
@@ -1377,7 +1384,9 @@ def repo_cases():
             assert cfg.get('live_reload_deps') == [], '%s: live_reload_deps must be empty' % e['name']
             folder, label = want[e['name']]
             assert cfg.get('kustomize_folder') == folder, (e['name'], cfg.get('kustomize_folder'))
-            assert cfg.get('kustomize_options') == KUSTOMIZE_FLAGS, (e['name'], cfg.get('kustomize_options'))
+            assert not cfg.get('kustomize_options'), \
+                '%s: kustomize_options %s: the roots build with plain kubectl kustomize' % (
+                    e['name'], cfg.get('kustomize_options'))
             ns = [d for d in load_docs(render(folder)) if d.get('kind') == 'Namespace']
             assert [(d['metadata'].get('labels') or {}).get(PROVIDER_LABEL) for d in ns] == [label], \
                 '%s: tilt-prepare needs one Namespace labelled %s' % (folder, label)

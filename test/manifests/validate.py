@@ -11,9 +11,9 @@
   with jsonschema. Unknown fields are errors (the API server drops them without a word unless the
   client asks for strict field validation) unless x-kubernetes-preserve-unknown-fields. Schema defaults are applied first, as the API server does.
   CEL rules (x-kubernetes-validations) are NOT evaluated; -v lists the ones that apply.
-* CRDs come from --crds (default: <repo>/crds, <repo>/test/kit/capi-crds (the Cluster API, CAPA,
-  CAPZ and CAAPH CRDs the templates use) and <repo>/../shared/capi-crds; the first definition of a
-  kind wins) and from the CustomResourceDefinition documents among FILES themselves.
+* CRDs come from --crds (default: <repo>/crds/bootstrap, <repo>/crds/infrastructure,
+  <repo>/test/kit/capi-crds (the Cluster API, CAPA, CAPZ and CAAPH CRDs the templates use) and
+  <repo>/../shared/capi-crds; the first definition of a kind wins) and from the CustomResourceDefinition documents among FILES themselves.
 * clusterctl variables (${NAME}, ${NAME:=default}, ...) are substituted only with --vars and/or
   --default-vars; see README.md for the placeholder rule.
 
@@ -39,7 +39,8 @@ from referencing import Registry, Resource
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
-DEFAULT_CRDS = [os.path.join(REPO, 'crds'),
+DEFAULT_CRDS = [os.path.join(REPO, 'crds', 'bootstrap'),
+                os.path.join(REPO, 'crds', 'infrastructure'),
                 os.path.join(REPO, 'test', 'kit', 'capi-crds'),
                 os.path.normpath(os.path.join(REPO, '..', 'shared', 'capi-crds'))]
 OBJECT_META = 'io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta'

@@ -45,6 +45,19 @@ For every template:
                agree; every ConfigMap an addon pod reads is created by an addon or by kubeadm;
                Windows DaemonSets are HostProcess and tolerate the os taint; AWS opens VXLAN and
                Typha
+  metadata-egress
+               pods cannot reach the cloud's metadata endpoints and can reach the rest
+               (METADATA_PROBES: Azure 168.63.129.16 TCP 80 denied, its 53 and 32526 and the
+               instance metadata service open; AWS 169.254.169.254 and fd00:ec2::254 denied on every
+               port, the Amazon DNS and time service open), evaluated the way the dataplane does:
+               Calico flavours by a crd.projectcalico.org/v1 GlobalNetworkPolicy in a Tier of its
+               own ordered before the admin and default tiers, Egress only, selecting workload
+               endpoints only (has(projectcalico.org/namespace), so host-network and HostProcess pods
+               and the node are not covered), rules Windows renders, no Allow (it would override the
+               NetworkPolicies), ending in Pass, applied by a Reconcile ClusterResourceSet every
+               cluster gets; flannel by HNS ACLs in every Windows CNI configuration (HCN
+               {Type, Settings} form for sdnoverlay/sdnbridge, lowest priority wins, no ties between
+               Block and Allow, Block as a Switch rule, an inbound Allow)
 
 Then: gotemplate.py's own cases; addon ConfigMaps (top-level and embedded) and HelmChartProxies
 shared by several templates must be identical; and negative cases (a fixture with a typo in a
@@ -54,6 +67,7 @@ catch them. Ends with `templates checks: N passed, M failed`.
 import argparse
 import fnmatch
 import glob
+import ipaddress
 import json
 import os
 import re
@@ -930,6 +944,332 @@ def check_calico(t, workdir):
 
 
 # --------------------------------------------------------------------------------------------
+# Pod egress to the cloud's metadata endpoints (docs/security.md)
+# --------------------------------------------------------------------------------------------
+
+# What a pod on the pod network may and may not reach, per cloud: (address, protocol, port,
+# 'deny' or 'allow', why). HostProcess (host-network) pods are not subject to either policy.
+METADATA_PROBES = {
+    'AzureWindowsMachineTemplate': [
+        ('168.63.129.16', 'TCP', 80, 'deny', 'the Azure WireServer\'s HTTP port, CVE-2021-27075'),
+        ('168.63.129.16', 'TCP', 32526, 'allow', 'the WireServer\'s port 32526 stays reachable, as in '
+                                                   'CAPZ\'s and AKS\'s default rules'),
+        ('168.63.129.16', 'UDP', 53, 'allow', 'Azure DNS'),
+        ('168.63.129.16', 'TCP', 53, 'allow', 'Azure DNS over TCP'),
+        ('169.254.169.254', 'TCP', 80, 'allow', 'the Azure instance metadata service, which '
+                                                  'cloud-node-manager-windows reads from the pod network'),
+        ('10.96.0.1', 'TCP', 443, 'allow', 'the kubernetes Service'),
+        ('20.60.1.1', 'TCP', 443, 'allow', 'an address outside the cluster'),
+    ],
+    'AWSWindowsMachineTemplate': [
+        ('169.254.169.254', 'TCP', 80, 'deny', 'the EC2 instance metadata service: IMDSv1 GETs hand out '
+                                                 'the instance role\'s credentials'),
+        ('169.254.169.254', 'TCP', 443, 'deny', 'the instance metadata service on any port'),
+        ('169.254.169.254', 'UDP', 53, 'deny', 'the instance metadata service on any protocol'),
+        ('fd00:ec2::254', 'TCP', 80, 'deny', 'the instance metadata service\'s IPv6 endpoint on Nitro'),
+        ('169.254.169.253', 'UDP', 53, 'allow', 'the Amazon DNS server'),
+        ('169.254.169.123', 'UDP', 123, 'allow', 'the Amazon Time Sync Service'),
+        ('10.96.0.1', 'TCP', 443, 'allow', 'the kubernetes Service'),
+        ('52.94.1.1', 'TCP', 443, 'allow', 'an address outside the cluster'),
+    ],
+}
+PROTO_NUMBERS = {'TCP': 6, 'UDP': 17, 'ICMP': 1, 'SCTP': 132, 'UDPLITE': 136, 'ICMPV6': 58}
+CALICO_POLICY_API = 'crd.projectcalico.org/v1'
+CALICO_FIRST_FIXED_TIER = 1000  # adminnetworkpolicy / kube-admin; the default tier is 1000000
+CALICO_WORKLOADS_ONLY = 'has(projectcalico.org/namespace)'
+# Rule fields the Windows dataplane cannot render (Felix skips the rule) or this check cannot
+# evaluate by address.
+CALICO_RULE_UNSUPPORTED = ('notProtocol', 'icmp', 'notICMP', 'http', 'metadata')
+CALICO_ENTITY_UNSUPPORTED = ('notNets', 'notPorts', 'notSelector', 'selector', 'namespaceSelector',
+                             'serviceAccounts', 'services')
+
+
+def _ip(addr):
+    return ipaddress.ip_address(addr)
+
+
+def _in_nets(addr, nets):
+    ip = _ip(addr)
+    for n in nets:
+        try:
+            net = ipaddress.ip_network(str(n).strip(), strict=False)
+        except ValueError:
+            continue
+        if net.version == ip.version and ip in net:
+            return True
+    return False
+
+
+def _port_in(port, ports):
+    """Calico ports: ints, "a:b" ranges; HNS ports: "a-b" ranges. Named ports match nothing here."""
+    for x in ports:
+        s = str(x).strip()
+        m = re.fullmatch(r'(\d+)\s*[:-]\s*(\d+)', s)
+        if m and int(m.group(1)) <= port <= int(m.group(2)):
+            return True
+        if s.isdigit() and int(s) == port:
+            return True
+    return False
+
+
+def _proto_number(value):
+    s = str(value).strip()
+    return int(s) if s.isdigit() else PROTO_NUMBERS.get(s.upper())
+
+
+def calico_rule_problems(rule, where):
+    p = []
+    if rule.get('action') not in ('Allow', 'Deny', 'Pass'):
+        p.append('%s: action %r (Windows renders Allow, Deny and Pass only)' % (where, rule.get('action')))
+    for key in CALICO_RULE_UNSUPPORTED:
+        if key in rule:
+            p.append('%s: %s (the Windows dataplane skips such rules)' % (where, key))
+    if rule.get('source'):
+        p.append('%s: source %s narrows which pods the rule covers' % (where, rule['source']))
+    dst = rule.get('destination') or {}
+    for key in CALICO_ENTITY_UNSUPPORTED:
+        if key in dst:
+            p.append('%s: destination.%s (negative or selector matches are skipped on Windows and cannot be '
+                     'checked by address)' % (where, key))
+    for port in dst.get('ports') or []:
+        if not re.fullmatch(r'\d+(\s*:\s*\d+)?', str(port).strip()):
+            p.append('%s: named port %r (not rendered on Windows)' % (where, port))
+    return p
+
+
+def calico_rule_matches(rule, addr, proto, port):
+    ip = _ip(addr)
+    version = rule.get('ipVersion')
+    if version is not None and int(version) != ip.version:
+        return False
+    if rule.get('protocol') is not None and _proto_number(rule['protocol']) != PROTO_NUMBERS[proto]:
+        return False
+    dst = rule.get('destination') or {}
+    if dst.get('nets') and not _in_nets(addr, dst['nets']):
+        return False
+    if dst.get('ports') and not _port_in(port, dst['ports']):
+        return False
+    return True
+
+
+def calico_verdict(tiers, addr, proto, port):
+    """Calico's evaluation over [(tier, [policy])] sorted by order: 'deny', 'allow' (ends policy
+    evaluation, NetworkPolicies included), or 'pass' (on to the default tier / profiles)."""
+    for tier, policies in tiers:
+        decided = None
+        for pol in policies:
+            for rule in ((pol.get('spec') or {}).get('egress') or []):
+                if calico_rule_matches(rule, addr, proto, port):
+                    decided = {'Deny': 'deny', 'Allow': 'allow', 'Pass': 'pass'}.get(rule.get('action'), 'pass')
+                    break
+            if decided:
+                break
+        if decided is None:
+            decided = 'pass' if ((tier or {}).get('spec') or {}).get('defaultAction') == 'Pass' else 'deny'
+        if decided != 'pass':
+            return decided
+    return 'pass'
+
+
+def hns_acl_settings(entry, delegate_type):
+    """The ACL settings of an EndpointPolicy entry, or (None, problem)."""
+    value = entry.get('Value') or entry.get('value') or {}
+    if str(value.get('Type', '')).upper() != 'ACL':
+        return None, None
+    if delegate_type in ('sdnoverlay', 'sdnbridge'):
+        settings = value.get('Settings')
+        if not isinstance(settings, dict):
+            return None, ('ACL %s has no Settings object: %s hands each Value to HNS as an HCN endpoint '
+                          'policy {Type, Settings}; fields beside Type (the HNS v1 form of azure-vnet and '
+                          'win-overlay) are dropped' % (json.dumps(value, sort_keys=True), delegate_type))
+        return settings, None
+    return value, None
+
+
+def hns_acl_matches(acl, direction, addr, proto, port):
+    if str(acl.get('Direction', '')) != direction:
+        return False
+    remote = [x for x in str(acl.get('RemoteAddresses', '')).split(',') if x.strip()]
+    if remote and not _in_nets(addr, remote):
+        return False
+    protos = [x for x in str(acl.get('Protocols', '')).split(',') if x.strip()]
+    if protos and PROTO_NUMBERS[proto] not in [_proto_number(x) for x in protos]:
+        return False
+    ports = [x for x in str(acl.get('RemotePorts', '')).split(',') if x.strip()]
+    if ports and not _port_in(port, ports):
+        return False
+    return True
+
+
+def hns_verdict(acls, direction, addr, proto, port):
+    """(verdict, deciding ACL, problem): the matching ACL with the lowest Priority wins; no match
+    is a drop once the endpoint has ACLs."""
+    matching = [a for a in acls if hns_acl_matches(a, direction, addr, proto, port)]
+    if not matching:
+        return 'deny', None, None
+    best = min(int(a.get('Priority', 0) or 0) for a in matching)
+    top = [a for a in matching if int(a.get('Priority', 0) or 0) == best]
+    actions = {str(a.get('Action')) for a in top}
+    if len(actions) > 1:
+        return 'deny', top[0], ('ACLs %s share priority %d with different actions (HNS breaks such ties its '
+                                'own way)' % (', '.join(json.dumps(a, sort_keys=True) for a in top), best))
+    return ('allow' if actions == {'Allow'} else 'deny'), top[0], None
+
+
+def check_metadata_egress(t, workdir):
+    """Pods cannot reach the cloud's metadata endpoints (METADATA_PROBES), everything else stays
+    reachable, and the node and its HostProcess pods are not covered: a tiered Calico
+    GlobalNetworkPolicy for the Calico flavours, HNS ACLs in the Windows CNI configuration for
+    flannel."""
+    p = []
+    infra_kind = next((o.get('kind') for o in t.docs if o.get('kind') in CAPWIN_INFRA_KINDS), None)
+    probes = METADATA_PROBES.get(infra_kind)
+    if probes is None:
+        return ['no capwin infrastructure template (%s) to tell the cloud' % ', '.join(sorted(CAPWIN_INFRA_KINDS))]
+    wkct = (t.find('WindowsKubeadmConfigTemplate') or [{}])[0]
+    flavour = (((((wkct.get('spec') or {}).get('template') or {}).get('spec') or {}).get('windows') or {})
+               .get('cni') or {}).get('flavour', 'calico-vxlan')
+    base_streams = [s for s in t.streams if any(not any(k in OPT_IN.values() for k in sel) for sel in s.crs_labels)]
+
+    if flavour == 'calico-vxlan':
+        docs = [(s, o) for s in base_streams for o in s.docs]
+        gnps = [(s, o) for s, o in docs if o.get('kind') == 'GlobalNetworkPolicy'
+                and 'Egress' in ((o.get('spec') or {}).get('types') or [])]
+        if not gnps:
+            return ['no Calico GlobalNetworkPolicy with Egress rules in the addons every cluster gets '
+                    '(pods on Windows nodes would reach %s)' % ', '.join(sorted({a for a, _, _, v, _ in probes if v == 'deny'}))]
+        tiers = {meta(o).get('name'): o for _, o in docs if o.get('kind') == 'Tier'}
+        chain = {}
+        for s, pol in gnps:
+            spec = pol.get('spec') or {}
+            name = meta(pol).get('name')
+            where = 'GlobalNetworkPolicy %s' % name
+            if pol.get('apiVersion') != CALICO_POLICY_API:
+                p.append('%s: apiVersion %s; a ClusterResourceSet can apply only %s before the Calico API '
+                         'server runs' % (where, pol.get('apiVersion'), CALICO_POLICY_API))
+            strategy = crs_strategy(t, s)
+            if strategy != 'Reconcile':
+                p.append('%s: its ClusterResourceSet is strategy %s, not Reconcile (a changed policy would never '
+                         'reach existing clusters)' % (where, strategy))
+            tier_name = spec.get('tier') or 'default'
+            if tier_name == 'default':
+                p.append('%s: in the default tier: a Deny-only policy there isolates every pod (end-of-tier '
+                         'drop), a final Allow overrides the NetworkPolicies, and a final Pass is a Block on '
+                         'Windows (projectcalico/calico#13208); it needs a tier of its own' % where)
+            else:
+                tier = tiers.get(tier_name)
+                if tier is None:
+                    p.append('%s: tier %s is not created by the addons' % (where, tier_name))
+                else:
+                    if tier.get('apiVersion') != CALICO_POLICY_API:
+                        p.append('Tier %s: apiVersion %s, want %s' % (tier_name, tier.get('apiVersion'), CALICO_POLICY_API))
+                    order = (tier.get('spec') or {}).get('order')
+                    if not isinstance(order, (int, float)) or order >= CALICO_FIRST_FIXED_TIER:
+                        p.append('Tier %s: order %s; it must come before the admin network policy tier (%d) and '
+                                 'the default tier' % (tier_name, order, CALICO_FIRST_FIXED_TIER))
+                if not str(name).startswith(tier_name + '.'):
+                    p.append('%s: a policy in tier %s is named %s.<name>' % (where, tier_name, tier_name))
+            if spec.get('types') != ['Egress']:
+                p.append('%s: types %s, want [Egress] (an Ingress type without ingress rules drops all traffic '
+                         'to the pods)' % (where, spec.get('types')))
+            selector = str(spec.get('selector') or '').strip()
+            if CALICO_WORKLOADS_ONLY not in selector:
+                p.append('%s: selector %r is not limited to pods (%s): host endpoints would be selected and the '
+                         'node itself cut off from its metadata service' % (where, selector or 'all()', CALICO_WORKLOADS_ONLY))
+            for key in ('namespaceSelector', 'serviceAccountSelector'):
+                if spec.get(key):
+                    p.append('%s: %s %r leaves the pods it does not select unrestricted' % (where, key, spec[key]))
+            for key in ('applyOnForward', 'preDNAT', 'doNotTrack'):
+                if spec.get(key):
+                    p.append('%s: %s is set (host endpoint options)' % (where, key))
+            rules = spec.get('egress') or []
+            for i, rule in enumerate(rules):
+                p.extend(calico_rule_problems(rule, '%s egress[%d]' % (where, i)))
+                if rule.get('action') == 'Allow':
+                    p.append('%s egress[%d]: Allow ends policy evaluation and so overrides the pods\' '
+                             'NetworkPolicies; let the rest Pass' % (where, i))
+            if not rules or rules[-1] != {'action': 'Pass'}:
+                p.append('%s: the egress rules do not end with an unconditional Pass (the rest must go on to '
+                         'the NetworkPolicies and profiles; a tier\'s own end drops it)' % where)
+            chain.setdefault(tier_name, []).append(pol)
+
+        def tier_key(name):
+            order = ((tiers.get(name) or {}).get('spec') or {}).get('order')
+            return (1000000 if name == 'default' else (order if isinstance(order, (int, float)) else float('inf')), name)
+
+        ordered = []
+        for name in sorted(chain, key=tier_key):
+            pols = sorted(chain[name], key=lambda o: ((o.get('spec') or {}).get('order', float('inf')), meta(o).get('name')))
+            ordered.append((tiers.get(name), pols))
+        for addr, proto, port, want, why in probes:
+            got = calico_verdict(ordered, addr, proto, port)
+            if want == 'deny' and got != 'deny':
+                p.append('pod egress to %s %s %d: %s, want Deny (%s)' % (addr, proto, port,
+                                                                          'Allow' if got == 'allow' else 'Pass', why))
+            if want == 'allow' and got == 'deny':
+                p.append('pod egress to %s %s %d: Deny, want Pass (%s)' % (addr, proto, port, why))
+    elif flavour.startswith('flannel'):
+        confs = []
+        for s in base_streams:
+            for o in s.docs:
+                if o.get('kind') != 'ConfigMap':
+                    continue
+                for key, value in sorted((o.get('data') or {}).items()):
+                    if not key.endswith('.json') or not isinstance(value, str):
+                        continue
+                    try:
+                        conf = json.loads(value)
+                    except ValueError:
+                        continue
+                    if isinstance(conf, dict) and conf.get('type') == 'flannel' and isinstance(conf.get('delegate'), dict):
+                        confs.append(('ConfigMap/%s[%s]' % (meta(o).get('name'), key), conf))
+        if not confs:
+            return ['no Windows flannel CNI configuration (type flannel with a delegate) in the addons']
+        for where, conf in confs:
+            delegate = conf['delegate']
+            dtype = delegate.get('type')
+            if dtype in ('sdnoverlay', 'sdnbridge'):
+                entries = delegate.get('AdditionalArgs') or []
+            elif dtype in ('win-overlay', 'win-bridge'):
+                entries = delegate.get('policies') or []
+            else:
+                p.append('%s: delegate type %r: no rule for its ACL format' % (where, dtype))
+                continue
+            acls = []
+            for e in entries:
+                if str(e.get('Name', e.get('name', ''))).lower() != 'endpointpolicy':
+                    continue
+                acl, problem = hns_acl_settings(e, dtype)
+                if problem:
+                    p.append('%s: %s' % (where, problem))
+                if acl is not None:
+                    acls.append(acl)
+            if not acls:
+                p.append('%s: no ACL endpoint policies (pods on Windows nodes would reach %s)'
+                         % (where, ', '.join(sorted({a for a, _, _, v, _ in probes if v == 'deny'}))))
+                continue
+            for addr, proto, port, want, why in probes:
+                got, acl, problem = hns_verdict(acls, 'Out', addr, proto, port)
+                if problem:
+                    p.append('%s: pod egress to %s %s %d: %s' % (where, addr, proto, port, problem))
+                if got != want:
+                    p.append('%s: pod egress to %s %s %d: %s, want %s (%s)'
+                             % (where, addr, proto, port, 'Block' if got == 'deny' else 'Allow',
+                                'Block' if want == 'deny' else 'Allow', why))
+                elif want == 'deny' and acl is not None and acl.get('RuleType') != 'Switch':
+                    p.append('%s: the ACL blocking %s %s %d has RuleType %r, want Switch (the pod\'s vSwitch port)'
+                             % (where, addr, proto, port, acl.get('RuleType')))
+            got, _, problem = hns_verdict(acls, 'In', '10.1.0.4', 'TCP', 8080)
+            if problem or got != 'allow':
+                p.append('%s: inbound traffic to the pods is not allowed by an ACL (once an endpoint has ACLs, '
+                         'HNS drops what none allows; Azure/azure-container-networking#2617)%s'
+                         % (where, ': ' + problem if problem else ''))
+    else:
+        p.append('cni flavour %r: no metadata egress rule' % flavour)
+    return p
+
+
+# --------------------------------------------------------------------------------------------
 # Forbidden constructs and image pinning
 # --------------------------------------------------------------------------------------------
 
@@ -1085,6 +1425,7 @@ def run_template(t, workdir, pslint_python):
     out.append(('forbidden', check_forbidden(t, workdir), []))
     out.append(('images', check_images(t, workdir), []))
     out.append(('structure', check_structure(t, workdir), []))
+    out.append(('metadata-egress', check_metadata_egress(t, workdir), []))
     return out
 
 
@@ -1123,6 +1464,38 @@ INSTALLER_JOB = (
     '      name: default\n'
     '      namespace: kube-system\n'
     '    ---\n')
+# The WireServer ACL of the flannel CNI configurations, as the templates write it.
+FLANNEL_BLOCK_ACL = (
+    '              {\n'
+    '                "Name": "EndpointPolicy",\n'
+    '                "Value": {\n'
+    '                  "Type": "ACL",\n'
+    '                  "Settings": {\n'
+    '                    "Protocols": "6",\n'
+    '                    "Action": "Block",\n'
+    '                    "Direction": "Out",\n'
+    '                    "RemoteAddresses": "168.63.129.16/32",\n'
+    '                    "RemotePorts": "80",\n'
+    '                    "Priority": 200,\n'
+    '                    "RuleType": "Switch"\n'
+    '                  }\n'
+    '                }\n'
+    '              },\n')
+FLANNEL_ALLOW_IN_ACL = (
+    '              {\n'
+    '                "Name": "EndpointPolicy",\n'
+    '                "Value": {\n'
+    '                  "Type": "ACL",\n'
+    '                  "Settings": {\n'
+    '                    "Action": "Allow",\n'
+    '                    "Direction": "In",\n'
+    '                    "Priority": 65500\n'
+    '                  }\n'
+    '                }\n'
+    '              },\n')
+FLANNEL_HOST_GW_ARGS = '              "forceBridgeGateway": true\n            },\n            "AdditionalArgs": [\n'
+WIRESERVER_DENY = ('      - action: Deny\n        protocol: TCP\n        destination:\n          nets:\n'
+                   '          - 168.63.129.16/32\n          ports:\n          - 80\n')
 NEGATIVE = [
     ('fixture with a typo in a CR field (osTaints)', FIXTURE, None,
      'validate', 'spec.template.spec.windows.node.osTaints: unknown field "osTaints"'),
@@ -1243,6 +1616,62 @@ NEGATIVE = [
     ('service CIDR copy out of step with the Cluster', 'cluster-template-azure-windows-flannel.yaml',
      ('              value: 10.96.0.0/12\n', '              value: 10.0.0.0/16\n'),
      'structure', 'SERVICE_CIDR 10.0.0.0/16 != Cluster services'),
+    ('WireServer deny rule removed', 'cluster-template-azure-windows-calico.yaml',
+     (WIRESERVER_DENY, ''),
+     'metadata-egress', 'pod egress to 168.63.129.16 TCP 80: Pass, want Deny'),
+    ('WireServer deny widened to every port', 'cluster-template-azure-windows-calico.yaml',
+     (WIRESERVER_DENY, WIRESERVER_DENY.replace('          ports:\n          - 80\n', '')),
+     'metadata-egress', 'pod egress to 168.63.129.16 TCP 32526: Deny, want Pass'),
+    ('metadata policy ending in Allow', 'cluster-template-azure-windows-calico.yaml',
+     ('      - action: Pass\n', '      - action: Allow\n'),
+     'metadata-egress', 'Allow ends policy evaluation'),
+    ('metadata policy through the Calico API server', 'cluster-template-azure-windows-calico.yaml',
+     ('    apiVersion: crd.projectcalico.org/v1\n    kind: GlobalNetworkPolicy\n',
+      '    apiVersion: projectcalico.org/v3\n    kind: GlobalNetworkPolicy\n'),
+     'metadata-egress', 'before the Calico API server runs'),
+    ('metadata policy applied once only', 'cluster-template-azure-windows-calico.yaml',
+     ('  name: ${CLUSTER_NAME}-metadata-egress\n  namespace: ${NAMESPACE}\nspec:\n  strategy: Reconcile\n',
+      '  name: ${CLUSTER_NAME}-metadata-egress\n  namespace: ${NAMESPACE}\nspec:\n  strategy: ApplyOnce\n'),
+     'metadata-egress', 'is strategy ApplyOnce, not Reconcile'),
+    ('metadata policy in the default tier', 'cluster-template-aws-windows-calico.yaml',
+     ('      tier: capwin-metadata\n', ''),
+     'metadata-egress', 'in the default tier'),
+    ('IMDS address mistyped', 'cluster-template-aws-windows-calico.yaml',
+     ('          - 169.254.169.254/32\n', '          - 169.254.169.253/32\n'),
+     'metadata-egress', 'pod egress to 169.254.169.254 TCP 80: Pass, want Deny'),
+    ('IMDS deny narrowed to port 80', 'cluster-template-aws-windows-calico.yaml',
+     ('          - 169.254.169.254/32\n', '          - 169.254.169.254/32\n          ports:\n          - 80\n'),
+     'metadata-egress', 'pod egress to 169.254.169.254 TCP 443: Pass, want Deny'),
+    ('metadata policy also typed Ingress', 'cluster-template-aws-windows-calico.yaml',
+     ('      types:\n      - Egress\n', '      types:\n      - Ingress\n      - Egress\n'),
+     'metadata-egress', "types ['Ingress', 'Egress'], want [Egress]"),
+    ('metadata policy selecting host endpoints', 'cluster-template-aws-windows-calico.yaml',
+     ('      selector: has(projectcalico.org/namespace)\n', '      selector: all()\n'),
+     'metadata-egress', 'is not limited to pods'),
+    ('metadata policy behind an opt-in label', 'cluster-template-aws-windows-calico.yaml',
+     ('      capwin.cluster.x-k8s.io/addons: ${CLUSTER_NAME}\n  resources:\n  - kind: ConfigMap\n'
+      '    name: ${CLUSTER_NAME}-metadata-egress-aws\n',
+      '      capwin.cluster.x-k8s.io/addons: ${CLUSTER_NAME}\n      capwin.cluster.x-k8s.io/csi-proxy: "true"\n'
+      '  resources:\n  - kind: ConfigMap\n    name: ${CLUSTER_NAME}-metadata-egress-aws\n'),
+     'metadata-egress', 'no Calico GlobalNetworkPolicy with Egress rules in the addons every cluster gets'),
+    ('flannel WireServer ACL removed (VXLAN)', 'cluster-template-azure-windows-flannel.yaml',
+     (FLANNEL_BLOCK_ACL, ''),
+     'metadata-egress', '[cni-conf-vxlan.json]: pod egress to 168.63.129.16 TCP 80: Allow, want Block'),
+    ('flannel WireServer ACL removed (host-gw)', 'cluster-template-azure-windows-flannel.yaml',
+     (FLANNEL_HOST_GW_ARGS + FLANNEL_BLOCK_ACL, FLANNEL_HOST_GW_ARGS),
+     'metadata-egress', '[cni-conf-host-gw.json]: pod egress to 168.63.129.16 TCP 80: Allow, want Block'),
+    ('flannel ACL in the HNS v1 form sdnoverlay drops', 'cluster-template-azure-windows-flannel.yaml',
+     (FLANNEL_BLOCK_ACL, FLANNEL_BLOCK_ACL.replace('"Settings": {', '"Setting": {')),
+     'metadata-egress', 'has no Settings object'),
+    ('flannel ACLs without the inbound allow', 'cluster-template-azure-windows-flannel.yaml',
+     (FLANNEL_ALLOW_IN_ACL, ''),
+     'metadata-egress', 'inbound traffic to the pods is not allowed'),
+    ('flannel block ACL tied with the allow', 'cluster-template-azure-windows-flannel.yaml',
+     (FLANNEL_BLOCK_ACL, FLANNEL_BLOCK_ACL.replace('"Priority": 200', '"Priority": 65500')),
+     'metadata-egress', 'share priority 65500 with different actions'),
+    ('flannel block ACL on the host firewall', 'cluster-template-azure-windows-flannel.yaml',
+     (FLANNEL_BLOCK_ACL, FLANNEL_BLOCK_ACL.replace('"RuleType": "Switch"', '"RuleType": "Host"')),
+     'metadata-egress', "has RuleType 'Host', want Switch"),
 ]
 
 

@@ -252,13 +252,16 @@ pub struct Ntp {
     pub servers: Vec<String>,
 }
 
-/// Windows Server release of the node image.
+/// Windows Server release of the node image. The bootstrap accepts the image builds Kubernetes
+/// supports for that release ([`WindowsServerVersion::accepted_builds`]) and names the build it
+/// found otherwise.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, JsonSchema)]
 pub enum WindowsServerVersion {
     /// Windows Server 2019 (build 17763): best effort, Kubernetes no longer lists it as supported.
     #[serde(rename = "2019")]
     Ws2019,
-    /// Windows Server 2022 (build 20348).
+    /// Windows Server 2022 (build 20348); also accepts the Annual Channel release Windows Server,
+    /// version 23H2 (build 25398), which runs Windows Server 2022 container images.
     #[serde(rename = "2022")]
     Ws2022,
     /// Windows Server 2025 (build 26100), the default.
@@ -275,6 +278,16 @@ impl WindowsServerVersion {
             Self::Ws2019 => 17763,
             Self::Ws2022 => 20348,
             Self::Ws2025 => 26100,
+        }
+    }
+    /// The image builds the bootstrap accepts for this release: the LTSC build, and for 2022 the
+    /// Annual Channel build 25398 (Windows Server, version 23H2), which serves the same container
+    /// images (`ltsc2022`). Any other build fails the `host` step naming the build.
+    pub fn accepted_builds(self) -> &'static [u32] {
+        match self {
+            Self::Ws2019 => &[17763],
+            Self::Ws2022 => &[20348, 25398],
+            Self::Ws2025 => &[26100],
         }
     }
     /// `2019`, `2022` or `2025`.
@@ -316,6 +329,12 @@ pub struct WindowsSettings {
     /// gMSA node prerequisites (opt-in).
     #[serde(default)]
     pub gmsa: Gmsa,
+    /// Join the node to an Active Directory domain before it joins the cluster (opt-in). The
+    /// join needs a reboot, which the bootstrap asks cloudbase-init for (exit code 1003) and then
+    /// resumes; the join account's password never reaches logs, conditions or the serial console
+    /// and is deleted from the node once the domain membership is confirmed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain_join: Option<DomainJoin>,
     #[serde(default)]
     pub diagnostics: Diagnostics,
 }
@@ -416,15 +435,15 @@ pub enum KubeBinary {
     Kubectl,
 }
 
-/// CNI flavour and its parameters.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
+/// CNI flavour. The VXLAN network identifier and UDP port are not node settings: the VNI comes
+/// from the cluster's CNI configuration (flannel's `net-conf.json`, Calico's Felix settings; the
+/// cluster templates pin 4096, the lowest Windows accepts), and Windows HNS only carries VXLAN on
+/// UDP 4789, which is what the node opens in its firewall for the VXLAN flavours.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.vxlan) || self.flavour in ['calico-vxlan', 'flannel-vxlan']").message("vxlan settings apply only to calico-vxlan and flannel-vxlan"))]
 pub struct Cni {
     #[serde(default)]
     pub flavour: CniFlavour,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub vxlan: Option<Vxlan>,
 }
 
 /// The CNI the cluster runs on Windows.
@@ -457,32 +476,6 @@ impl CniFlavour {
     }
 }
 
-/// VXLAN parameters. Windows supports only UDP port 4789 and VNIs from 4096.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct Vxlan {
-    /// VXLAN network identifier, at least 4096 on Windows (default 4096).
-    #[serde(default = "default_vni")]
-    #[schemars(range(min = 4096, max = 16777215))]
-    pub vni: u32,
-    /// UDP port; Windows HNS accepts only 4789.
-    #[serde(default = "default_vxlan_port")]
-    #[schemars(range(min = 4789, max = 4789))]
-    pub port: u16,
-}
-
-impl Default for Vxlan {
-    fn default() -> Self {
-        Self { vni: default_vni(), port: default_vxlan_port() }
-    }
-}
-fn default_vni() -> u32 {
-    4096
-}
-fn default_vxlan_port() -> u16 {
-    4789
-}
-
 /// kube-proxy on Windows.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -511,7 +504,10 @@ pub struct Kubelet {
     #[serde(default)]
     pub cloud_provider: CloudProviderMode,
     /// Set `--provider-id` from the instance metadata service so CAPI can match the Node before
-    /// any cloud controller runs (default true).
+    /// any cloud controller runs (default true on both clouds: without it, Machine-to-Node
+    /// matching waits for the cloud node manager). On Azure the value is
+    /// `azure:///subscriptions/<sub>/resourceGroups/<rg, lower-case>/providers/Microsoft.Compute/virtualMachines/<vm>`,
+    /// as cloud-provider-azure writes it; on AWS `aws:///<zone>/<instance-id>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub set_provider_id: Option<bool>,
 }
@@ -556,13 +552,23 @@ pub struct Defender {
 }
 
 /// Hyper-V isolation runtime handler.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.sandboxImage) || self.enabled").message("sandboxImage needs enabled: true"))]
 pub struct HyperV {
     /// Register the `runhcs-wcow-hypervisor` runtime handler in containerd (RuntimeClass
-    /// handler of the same name). Needs nested virtualisation and containerd >= 1.7.
+    /// handler of the same name) and label the Node `capwin.cluster.x-k8s.io/hyperv-isolation=true`,
+    /// the label the Hyper-V RuntimeClass selects. Needs nested virtualisation, an image with the
+    /// hypervisor enabled, and containerd >= 1.7.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub enabled: bool,
+    /// Pause image the handler boots its utility VM from (`SandboxImage`, platform
+    /// `windows/amd64`). It must carry a variant for the node's Windows build, or Hyper-V pods fail
+    /// with `HCS_E_IMAGE_MISMATCH`. Default `registry.k8s.io/pause:3.10.2`, the first pause release
+    /// with a Windows Server 2025 variant (it keeps the 2019 and 2022 ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 512), regex(pattern = r"^[a-z0-9][A-Za-z0-9._:/@-]*$"))]
+    pub sandbox_image: Option<String>,
 }
 
 /// gMSA prerequisites on the node.
@@ -570,12 +576,17 @@ pub struct HyperV {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.ccgPlugin) || self.enabled").message("ccgPlugin needs enabled: true"))]
 pub struct Gmsa {
-    /// Check (and, with `ccgPlugin`, install) a Container Credential Guard plugin so pods can use
-    /// gMSA without domain-joining the node.
+    /// Prepare the node for pods that run as a group managed service account. On a domain-joined
+    /// node (`windows.domainJoin`) the node's own domain membership serves the pods; otherwise a
+    /// Container Credential Guard (CCG) plugin fetches the gMSA credentials: `ccgPlugin` installs
+    /// one, and without it the image must already have one registered (image-builder's Azure
+    /// images carry the Key Vault plugin) or the bootstrap fails. The cluster side (the
+    /// `GMSACredentialSpec` CRD and its webhook) comes from the cluster templates' gMSA addon.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub enabled: bool,
-    /// A CCG plugin DLL to install and register (e.g. a vendor's Key Vault plugin). Without it the
-    /// image must already have one registered; the bootstrap fails otherwise.
+    /// A CCG plugin DLL to install and register as Microsoft documents it for non-domain-joined
+    /// hosts: the COM class activated out of process (`DllSurrogate`), and its CLSID under
+    /// `HKLM\SYSTEM\CurrentControlSet\Control\CCG\COMClasses`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ccg_plugin: Option<CcgPlugin>,
 }
@@ -590,17 +601,74 @@ pub struct CcgPlugin {
     /// SHA-256 of the DLL, lower-case hex.
     #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
     pub sha256: String,
-    /// COM class id the plugin registers, e.g. `{CCC2A336-D7F3-4818-A213-272B7924213E}`.
+    /// COM class id the plugin implements, e.g. `{CCC2A336-D7F3-4818-A213-272B7924213E}`.
     #[schemars(regex(pattern = r"^\{[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}\}$"))]
     pub clsid: String,
+    /// COM AppID under which the class runs in the DLL surrogate. Default: a GUID derived from
+    /// the CLSID, so every node registers the same one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^\{[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}\}$"))]
+    pub app_id: Option<String>,
+}
+
+/// Active Directory domain join of the node.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainJoin {
+    /// DNS name of the domain, e.g. `corp.example.com`. The node's DNS servers (VNet or VPC
+    /// settings) must resolve it.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*$")
+    )]
+    pub domain: String,
+    /// Distinguished name of the OU to create the computer account in, e.g.
+    /// `OU=Kubernetes,DC=corp,DC=example,DC=com`. Default: the domain's Computers container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub organizational_unit: Option<String>,
+    /// The Secret (in the config's namespace) holding the join account. The controller reads it
+    /// when it renders the payload; the values travel only in the bootstrap data Secret and the
+    /// node's private copy, which the bootstrap deletes after the join.
+    pub credentials_secret: DomainJoinSecretRef,
+}
+
+/// Where the domain join account is kept.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DomainJoinSecretRef {
+    /// Name of the Secret.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// Key holding the account, `DOMAIN\user` or `user@domain` (default `username`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub username_key: Option<String>,
+    /// Key holding the password (default `password`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub password_key: Option<String>,
+}
+
+impl DomainJoinSecretRef {
+    /// The key of the account name.
+    pub fn username_key(&self) -> &str {
+        self.username_key.as_deref().unwrap_or("username")
+    }
+    /// The key of the password.
+    pub fn password_key(&self) -> &str {
+        self.password_key.as_deref().unwrap_or("password")
+    }
 }
 
 /// Where the bootstrap reports progress before the Node exists.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Diagnostics {
-    /// Serial port the bootstrap writes `CAPWIN` progress lines to (read through EC2
-    /// `GetConsoleOutput` or Azure boot diagnostics). Default `COM1`; `none` disables.
+    /// Serial port the bootstrap writes `CAPWIN-BOOTSTRAP` progress lines to, read through EC2
+    /// `GetConsoleOutput` or Azure boot diagnostics. Default: the port that cloud's console shows,
+    /// `COM1` on AWS and `COM2` on Azure (CAPI's Azure images expose only COM2, where image-builder
+    /// also mirrors cloudbase-init's log). `none` disables.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^(COM[1-4]|none)$"))]
     pub serial_port: Option<String>,

@@ -2,7 +2,7 @@
 //! the same generated `openAPIV3Schema` the API server enforces, so the document cannot say
 //! something the schema does not. A test in `tests/reference.rs` fails when the file drifts.
 //!
-//! Per kind, one table row per field path (`spec.windows.cni.vxlan.vni`; array items as `[]`,
+//! Per kind, one table row per field path (`spec.windows.cni.flavour`; array items as `[]`,
 //! map values as `<key>`) with its type, whether its parent requires it, its default, the schema's
 //! constraints (enum, pattern, ranges, lengths, item counts), its CEL rules
 //! (`x-kubernetes-validations`) and its doc comment.
@@ -414,7 +414,7 @@ mod tests {
         }
         assert!(doc.contains("| `spec.windows.version` | string |"));
         assert!(doc.contains("one of `2019`, `2022`, `2025`"));
-        assert!(doc.contains("| `spec.windows.cni.vxlan.vni` |"));
+        assert!(doc.contains("| `spec.windows.cni.flavour` |"));
         assert!(doc.contains("CEL `has(self.content) != has(self.contentFrom)`"));
         assert!(doc.contains("| `spec.template.spec.instanceType` |"));
         assert!(doc.contains("| `status.conditions[].type` |"));

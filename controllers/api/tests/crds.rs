@@ -1,7 +1,8 @@
-//! The CRDs follow the CAPI v1beta2 contract, and `crds/` is exactly what the types generate.
+//! The CRDs follow the CAPI v1beta2 contract, and `crds/` is exactly what the types generate
+//! (`crds/<provider>/`: the CRD files and their kustomization.yaml).
 //! After changing a type: `CAPWIN_UPDATE_CRDS=1 cargo test -p capwin-api --test crds`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use capwin_api::crds;
 
@@ -13,25 +14,49 @@ fn crds_dir() -> PathBuf {
 fn crds_folder_matches_the_types() {
     let update = std::env::var_os("CAPWIN_UPDATE_CRDS").is_some();
     let mut want_files = Vec::new();
-    for crd in crds::all() {
-        let name = crds::file_name(&crd);
+    for (name, text) in crds::files() {
         let path = crds_dir().join(&name);
-        let yaml = crds::to_yaml(&crd);
         if update {
-            std::fs::write(&path, &yaml).unwrap();
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &text).unwrap();
         }
         let on_disk = std::fs::read_to_string(&path).unwrap_or_default();
         assert!(
-            on_disk == yaml,
-            "{name} drifted from the Rust types; regenerate with CAPWIN_UPDATE_CRDS=1 or `capwin crds --out-dir crds`"
+            on_disk == text,
+            "crds/{name} drifted from the Rust types; regenerate with CAPWIN_UPDATE_CRDS=1 or `capwin crds --out-dir crds`"
         );
         want_files.push(name);
     }
-    let mut have: Vec<String> =
-        std::fs::read_dir(crds_dir()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    let mut have = Vec::new();
+    files_below(&crds_dir(), "", &mut have);
     have.sort();
     want_files.sort();
     assert_eq!(have, want_files, "crds/ holds files no type generates");
+}
+
+/// Every file below `dir`, as a path relative to it with `/` separators.
+fn files_below(dir: &Path, prefix: &str, out: &mut Vec<String>) {
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let name = format!("{prefix}{}", e.file_name().into_string().unwrap());
+        if e.file_type().unwrap().is_dir() {
+            files_below(&e.path(), &format!("{name}/"), out);
+        } else {
+            out.push(name);
+        }
+    }
+}
+
+#[test]
+fn one_folder_per_provider() {
+    // config/bootstrap and config/infrastructure include these folders; each CRD sits in its group's.
+    let kustomizations: Vec<String> =
+        crds::files().into_iter().map(|(name, _)| name).filter(|n| n.ends_with("/kustomization.yaml")).collect();
+    assert_eq!(kustomizations, ["bootstrap/kustomization.yaml", "infrastructure/kustomization.yaml"]);
+    for crd in crds::all() {
+        assert_eq!(crd.spec.group, format!("{}.cluster.x-k8s.io", crds::provider(&crd)));
+        assert!(crds::kustomization(crds::provider(&crd)).contains(&format!("\n- {}\n", crds::file_name(&crd))));
+    }
 }
 
 #[test]
@@ -140,9 +165,8 @@ fn windows_settings_are_validated_by_the_schema() {
         w["cni"]["properties"]["flavour"]["enum"],
         serde_json::json!(["calico-vxlan", "flannel-vxlan", "flannel-host-gw", "none"])
     );
-    assert_eq!(w["cni"]["properties"]["vxlan"]["properties"]["vni"]["minimum"], 4096.0);
-    assert_eq!(w["cni"]["properties"]["vxlan"]["properties"]["port"]["minimum"], 4789.0);
-    assert_eq!(w["cni"]["properties"]["vxlan"]["properties"]["port"]["maximum"], 4789.0);
+    // The VXLAN VNI and port live in the CNI addons (flannel net-conf.json, Calico Felix), not here.
+    assert!(w["cni"]["properties"]["vxlan"].is_null());
     assert_eq!(w["kubeProxy"]["properties"]["mode"]["enum"], serde_json::json!(["daemonset", "none"]));
     let rules = serde_json::to_string(&s).unwrap();
     for rule in ["has(self.content) != has(self.contentFrom)", "self.source != 'Download' || has(self.download)"] {

@@ -209,6 +209,7 @@ async fn apply(m: &AWSWindowsMachine, ctx: &Context) -> Result<Action, Error> {
     }
     contract::require_cluster_infrastructure(&cluster)?;
     let payload = contract::bootstrap_data(&ctx.client, &machine).await?;
+    let port = diagnostics::port_annotation(&payload);
 
     tracing::info!(machine = %m.name_any(), "bootstrap data present; resolving the launch");
     let ec2 = ctx.ec2_for(m).await?;
@@ -224,7 +225,10 @@ async fn apply(m: &AWSWindowsMachine, ctx: &Context) -> Result<Action, Error> {
     api.patch(
         &m.name_any(),
         &PatchParams::default(),
-        &Patch::Merge(json!({"spec": {"instanceID": instance.id, "providerID": model::provider_id(&instance)}})),
+        &Patch::Merge(json!({
+            "metadata": {"annotations": {diagnostics::SERIAL_PORT_ANNOTATION: port}},
+            "spec": {"instanceID": instance.id, "providerID": model::provider_id(&instance)},
+        })),
     )
     .await?;
     if created {
@@ -368,6 +372,8 @@ async fn report(m: &AWSWindowsMachine, ctx: &Context, id: &str, machine: &Dynami
         let (cap, note) = diagnostics::follow(
             &ctx.console_reads,
             &ctx.metrics,
+            capwin_payload::Cloud::Aws,
+            m.annotations().get(diagnostics::SERIAL_PORT_ANNOTATION).map(String::as_str),
             machine,
             &uid,
             &mut status,
@@ -556,11 +562,11 @@ pub async fn reconcile_template(t: Arc<AWSWindowsMachineTemplate>, ctx: Arc<Cont
 
 /// Runs the controllers for machines and their templates; `queue` receives their reconcile
 /// queue delays.
-pub async fn run(ctx: Arc<Context>, queue: capwin_infra::QueueMetrics) {
-    let (client, namespace) = (ctx.client.clone(), ctx.namespace.clone());
+pub async fn run(ctx: Arc<Context>, queue: capwin_infra::QueueMetrics, settings: watch::RunSettings) {
+    let client = ctx.client.clone();
     watch::run_controllers::<AWSWindowsMachine, AWSWindowsMachineTemplate, _, _, _, _, _, _>(
         client,
-        namespace.as_deref(),
+        &settings,
         "AWSWindowsMachine",
         queue,
         ctx,

@@ -412,15 +412,8 @@ pub fn zone(failure_domain: Option<&str>) -> Result<Option<String>, String> {
 /// with the resource group lower-cased, as cloud-provider-azure writes it on the Node (CAPI
 /// matches the two strings exactly).
 pub fn provider_id(p: &Placement, vm_name: &str) -> String {
-    format!(
-        "azure://{}",
-        resource_id(
-            &p.subscription,
-            &p.resource_group.to_ascii_lowercase(),
-            "Microsoft.Compute/virtualMachines",
-            vm_name
-        )
-    )
+    // Exactly what the node's kubelet is given (`--provider-id`), so CAPI matches Machine and Node.
+    capwin_payload::node::azure_provider_id(&p.subscription, &p.resource_group, vm_name)
 }
 
 /// What the VM's provisioning state and power state mean for `Ready`.

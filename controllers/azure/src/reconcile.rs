@@ -391,7 +391,7 @@ async fn apply(m: &AzureWindowsMachine, ctx: &Context) -> Result<Action, Error> 
 
     let vm_name = match vm_id.as_deref().and_then(|id| id.rsplit('/').next()) {
         Some(n) => n.to_string(),
-        None => choose_vm_name(m, ctx, &arm, &placement).await?,
+        None => choose_vm_name(m, ctx, &arm, &placement, diagnostics::port_annotation(&payload)).await?,
     };
     let res = model::resources(&placement, &vm_name);
     let tags = model::tags(&o.cluster_name, &ns, &m.name_any(), &m.spec.additional_tags);
@@ -484,6 +484,7 @@ async fn choose_vm_name(
     ctx: &Context,
     arm: &ArmClient,
     p: &Placement,
+    serial_port: Option<String>,
 ) -> Result<String, Error> {
     let ns = m.namespace().unwrap_or_default();
     let uid = m.uid().unwrap_or_default();
@@ -496,7 +497,10 @@ async fn choose_vm_name(
             api_.patch(
                 &m.name_any(),
                 &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"annotations": {VM_ID_ANNOTATION: id}}})),
+                &Patch::Merge(json!({"metadata": {"annotations": {
+                    VM_ID_ANNOTATION: id,
+                    diagnostics::SERIAL_PORT_ANNOTATION: serial_port,
+                }}})),
             )
             .await?;
             return Ok(name);
@@ -591,6 +595,8 @@ async fn report(
         let (cap, note) = diagnostics::follow(
             &ctx.serial_reads,
             &ctx.metrics,
+            capwin_payload::Cloud::Azure,
+            m.annotations().get(diagnostics::SERIAL_PORT_ANNOTATION).map(String::as_str),
             machine,
             &uid,
             &mut status,
@@ -818,11 +824,11 @@ async fn azure_json_for(
 
 /// Runs the controllers for machines and their templates; `queue` receives their reconcile
 /// queue delays.
-pub async fn run(ctx: Arc<Context>, queue: capwin_infra::QueueMetrics) {
-    let (client, namespace) = (ctx.client.clone(), ctx.settings.namespace.clone());
+pub async fn run(ctx: Arc<Context>, queue: capwin_infra::QueueMetrics, settings: watch::RunSettings) {
+    let client = ctx.client.clone();
     watch::run_controllers::<AzureWindowsMachine, AzureWindowsMachineTemplate, _, _, _, _, _, _>(
         client,
-        namespace.as_deref(),
+        &settings,
         "AzureWindowsMachine",
         queue,
         ctx,

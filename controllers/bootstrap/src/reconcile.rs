@@ -432,6 +432,7 @@ async fn produce(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<Action, Er
 
     // Inputs the payload needs from Secrets.
     let secret_files = resolve_content_from(cfg, &secrets).await?;
+    let domain_join = resolve_domain_join(cfg, &secrets).await?;
     let inputs = ClusterInputs {
         api_server_endpoint: ready.endpoint.clone(),
         ca_cert_hashes: ca_hashes,
@@ -442,6 +443,7 @@ async fn produce(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<Action, Er
     let rendered = capwin_payload::render(&RenderInput {
         spec: &cfg.spec,
         secret_file_contents: &secret_files,
+        domain_join_secret: domain_join.as_ref(),
         cluster: &inputs,
         token: &tok,
         cloud: ready.cloud,
@@ -535,6 +537,8 @@ async fn after_join(
     let rendered = capwin_payload::render(&RenderInput {
         spec: &cfg.spec,
         secret_file_contents: &secret_files,
+        // The domain join account has served too: the scrubbed payload names none.
+        domain_join_secret: cfg.spec.windows.domain_join.as_ref().map(|_| &*DOMAIN_JOIN_PLACEHOLDER),
         cluster: &inputs,
         token: &placeholder,
         cloud: ready.cloud,
@@ -667,6 +671,38 @@ async fn resolve_content_from(
     }
     Ok(out)
 }
+
+/// The domain join account of `spec.windows.domainJoin`, read from its Secret like
+/// `files[].contentFrom`. Errors name the Secret and key, never a value.
+async fn resolve_domain_join(
+    cfg: &WindowsKubeadmConfig,
+    secrets: &Api<Secret>,
+) -> Result<Option<capwin_payload::DomainJoinSecret>, Error> {
+    let Some(join) = &cfg.spec.windows.domain_join else { return Ok(None) };
+    let r = &join.credentials_secret;
+    let missing = |what: String| {
+        blocked(
+            "MissingDomainJoinSecret",
+            format!("spec.windows.domainJoin.credentialsSecret: {what}"),
+            Some(Duration::from_secs(30)),
+        )
+    };
+    let Some(s) = secrets.get_opt(&r.name).await? else {
+        return Err(missing(format!("Secret {} does not exist", r.name)));
+    };
+    let key = |k: &str| s.data.as_ref().and_then(|d| d.get(k)).map(|v| v.0.clone());
+    let (Some(username), Some(password)) = (key(r.username_key()), key(r.password_key())) else {
+        return Err(missing(format!("Secret {} needs the keys {} and {}", r.name, r.username_key(), r.password_key())));
+    };
+    Ok(Some(capwin_payload::DomainJoinSecret { username, password }))
+}
+
+/// What a scrubbed payload carries in place of the domain join account after the join.
+static DOMAIN_JOIN_PLACEHOLDER: std::sync::LazyLock<capwin_payload::DomainJoinSecret> =
+    std::sync::LazyLock::new(|| capwin_payload::DomainJoinSecret {
+        username: b"redacted\\redacted".to_vec(),
+        password: b"redacted".to_vec(),
+    });
 
 fn owner_ref(cfg: &WindowsKubeadmConfig) -> OwnerReference {
     let mut o = cfg.controller_owner_ref(&()).expect("a stored object has a uid");

@@ -49,13 +49,38 @@ pub fn node_joined(status: &mut InfraMachineStatus, node: &str, generation: Opti
     set_condition(&mut status.conditions, NODE_BOOTSTRAP, true, "NodeJoined", &msg, generation, &now_rfc3339());
 }
 
+/// Annotation on an infrastructure machine naming the serial port its bootstrap writes to, read
+/// from the payload when the VM is created (the payload is not read again afterwards).
+pub const SERIAL_PORT_ANNOTATION: &str = "capwin.cluster.x-k8s.io/serial-port";
+
+/// The value of [`SERIAL_PORT_ANNOTATION`] for a payload: its port (`COM2`), `none` when serial
+/// diagnostics are off, `None` when the payload does not say.
+pub fn port_annotation(payload: &[u8]) -> Option<String> {
+    match serial::written_port(payload) {
+        serial::WrittenPort::Port(p) => Some(p),
+        serial::WrittenPort::Off => Some("none".into()),
+        serial::WrittenPort::Unknown => None,
+    }
+}
+
+fn written(annotation: Option<&str>) -> serial::WrittenPort {
+    match annotation {
+        Some("none") => serial::WrittenPort::Off,
+        Some(p) => serial::WrittenPort::Port(p.to_string()),
+        None => serial::WrittenPort::Unknown,
+    }
+}
+
 /// What a report does about the serial console: until the Machine's Node exists, read it (at
 /// most once per [`READ_INTERVAL`] per machine, through `read`) into `NodeBootstrap`; once it
 /// exists, say so and stop reading. Returns the requeue cap (while still reading) and, when this
 /// read newly found a failure, the note for a Warning event.
+#[allow(clippy::too_many_arguments)]
 pub async fn follow<F, Fut>(
     slots: &Slots,
     metrics: &Metrics,
+    cloud: capwin_payload::Cloud,
+    port: Option<&str>,
     machine: &DynamicObject,
     uid: &str,
     status: &mut InfraMachineStatus,
@@ -69,6 +94,19 @@ where
     if let Some(node) = machine.data["status"]["nodeRef"]["name"].as_str().filter(|n| !n.is_empty()) {
         slots.forget(uid);
         node_joined(status, node, generation);
+        return (None, None);
+    }
+    // A console that cannot show the bootstrap's records is not read (each read is a cloud call).
+    if let Err(why) = serial::console_watch(cloud, &written(port)) {
+        set_condition(
+            &mut status.conditions,
+            NODE_BOOTSTRAP,
+            false,
+            "ConsoleNotWatched",
+            &why,
+            generation,
+            &now_rfc3339(),
+        );
         return (None, None);
     }
     if !slots.take(uid, Instant::now(), should_read) {
@@ -105,6 +143,18 @@ impl Slots {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_port_the_bootstrap_wrote_to_decides_whether_the_console_is_read() {
+        use capwin_payload::Cloud;
+        assert!(serial::console_watch(Cloud::Azure, &written(Some("COM2"))).is_ok());
+        assert!(serial::console_watch(Cloud::Aws, &written(Some("COM1"))).is_ok());
+        let why = serial::console_watch(Cloud::Azure, &written(Some("COM1"))).unwrap_err();
+        assert!(why.contains("COM1") && why.contains("COM2"), "{why}");
+        assert!(serial::console_watch(Cloud::Aws, &written(Some("none"))).is_err());
+        assert!(serial::console_watch(Cloud::Azure, &written(None)).is_ok(), "an older machine is read anyway");
+        assert_eq!(port_annotation(b"not a payload"), None);
+    }
 
     #[test]
     fn the_console_is_read_at_most_once_per_interval() {

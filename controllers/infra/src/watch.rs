@@ -115,6 +115,34 @@ where
     }
 }
 
+/// How a machine controller watches and runs: the manager's flags, with CAPI's meanings.
+#[derive(Clone, Debug)]
+pub struct RunSettings {
+    /// Watch only this namespace (`--namespace`).
+    pub namespace: Option<String>,
+    /// Only objects labelled `cluster.x-k8s.io/watch-filter=<value>` (`--watch-filter`): the
+    /// machines, their templates, Machines and Clusters.
+    pub watch_filter: Option<String>,
+    /// Reconciles running at once (`--concurrency`).
+    pub concurrency: u16,
+    /// Every object is reconciled at least this often (`--sync-period`).
+    pub sync_period: Duration,
+}
+
+impl RunSettings {
+    /// The manager's defaults, in one namespace or all.
+    pub fn new(namespace: Option<String>) -> Self {
+        Self { namespace, watch_filter: None, concurrency: 10, sync_period: Duration::from_secs(600) }
+    }
+
+    fn watcher(&self) -> watcher::Config {
+        match &self.watch_filter {
+            Some(f) => watcher::Config::default().labels(&format!("cluster.x-k8s.io/watch-filter={f}")),
+            None => watcher::Config::default(),
+        }
+    }
+}
+
 /// Runs a machine controller and its template controller until the process stops. Machines are
 /// woken by their own changes, their Machine's (`machines_to`) and their Cluster's
 /// (`clusters_to`); templates by their own. Every watch backs off on its own errors and the
@@ -123,7 +151,7 @@ where
 #[allow(clippy::too_many_arguments)]
 pub async fn run_controllers<K, T, C, R, RF, E, TR, TF>(
     client: Client,
-    namespace: Option<&str>,
+    settings: &RunSettings,
     kind: &'static str,
     queue: capwin_runtime::QueueMetrics,
     ctx: Arc<C>,
@@ -152,6 +180,8 @@ pub async fn run_controllers<K, T, C, R, RF, E, TR, TF>(
     TR: FnMut(Arc<T>, Arc<C>) -> TF + Send + 'static,
     TF: TryFuture<Ok = Action, Error = Error> + Send + 'static,
 {
+    let namespace = settings.namespace.as_deref();
+    let wc = settings.watcher();
     let scoped = |ar: &ApiResource| match namespace {
         Some(ns) => Api::<DynamicObject>::namespaced_with(client.clone(), ns, ar),
         None => Api::<DynamicObject>::all_with(client.clone(), ar),
@@ -164,14 +194,10 @@ pub async fn run_controllers<K, T, C, R, RF, E, TR, TF>(
     let template_kind: &'static str = Box::leak(format!("{kind}Template").into_boxed_str());
     let template_delay = capwin_runtime::QueueDelay::new(template_kind, queue.clone());
     let template_ctx = ctx.clone();
+    let template_wc = wc.clone();
     tokio::spawn(async move {
         let (store, writer) = kube::runtime::reflector::store();
-        let own = template_delay.observed(capwin_runtime::reflect(
-            templates,
-            watcher::Config::default(),
-            writer,
-            template_kind,
-        ));
+        let own = template_delay.observed(capwin_runtime::reflect(templates, template_wc, writer, template_kind));
         let mut reconcile_template = reconcile_template;
         let started = template_delay.clone();
         let output = Controller::for_stream(own, store).run(
@@ -186,19 +212,21 @@ pub async fn run_controllers<K, T, C, R, RF, E, TR, TF>(
     });
     let delay = capwin_runtime::QueueDelay::new(kind, queue);
     let (store, writer) = kube::runtime::reflector::store();
-    let own = delay.observed(capwin_runtime::reflect(objects, watcher::Config::default(), writer, kind));
+    let own = delay.observed(capwin_runtime::reflect(objects, wc.clone(), writer, kind));
     let started = delay.clone();
     let output = Controller::for_stream(own, store.clone())
+        .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
         .watches_stream_with(
-            capwin_runtime::watch(machines, watcher::Config::default(), "Machine"),
+            capwin_runtime::watch(machines, wc.clone(), "Machine"),
             delay.mapped(machines_to(kind)),
             capi("Machine"),
         )
         .watches_stream_with(
-            capwin_runtime::watch(clusters, watcher::Config::default(), "Cluster"),
-            delay.mapped(clusters_to(store)),
+            capwin_runtime::watch(clusters, wc, "Cluster"),
+            delay.mapped(clusters_to(store.clone())),
             capi("Cluster"),
         )
+        .reconcile_all_on(delay.resync(settings.sync_period, store))
         .run(
             move |o: Arc<K>, c: Arc<C>| {
                 started.started(&capwin_runtime::obj_key(o.as_ref()));

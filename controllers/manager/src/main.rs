@@ -30,7 +30,8 @@ struct Cli {
 enum Command {
     /// Print every capwin CRD as a multi-document YAML stream.
     Crds {
-        /// Write one file per CRD into this folder instead (the layout of `crds/`).
+        /// Write the files of `crds/` into this folder instead: per provider a folder with one file
+        /// per CRD and a kustomization.yaml.
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
@@ -71,10 +72,10 @@ fn crds(out_dir: Option<PathBuf>) -> anyhow::Result<()> {
     match out_dir {
         None => std::io::stdout().write_all(capwin_api::crds::all_yaml().as_bytes())?,
         Some(dir) => {
-            std::fs::create_dir_all(&dir)?;
-            for crd in capwin_api::crds::all() {
-                let path = dir.join(capwin_api::crds::file_name(&crd));
-                std::fs::write(&path, capwin_api::crds::to_yaml(&crd))?;
+            for (file, text) in capwin_api::crds::files() {
+                let path = dir.join(file);
+                std::fs::create_dir_all(path.parent().unwrap_or(&dir))?;
+                std::fs::write(&path, text)?;
             }
         }
     }

@@ -170,6 +170,12 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
         sync_period: args.sync_period,
         concurrency: args.concurrency,
     };
+    let machine_settings = capwin_infra::watch::RunSettings {
+        namespace: args.namespace.clone(),
+        watch_filter: args.watch_filter.clone(),
+        concurrency: args.concurrency,
+        sync_period: args.sync_period,
+    };
     // Every controller is a task; the manager exits non-zero as soon as any of them ends, so the
     // Deployment restarts it (a controller never ends on its own).
     let mut tasks = tokio::task::JoinSet::new();
@@ -204,12 +210,12 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
                     aws_metrics.clone(),
                 )
                 .await;
-                tasks.spawn(capwin_aws::reconcile::run(ctx, queue.clone()));
+                tasks.spawn(capwin_aws::reconcile::run(ctx, queue.clone(), machine_settings.clone()));
                 tracing::info!(region = region.as_deref().unwrap_or("(none)"), "aws controller started");
             }
             ControllerName::Azure => {
                 let ctx = azure_context(&args, client.clone(), azure_metrics.clone())?;
-                tasks.spawn(capwin_azure::reconcile::run(ctx, queue.clone()));
+                tasks.spawn(capwin_azure::reconcile::run(ctx, queue.clone(), machine_settings.clone()));
                 tracing::info!(arm = %args.azure_arm_endpoint, "azure controller started");
             }
         }

@@ -55,7 +55,7 @@ pub fn metadata(major: u32, minor: u32) -> String {
 
 fn render(kubectl: &str, root: &Path) -> anyhow::Result<String> {
     let out = Command::new(kubectl)
-        .args(["kustomize", "--load-restrictor=LoadRestrictionsNone"])
+        .arg("kustomize")
         .arg(root)
         .output()
         .with_context(|| format!("running {kubectl} kustomize (kubectl must be installed)"))?;

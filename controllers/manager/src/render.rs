@@ -41,7 +41,8 @@ pub struct RenderArgs {
     /// Target cloud: decides the size limit and compression.
     #[arg(long, value_enum, default_value_t = CloudArg::Azure)]
     cloud: CloudArg,
-    /// Folder laid out like mounted Secrets (DIR/<secret>/<key>) for files[].contentFrom.
+    /// Folder laid out like mounted Secrets (DIR/<secret>/<key>) for files[].contentFrom and
+    /// windows.domainJoin.credentialsSecret.
     #[arg(long)]
     secret_dir: Option<PathBuf>,
     /// Print a size report to stderr.
@@ -83,6 +84,7 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
         args.ca_cert_hashes.clone()
     };
     let secret_file_contents = resolve_secret_files(&config, args.secret_dir.as_deref())?;
+    let domain_join = resolve_domain_join(&config, args.secret_dir.as_deref())?;
     let cluster = ClusterInputs {
         api_server_endpoint: endpoint,
         ca_cert_hashes,
@@ -97,6 +99,7 @@ pub fn run(args: RenderArgs) -> anyhow::Result<()> {
     let input = RenderInput {
         spec: &config.spec,
         secret_file_contents: &secret_file_contents,
+        domain_join_secret: domain_join.as_ref(),
         cluster: &cluster,
         token: &token,
         cloud,
@@ -161,4 +164,22 @@ fn resolve_secret_files(
         out.insert(i, bytes);
     }
     Ok(out)
+}
+
+/// The domain join account from `--secret-dir`, as the controller reads it from its Secret.
+fn resolve_domain_join(
+    config: &WindowsKubeadmConfig,
+    dir: Option<&std::path::Path>,
+) -> anyhow::Result<Option<capwin_payload::DomainJoinSecret>> {
+    let Some(join) = &config.spec.windows.domain_join else { return Ok(None) };
+    let r = &join.credentials_secret;
+    let Some(dir) = dir else {
+        bail!("spec.windows.domainJoin.credentialsSecret: Secret {} needs --secret-dir", r.name);
+    };
+    let read = |key: &str| {
+        let path = dir.join(&r.name).join(key);
+        std::fs::read(&path)
+            .with_context(|| format!("spec.windows.domainJoin.credentialsSecret: reading {}", path.display()))
+    };
+    Ok(Some(capwin_payload::DomainJoinSecret { username: read(r.username_key())?, password: read(r.password_key())? }))
 }

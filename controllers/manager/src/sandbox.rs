@@ -38,12 +38,12 @@ use kube::{Client, ResourceExt};
 use serde_json::Value;
 
 const CAPWIN_CRDS: [&str; 6] = [
-    include_str!("../../../crds/bootstrap.cluster.x-k8s.io_windowskubeadmconfigs.yaml"),
-    include_str!("../../../crds/bootstrap.cluster.x-k8s.io_windowskubeadmconfigtemplates.yaml"),
-    include_str!("../../../crds/infrastructure.cluster.x-k8s.io_awswindowsmachines.yaml"),
-    include_str!("../../../crds/infrastructure.cluster.x-k8s.io_awswindowsmachinetemplates.yaml"),
-    include_str!("../../../crds/infrastructure.cluster.x-k8s.io_azurewindowsmachines.yaml"),
-    include_str!("../../../crds/infrastructure.cluster.x-k8s.io_azurewindowsmachinetemplates.yaml"),
+    include_str!("../../../crds/bootstrap/bootstrap.cluster.x-k8s.io_windowskubeadmconfigs.yaml"),
+    include_str!("../../../crds/bootstrap/bootstrap.cluster.x-k8s.io_windowskubeadmconfigtemplates.yaml"),
+    include_str!("../../../crds/infrastructure/infrastructure.cluster.x-k8s.io_awswindowsmachines.yaml"),
+    include_str!("../../../crds/infrastructure/infrastructure.cluster.x-k8s.io_awswindowsmachinetemplates.yaml"),
+    include_str!("../../../crds/infrastructure/infrastructure.cluster.x-k8s.io_azurewindowsmachines.yaml"),
+    include_str!("../../../crds/infrastructure/infrastructure.cluster.x-k8s.io_azurewindowsmachinetemplates.yaml"),
 ];
 /// Every Cluster API kind the templates hold (see `test/kit/capi-crds/README.md`).
 const CAPI_CRDS: [&str; 14] = [

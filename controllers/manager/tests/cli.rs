@@ -25,8 +25,9 @@ apiVersion: bootstrap.cluster.x-k8s.io/v1alpha1
 kind: WindowsKubeadmConfig
 metadata: {name: w}
 spec:
+  verbosity: 7
   windows:
-    cni: {flavour: flannel-vxlan, vxlan: {vni: 4097}}
+    cni: {flavour: flannel-vxlan}
 "#;
 
 #[test]
@@ -74,7 +75,7 @@ fn render_uses_the_given_cluster_values() {
     let text = String::from_utf8(o.stdout.clone()).unwrap();
     assert!(text.contains(r#""apiServerEndpoint": "10.0.0.4:6443""#), "{text}");
     assert!(text.contains(r#""token": "qwerty.0123456789qwerty""#));
-    assert!(text.contains(r#""kubernetesVersion":"v1.33.5""#) && text.contains(r#""vni":4097"#));
+    assert!(text.contains(r#""kubernetesVersion":"v1.33.5""#) && text.contains(r#""verbosity":7"#));
     assert!(!stderr(&o).contains("placeholder"));
 }
 
@@ -91,7 +92,11 @@ fn assert_fails_naming(config: &str, args: &[&str], needle: &str) {
 fn bad_input_names_the_field() {
     assert_fails_naming(&GOOD.replace("cni:", "cnii:"), &[], "unknown field: spec.windows.cnii");
     assert_fails_naming(&GOOD.replace("flannel-vxlan", "flannel"), &[], "spec.windows.cni.flavour");
-    assert_fails_naming(&GOOD.replace("4097", "12"), &[], "spec.windows.cni.vxlan.vni: Windows needs a VNI from 4096");
+    assert_fails_naming(
+        &GOOD.replace("verbosity: 7", "verbosity: 12"),
+        &[],
+        "spec.verbosity: must be between 0 and 10",
+    );
     assert_fails_naming(
         &GOOD.replace("kind: WindowsKubeadmConfig", "kind: KubeadmConfig"),
         &[],

@@ -31,8 +31,14 @@ fn main() {
             let mut spec = WindowsKubeadmConfigSpec::default();
             spec.windows.cni.flavour = cni;
             spec.windows.version = WindowsServerVersion::Ws2025;
-            let input =
-                RenderInput { spec: &spec, secret_file_contents: &secrets, cluster: &cluster, token: &token, cloud };
+            let input = RenderInput {
+                spec: &spec,
+                secret_file_contents: &secrets,
+                domain_join_secret: None,
+                cluster: &cluster,
+                token: &token,
+                cloud,
+            };
             let mut times: Vec<Duration> = Vec::with_capacity(RUNS);
             let mut last = None;
             for _ in 0..RUNS {

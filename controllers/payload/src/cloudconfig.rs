@@ -70,8 +70,18 @@ impl Document {
         let mut files = vec![
             file("join configuration", JOIN_CONFIG_PATH, join.into_bytes(), "0600"),
             file("parameters", PARAMS_PATH, params.into_bytes(), "0644"),
-            file("bootstrap script", SCRIPT_PATH, crate::BOOTSTRAP_SCRIPT.as_bytes().to_vec(), "0644"),
+            file(
+                "bootstrap script",
+                SCRIPT_PATH,
+                crate::script::shipped(features(input, c)).as_bytes().to_vec(),
+                "0644",
+            ),
         ];
+        if let Some(account) = &c.domain_join_file {
+            // Private: the script narrows C:\run\capwin to SYSTEM and Administrators first, and
+            // deletes this file once the domain membership is confirmed.
+            files.push(file("domain join account", crate::node::DOMAIN_JOIN_PATH, account.0.clone(), "0600"));
+        }
         for d in &input.spec.windows.containerd.config_drop_ins {
             let path = format!(r"C:\run\capwin\containerd-{}.toml", d.name);
             files.push(file(&format!("containerd drop-in {}", d.name), &path, d.content.as_bytes().to_vec(), "0644"));
@@ -155,6 +165,18 @@ impl Document {
             parts.push(("users".into(), users));
         }
         parts
+    }
+}
+
+/// The optional parts of the script this node uses.
+pub fn features(input: &RenderInput<'_>, c: &Checked) -> crate::script::Features {
+    let w = &input.spec.windows;
+    crate::script::Features {
+        domain_join: w.domain_join.is_some(),
+        ccg_plugin: w.gmsa.enabled && w.gmsa.ccg_plugin.is_some(),
+        external_network: c.external_network.is_some(),
+        hyper_v: w.hyper_v.enabled,
+        containerd_download: w.containerd.source == capwin_api::bootstrap::ContainerdSource::Download,
     }
 }
 

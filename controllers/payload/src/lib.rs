@@ -7,7 +7,10 @@
 //!   the bootstrap token; node name, node IP and provider ID are `@@CAPWIN_…@@` placeholders the
 //!   script fills from the instance (the only values not known at render time);
 //! - `C:\run\capwin\bootstrap.ps1`: one static PowerShell script (code only, same for every node);
-//! - `C:\run\capwin\bootstrap.json`: every user value as ASCII-escaped JSON (data only);
+//! - `C:\run\capwin\bootstrap.json`: every user value and every decision of [`node`] as
+//!   ASCII-escaped JSON (data only): the script performs, it does not decide;
+//! - `C:\run\capwin\domain-join.json` when the node joins an AD domain (the join account; the
+//!   script deletes it after the join);
 //! - the user's files and containerd drop-ins;
 //!
 //! plus `users` and `ntp`, and one `runcmd` line that runs the script and passes on its exit
@@ -18,7 +21,9 @@ mod budget;
 mod cloudconfig;
 mod json;
 mod kubeadm;
+pub mod node;
 mod params;
+pub mod script;
 pub mod serial;
 pub mod validate;
 
@@ -27,8 +32,13 @@ use capwin_api::bootstrap::WindowsKubeadmConfigSpec;
 pub use budget::{AWS_USER_DATA_LIMIT, AZURE_CUSTOM_DATA_LIMIT, Cloud, PartSize};
 pub use validate::FieldError;
 
-/// The static bootstrap script shipped in every payload.
-pub const BOOTSTRAP_SCRIPT: &str = include_str!("../ps/bootstrap.ps1");
+/// The readable bootstrap script (`ps/bootstrap.ps1`); what ships is [`bootstrap_script`].
+pub const BOOTSTRAP_SOURCE: &str = script::SOURCE;
+
+/// The bootstrap script with every optional part, as shipped (the source without comments).
+pub fn bootstrap_script() -> &'static str {
+    script::shipped(script::Features::ALL)
+}
 /// Where the script lands on the node.
 pub const SCRIPT_PATH: &str = r"C:\run\capwin\bootstrap.ps1";
 /// Where the parameters land on the node.
@@ -69,6 +79,33 @@ impl BootstrapToken {
     }
 }
 
+/// A value that never shows in `Debug` output (secrets inside otherwise printable structs).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Redacted<T>(pub T);
+
+impl<T> std::fmt::Debug for Redacted<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// The Active Directory join account of `spec.windows.domainJoin`, exactly as the controller read
+/// it from the Secret `credentialsSecret.name` in the config's namespace: the bytes of
+/// `data[credentialsSecret.usernameKey]` (default key `username`) and
+/// `data[credentialsSecret.passwordKey]` (default key `password`), like `files[].contentFrom`
+/// contents. `Debug` never shows them.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DomainJoinSecret {
+    pub username: Vec<u8>,
+    pub password: Vec<u8>,
+}
+
+impl std::fmt::Debug for DomainJoinSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DomainJoinSecret(<redacted>)")
+    }
+}
+
 /// What the renderer needs from the cluster.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClusterInputs {
@@ -90,6 +127,9 @@ pub struct RenderInput<'a> {
     pub spec: &'a WindowsKubeadmConfigSpec,
     /// Bytes of each `spec.files[i]` that uses `contentFrom`, as read from the Secret, by index.
     pub secret_file_contents: &'a std::collections::BTreeMap<usize, Vec<u8>>,
+    /// The join account when `spec.windows.domainJoin` is set (see [`DomainJoinSecret`]); `None`
+    /// otherwise. A spec with a domain join and no resolved account fails validation.
+    pub domain_join_secret: Option<&'a DomainJoinSecret>,
     pub cluster: &'a ClusterInputs,
     pub token: &'a BootstrapToken,
     pub cloud: Cloud,

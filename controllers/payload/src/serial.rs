@@ -15,8 +15,20 @@
 //! Pure: text in, a [`Report`] out. The console is untrusted, lossy text (a ring buffer that may
 //! start mid-line, other writers interleaved, CRLF or LF, several boots), so everything that is
 //! not a well-formed record is skipped, and what comes out is cleaned for a condition message.
+//!
+//! Which port the records travel on is decided per cloud ([`crate::node::serial_port`]); the
+//! infrastructure side finds the port a payload writes to with [`written_port`] and decides with
+//! [`console_watch`] whether that cloud's console can show it.
+//!
+//! While cloudbase-init runs the script it holds its own logging port open (Windows opens COM
+//! ports exclusively; `cloudbaseinit/utils/log.py` `SerialPortHandler` keeps the port for the
+//! whole run), so the script cannot open that port itself. It then prints each record to its
+//! standard output instead, which cloudbase-init logs when the script exits (`User_data stdout`)
+//! to its handlers, the serial port included: the records arrive, at the end of the run.
 
 use serde::Deserialize;
+
+use crate::Cloud;
 
 /// The marker that starts every record.
 pub const MARKER: &str = "CAPWIN-BOOTSTRAP ";
@@ -28,12 +40,14 @@ pub const STEP_EXIT_CODES: &[(&str, i32)] = &[
     ("preamble", 10),
     ("acl", 11),
     ("host", 20),
+    ("domain", 21),
     ("binaries", 30),
     ("version", 31),
     ("containerd", 40),
     ("network", 50),
     ("nodeip", 51),
     ("nodename", 52),
+    ("routes", 53),
     ("kubelet", 60),
     ("users", 61),
     ("gmsa", 62),
@@ -47,6 +61,74 @@ pub const STEP_EXIT_CODES: &[(&str, i32)] = &[
 /// The exit code `bootstrap.ps1` ends with when `step` fails.
 pub fn step_exit_code(step: &str) -> i32 {
     STEP_EXIT_CODES.iter().find(|(s, _)| *s == step).map_or(99, |(_, c)| *c)
+}
+
+/// The serial port a rendered payload's script writes its records to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WrittenPort {
+    /// This port (`COM1` … `COM4`).
+    Port(String),
+    /// Serial diagnostics are off (`spec.windows.diagnostics.serialPort: none`).
+    Off,
+    /// Not a capwin payload, or one this version cannot read.
+    Unknown,
+}
+
+/// Reads the port from a payload as the renderer made it (the Secret's `value`): the
+/// `serialPort` of its `bootstrap.json`. Pure; never fails, [`WrittenPort::Unknown`] instead.
+pub fn written_port(payload: &[u8]) -> WrittenPort {
+    use base64::Engine;
+    use std::io::Read;
+    let gunzip = |b: &[u8]| {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(b).read_to_end(&mut out).ok().map(|_| out)
+    };
+    let doc = if payload.starts_with(&[0x1f, 0x8b]) { gunzip(payload) } else { Some(payload.to_vec()) };
+    let Some(body) = doc.as_deref().and_then(|d| d.strip_prefix(b"#cloud-config\n")) else {
+        return WrittenPort::Unknown;
+    };
+    let Ok(v) = serde_yaml_ng::from_slice::<serde_yaml_ng::Value>(body) else { return WrittenPort::Unknown };
+    let Some(entry) = v["write_files"]
+        .as_sequence()
+        .and_then(|files| files.iter().find(|f| f["path"].as_str() == Some(crate::PARAMS_PATH)))
+    else {
+        return WrittenPort::Unknown;
+    };
+    let content = entry["content"].as_str().unwrap_or_default();
+    let b64 = |t: &str| base64::engine::general_purpose::STANDARD.decode(t).ok();
+    let params = match entry.get("encoding").and_then(|e| e.as_str()) {
+        None => Some(content.as_bytes().to_vec()),
+        Some("b64") => b64(content),
+        Some("gz+b64") => b64(content).and_then(|z| gunzip(&z)),
+        Some(_) => None,
+    };
+    let Some(json) = params.and_then(|p| serde_json::from_slice::<serde_json::Value>(&p).ok()) else {
+        return WrittenPort::Unknown;
+    };
+    match json.get("serialPort") {
+        Some(serde_json::Value::String(p)) if p.len() == 4 && p.starts_with("COM") => WrittenPort::Port(p.clone()),
+        Some(serde_json::Value::Null) => WrittenPort::Off,
+        _ => WrittenPort::Unknown,
+    }
+}
+
+/// Whether the infrastructure side should read the cloud's console for a payload's records:
+/// `Ok` to read; `Err` with the reason (for the `NodeBootstrap` condition) when it would show
+/// nothing. An unknown payload is read anyway (the records may be there).
+pub fn console_watch(cloud: Cloud, written: &WrittenPort) -> Result<(), String> {
+    let shown = crate::node::console_port(cloud);
+    match written {
+        WrittenPort::Port(p) if p == shown => Ok(()),
+        WrittenPort::Port(p) => Err(format!(
+            "the bootstrap writes its progress to {p}, but the {} console shows {shown}; set spec.windows.diagnostics.serialPort to {shown} or leave it unset",
+            match cloud {
+                Cloud::Aws => "EC2",
+                Cloud::Azure => "Azure boot diagnostics",
+            }
+        )),
+        WrittenPort::Off => Err("serial diagnostics are off (spec.windows.diagnostics.serialPort: none)".into()),
+        WrittenPort::Unknown => Ok(()),
+    }
 }
 
 /// Where the last run of the script is.
@@ -409,9 +491,32 @@ mod tests {
     }
 
     #[test]
+    fn the_console_is_watched_only_where_it_shows_the_records() {
+        // Defect 1: the infrastructure side reads the port the payload was written for.
+        let port = |p: &str| WrittenPort::Port(p.into());
+        assert_eq!(console_watch(Cloud::Azure, &port("COM2")), Ok(()));
+        assert_eq!(console_watch(Cloud::Aws, &port("COM1")), Ok(()));
+        let e = console_watch(Cloud::Azure, &port("COM1")).unwrap_err();
+        assert!(e.contains("COM1") && e.contains("Azure boot diagnostics console shows COM2"), "{e}");
+        assert!(console_watch(Cloud::Aws, &WrittenPort::Off).unwrap_err().contains("serialPort: none"));
+        assert_eq!(console_watch(Cloud::Aws, &WrittenPort::Unknown), Ok(()));
+        assert_eq!(written_port(b"not a payload"), WrittenPort::Unknown);
+        assert_eq!(written_port(b"#cloud-config\nruncmd: []\n"), WrittenPort::Unknown);
+        let doc = |params: &str| {
+            format!(
+                "#cloud-config\nwrite_files:\n- path: \"C:\\\\run\\\\capwin\\\\bootstrap.json\"\n  content: '{params}'\n"
+            )
+        };
+        assert_eq!(written_port(doc(r#"{"serialPort":"COM3"}"#).as_bytes()), port("COM3"));
+        assert_eq!(written_port(doc(r#"{"serialPort":null}"#).as_bytes()), WrittenPort::Off);
+        assert_eq!(written_port(&crate::budget::gzip(doc(r#"{"serialPort":"COM1"}"#).as_bytes())), port("COM1"));
+        assert_eq!(written_port(doc(r#"{"serialPort":"COM1; rm"}"#).as_bytes()), WrittenPort::Unknown);
+    }
+
+    #[test]
     fn step_codes_match_the_script() {
         // The `$Steps = @{ ... }` table of bootstrap.ps1, read from the script itself.
-        let script = crate::BOOTSTRAP_SCRIPT;
+        let script = crate::BOOTSTRAP_SOURCE;
         let start = script.find("$Steps = @{").expect("the step table");
         let body = &script[start..start + script[start..].find('}').unwrap()];
         let mut from_script: Vec<(String, i32)> = body

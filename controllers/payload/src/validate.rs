@@ -15,7 +15,8 @@ use capwin_api::bootstrap::{
     WindowsKubeadmConfigSpec,
 };
 
-use crate::{Cloud, RenderInput};
+use crate::node::{self, ExternalNetwork, HYPERV_LABEL};
+use crate::{Redacted, RenderInput};
 
 /// One invalid field.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,8 +72,11 @@ pub const REMOVED_KUBELET_FLAGS: &[(&str, u32)] = &[
 ];
 
 /// Feature gates that no longer exist (kubelet refuses unknown gates).
-pub const REMOVED_FEATURE_GATES: &[(&str, u32)] =
-    &[("WindowsHostProcessContainers", 28), ("WinOverlay", 34), ("WinDSR", 36)];
+pub const REMOVED_FEATURE_GATES: &[(&str, u32)] = &[("WindowsHostProcessContainers", 28)];
+/// Feature gates that are GA and locked to `true` from a minor version on: `=true` is accepted
+/// and changes nothing, `=false` stops the component. WinOverlay and WinDSR (kube-proxy's Windows
+/// gates) are locked since 1.34 (kubernetes `pkg/features/kube_features.go`), not removed.
+pub const LOCKED_FEATURE_GATES: &[(&str, u32)] = &[("WinOverlay", 34), ("WinDSR", 34)];
 
 /// kubelet flags capwin owns; setting them in `kubeletExtraArgs` would fight the renderer.
 const OWNED_KUBELET_FLAGS: &[(&str, &str)] = &[
@@ -109,12 +113,17 @@ pub struct Checked {
     pub api_server_endpoint: String,
     pub ca_cert_hashes: Vec<String>,
     pub unsafe_skip_ca_verification: bool,
-    pub serial_port: String,
+    /// `None`: serial diagnostics off.
+    pub serial_port: Option<String>,
     pub verbosity: u8,
     pub defender_processes: Vec<String>,
     pub defender_paths: Vec<String>,
     pub proxy_environment: Vec<String>,
     pub admin_authorized_keys: Vec<String>,
+    /// flannel's throw-away External HNS network, clear of the cluster's CIDRs.
+    pub external_network: Option<ExternalNetwork>,
+    /// The domain join account file (`{"username":…,"password":…}`, ASCII JSON).
+    pub domain_join_file: Option<Redacted<Vec<u8>>>,
 }
 
 struct Errors(Vec<FieldError>);
@@ -138,7 +147,7 @@ pub fn validate(input: &RenderInput<'_>) -> Result<Checked, Vec<FieldError>> {
     let (ca_cert_hashes, unsafe_skip) = ca_hashes(&mut e, input, spec);
     let files = files(&mut e, input, spec);
     let node_name = node_name(&mut e, spec);
-    let set_provider_id = spec.windows.kubelet.set_provider_id.unwrap_or(input.cloud == Cloud::Aws);
+    let set_provider_id = node::set_provider_id(spec.windows.kubelet.set_provider_id);
     let taints = taints(&mut e, spec);
     let kubelet_args = kubelet_args(&mut e, spec, minor, set_provider_id);
     windows_settings(&mut e, spec);
@@ -156,10 +165,18 @@ pub fn validate(input: &RenderInput<'_>) -> Result<Checked, Vec<FieldError>> {
     }
     commands(&mut e, &spec.pre_kubeadm_commands, "spec.preKubeadmCommands");
     commands(&mut e, &spec.post_kubeadm_commands, "spec.postKubeadmCommands");
-    let serial_port = spec.windows.diagnostics.serial_port.clone().unwrap_or_else(|| "COM1".into());
-    if !matches!(serial_port.as_str(), "COM1" | "COM2" | "COM3" | "COM4" | "none") {
+    let configured_port = spec.windows.diagnostics.serial_port.as_deref();
+    if configured_port.is_some_and(|p| !matches!(p, "COM1" | "COM2" | "COM3" | "COM4" | "none")) {
         e.push("spec.windows.diagnostics.serialPort", "must be COM1 to COM4 or none");
     }
+    let serial_port = node::serial_port(input.cloud, configured_port);
+    let external_network =
+        node::external_network(spec.windows.cni.flavour, &input.cluster.pod_cidrs, &input.cluster.service_cidrs)
+            .unwrap_or_else(|reason| {
+                e.push("cluster.spec.clusterNetwork", reason);
+                None
+            });
+    let domain_join_file = domain_join(&mut e, input, spec);
     let verbosity = spec.verbosity.unwrap_or(5);
     if verbosity > 10 {
         e.push("spec.verbosity", "must be between 0 and 10");
@@ -184,6 +201,8 @@ pub fn validate(input: &RenderInput<'_>) -> Result<Checked, Vec<FieldError>> {
         defender_paths,
         proxy_environment,
         admin_authorized_keys,
+        external_network,
+        domain_join_file,
     })
 }
 
@@ -578,6 +597,16 @@ fn kubelet_args(
                     );
                 }
             }
+            for (gate, since) in LOCKED_FEATURE_GATES {
+                if minor >= *since && a.value.split(',').any(|kv| kv == format!("{gate}=false")) {
+                    e.push(
+                        format!("{base}.value"),
+                        format!(
+                            "feature gate {gate} is GA and locked to true since 1.{since}; false would stop kubelet"
+                        ),
+                    );
+                }
+            }
         }
         if user.insert(a.name.clone(), a.value.clone()).is_some() {
             e.push(format!("{base}.name"), "is given twice");
@@ -598,6 +627,19 @@ fn kubelet_args(
     for (k, v) in &spec.windows.node.labels {
         check_label(e, &format!("spec.windows.node.labels[{k}]"), k, v);
         labels.push(format!("{k}={v}"));
+    }
+    // The Hyper-V RuntimeClass selects nodes by this label; only capwin sets it, and only on
+    // nodes that have the handler.
+    for (i, l) in labels.iter().enumerate() {
+        if l.split_once('=').map_or(l.as_str(), |(k, _)| k) == HYPERV_LABEL.0 {
+            e.push(
+                format!("spec.windows.node.labels (node label {i})"),
+                format!("{} is set by capwin from windows.hyperV.enabled", HYPERV_LABEL.0),
+            );
+        }
+    }
+    if spec.windows.hyper_v.enabled {
+        labels.push(format!("{}={}", HYPERV_LABEL.0, HYPERV_LABEL.1));
     }
 
     let mut defaults: Vec<(String, String)> = Vec::new();
@@ -645,17 +687,6 @@ fn check_label(e: &mut Errors, path: &str, key: &str, value: &str) {
 
 fn windows_settings(e: &mut Errors, spec: &WindowsKubeadmConfigSpec) {
     let w = &spec.windows;
-    if let Some(v) = &w.cni.vxlan {
-        if !matches!(w.cni.flavour, CniFlavour::CalicoVxlan | CniFlavour::FlannelVxlan) {
-            e.push("spec.windows.cni.vxlan", "applies only to calico-vxlan and flannel-vxlan");
-        }
-        if v.vni < 4096 || v.vni > 16_777_215 {
-            e.push("spec.windows.cni.vxlan.vni", "Windows needs a VNI from 4096 to 16777215");
-        }
-        if v.port != 4789 {
-            e.push("spec.windows.cni.vxlan.port", "Windows HNS only supports VXLAN on UDP port 4789");
-        }
-    }
     if w.cni.flavour == CniFlavour::CalicoVxlan && w.kube_proxy.mode == KubeProxyMode::None {
         // Calico for Windows needs kube-proxy; only an eBPF-less kube-proxy-free mode exists on Linux.
         e.push("spec.windows.kubeProxy.mode", "calico-vxlan on Windows needs kube-proxy (mode daemonset)");
@@ -716,21 +747,174 @@ fn windows_settings(e: &mut Errors, spec: &WindowsKubeadmConfigSpec) {
         }
         check_https(e, "spec.windows.gmsa.ccgPlugin.url", &p.url);
         check_sha256(e, "spec.windows.gmsa.ccgPlugin.sha256", &p.sha256);
-        let c = p.clsid.as_bytes();
-        let ok = c.len() == 38
-            && c[0] == b'{'
-            && c[37] == b'}'
-            && c[1..37]
-                .iter()
-                .enumerate()
-                .all(|(i, b)| if matches!(i, 8 | 13 | 18 | 23) { *b == b'-' } else { b.is_ascii_hexdigit() });
-        if !ok {
+        if !is_braced_guid(&p.clsid) {
             e.push(
                 "spec.windows.gmsa.ccgPlugin.clsid",
                 "must be a GUID in braces, e.g. {CCC2A336-D7F3-4818-A213-272B7924213E}",
             );
         }
+        if p.app_id.as_deref().is_some_and(|a| !is_braced_guid(a)) {
+            e.push("spec.windows.gmsa.ccgPlugin.appId", "must be a GUID in braces");
+        }
     }
+    if let Some(image) = &w.hyper_v.sandbox_image {
+        if !w.hyper_v.enabled {
+            e.push("spec.windows.hyperV.sandboxImage", "needs enabled: true");
+        }
+        if !is_image_reference(image) {
+            e.push(
+                "spec.windows.hyperV.sandboxImage",
+                "must be an image reference such as registry.k8s.io/pause:3.10.2 (lower-case registry and path, no quotes or spaces)",
+            );
+        }
+    }
+}
+
+fn is_braced_guid(s: &str) -> bool {
+    let c = s.as_bytes();
+    c.len() == 38
+        && c[0] == b'{'
+        && c[37] == b'}'
+        && c[1..37]
+            .iter()
+            .enumerate()
+            .all(|(i, b)| if matches!(i, 8 | 13 | 18 | 23) { *b == b'-' } else { b.is_ascii_hexdigit() })
+}
+
+/// An OCI image reference without anything TOML or PowerShell could misread: `name[:tag][@digest]`
+/// with a lower-case repository.
+fn is_image_reference(s: &str) -> bool {
+    let (rest, digest) = match s.split_once('@') {
+        Some((r, d)) => (r, Some(d)),
+        None => (s, None),
+    };
+    let digest_ok = digest.is_none_or(|d| {
+        d.strip_prefix("sha256:").is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+    });
+    // A tag follows the last ':' after the last '/' (a ':' before it is a registry port).
+    let (name, tag) = match rest.rfind(':') {
+        Some(i) if !rest[i..].contains('/') => (&rest[..i], Some(&rest[i + 1..])),
+        _ => (rest, None),
+    };
+    let tag_ok = tag.is_none_or(|t| {
+        !t.is_empty()
+            && t.len() <= 128
+            && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+            && !t.starts_with(['.', '-'])
+    });
+    let name_ok = !name.is_empty()
+        && name.len() <= 255
+        && name.split('/').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'_' | b'-' | b':'))
+                && part.as_bytes()[0].is_ascii_alphanumeric()
+        });
+    name_ok && tag_ok && digest_ok && s.len() <= 512
+}
+
+/// `spec.windows.domainJoin`: the domain, the OU, and the join account the controller resolved
+/// from the Secret. Errors name the field and never echo the account or the password.
+fn domain_join(e: &mut Errors, input: &RenderInput<'_>, spec: &WindowsKubeadmConfigSpec) -> Option<Redacted<Vec<u8>>> {
+    let d = spec.windows.domain_join.as_ref()?;
+    let domain = d.domain.to_ascii_lowercase();
+    if !is_dns_name(&domain) || !domain.contains('.') {
+        e.push("spec.windows.domainJoin.domain", "must be the domain's DNS name, e.g. corp.example.com");
+    }
+    if let Some(ou) = &d.organizational_unit
+        && let Err(reason) = check_ou(ou, &domain)
+    {
+        e.push("spec.windows.domainJoin.organizationalUnit", reason);
+    }
+    let r = &d.credentials_secret;
+    let base = "spec.windows.domainJoin.credentialsSecret";
+    if r.name.is_empty() {
+        e.push(format!("{base}.name"), "must name a Secret");
+    }
+    let Some(secret) = input.domain_join_secret else {
+        e.push(base, "the Secret content was not resolved");
+        return None;
+    };
+    let text = |e: &mut Errors, key: &str, bytes: &[u8]| -> Option<String> {
+        let path = format!("{base} (key {key})");
+        let Ok(s) = std::str::from_utf8(bytes) else {
+            e.push(path, "is not UTF-8 text");
+            return None;
+        };
+        if s.is_empty() || s.chars().count() > 256 {
+            e.push(path, "must be 1 to 256 characters");
+            return None;
+        }
+        if s.ends_with('\n') || s.ends_with('\r') {
+            e.push(path, "ends with a line break (a Secret made with echo keeps it); remove it");
+            return None;
+        }
+        if s.chars().any(char::is_control) {
+            e.push(path, "must not contain control characters");
+            return None;
+        }
+        Some(s.to_string())
+    };
+    let username = text(e, r.username_key(), &secret.username);
+    let password = text(e, r.password_key(), &secret.password);
+    if let Some(u) = &username {
+        let qualified = match (u.split_once('\\'), u.split_once('@')) {
+            (Some((dom, user)), None) => !dom.is_empty() && !user.is_empty() && !user.contains('\\'),
+            (None, Some((user, dom))) => !dom.is_empty() && !user.is_empty() && !dom.contains('@'),
+            _ => false,
+        };
+        if !qualified {
+            e.push(
+                format!("{base} (key {})", r.username_key()),
+                r"must be a domain account, DOMAIN\user or user@domain",
+            );
+        }
+    }
+    let (username, password) = (username?, password?);
+    let json = crate::json::to_ascii_json(&serde_json::json!({"username": username, "password": password}));
+    Some(Redacted(json.into_bytes()))
+}
+
+/// An OU distinguished name inside the domain: `OU=`/`CN=` components followed by the domain's
+/// `DC=` components (Add-Computer -OUPath takes the full DN).
+fn check_ou(ou: &str, domain: &str) -> Result<(), String> {
+    if ou.chars().any(char::is_control) {
+        return Err("must not contain control characters".into());
+    }
+    // Split at commas that are not escaped with a backslash.
+    let mut parts = Vec::new();
+    let (mut cur, mut escaped) = (String::new(), false);
+    for c in ou.chars() {
+        match c {
+            ',' if !escaped => parts.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+        escaped = c == '\\' && !escaped;
+    }
+    parts.push(cur);
+    let mut dcs = Vec::new();
+    for p in &parts {
+        let Some((kind, value)) = p.trim().split_once('=') else {
+            return Err("must be a distinguished name such as OU=Kubernetes,DC=corp,DC=example,DC=com".into());
+        };
+        let kind = kind.trim().to_ascii_uppercase();
+        if value.trim().is_empty() || !matches!(kind.as_str(), "OU" | "CN" | "DC") {
+            return Err("must be a distinguished name such as OU=Kubernetes,DC=corp,DC=example,DC=com".into());
+        }
+        if kind == "DC" {
+            dcs.push(value.trim().to_ascii_lowercase());
+        } else if !dcs.is_empty() {
+            return Err("the DC= components must come last".into());
+        }
+    }
+    if dcs.join(".") != domain {
+        return Err(format!("must end with the domain's components (DC={})", domain.replace('.', ",DC=")));
+    }
+    if dcs.len() == parts.len() {
+        return Err("names the domain itself; give an OU= (or CN=) container".into());
+    }
+    Ok(())
 }
 
 fn check_https(e: &mut Errors, path: &str, url: &str) {

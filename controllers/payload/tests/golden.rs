@@ -12,23 +12,65 @@ mod support;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use capwin_api::bootstrap::{CniFlavour, WindowsServerVersion};
+use capwin_api::bootstrap::{
+    CcgPlugin, CniFlavour, DomainJoin, DomainJoinSecretRef, Gmsa, WindowsKubeadmConfigSpec, WindowsServerVersion,
+};
 use capwin_payload::Cloud;
+use capwin_payload::serial::{WrittenPort, console_watch, written_port};
 use sha2::{Digest, Sha256};
 
 fn golden_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden")
 }
 
-fn cases() -> Vec<(String, Cloud, CniFlavour, WindowsServerVersion)> {
+/// Hyper-V isolation, gMSA with a CCG plugin and an AD domain join on top of a base spec.
+fn with_everything(mut s: WindowsKubeadmConfigSpec) -> WindowsKubeadmConfigSpec {
+    s.windows.hyper_v.enabled = true;
+    s.windows.gmsa = Gmsa {
+        enabled: true,
+        ccg_plugin: Some(CcgPlugin {
+            url: "https://example.com/ccg/CCGAKVPlugin.dll".into(),
+            sha256: "5f".repeat(32),
+            clsid: "{CCC2A336-D7F3-4818-A213-272B7924213E}".into(),
+            app_id: None,
+        }),
+    };
+    s.windows.domain_join = Some(DomainJoin {
+        domain: "corp.example.com".into(),
+        organizational_unit: Some("OU=Kubernetes,DC=corp,DC=example,DC=com".into()),
+        credentials_secret: DomainJoinSecretRef { name: "ad-join".into(), ..Default::default() },
+    });
+    s
+}
+
+fn cases() -> Vec<(String, Cloud, WindowsKubeadmConfigSpec)> {
     let mut out = Vec::new();
     for cni in CniFlavour::ALL {
         for v in WindowsServerVersion::ALL {
-            out.push((format!("azure-{}-ws{}", cni.as_str(), v.year()), Cloud::Azure, cni, v));
+            out.push((format!("azure-{}-ws{}", cni.as_str(), v.year()), Cloud::Azure, support::spec(cni, v)));
         }
     }
-    out.push(("aws-calico-vxlan-ws2025".into(), Cloud::Aws, CniFlavour::CalicoVxlan, WindowsServerVersion::Ws2025));
-    out.push(("aws-flannel-vxlan-ws2022".into(), Cloud::Aws, CniFlavour::FlannelVxlan, WindowsServerVersion::Ws2022));
+    let spec = support::spec;
+    out.push((
+        "aws-calico-vxlan-ws2025".into(),
+        Cloud::Aws,
+        spec(CniFlavour::CalicoVxlan, WindowsServerVersion::Ws2025),
+    ));
+    out.push((
+        "aws-flannel-vxlan-ws2022".into(),
+        Cloud::Aws,
+        spec(CniFlavour::FlannelVxlan, WindowsServerVersion::Ws2022),
+    ));
+    out.push((
+        "azure-calico-vxlan-ws2025-hyperv-gmsa-ad".into(),
+        Cloud::Azure,
+        with_everything(spec(CniFlavour::CalicoVxlan, WindowsServerVersion::Ws2025)),
+    ));
+    out.push((
+        "aws-flannel-host-gw-ws2022-hyperv-gmsa-ad".into(),
+        Cloud::Aws,
+        with_everything(spec(CniFlavour::FlannelHostGw, WindowsServerVersion::Ws2022)),
+    ));
     out
 }
 
@@ -37,8 +79,10 @@ fn golden_payloads_match_and_pass_cloudbase_init() {
     let update = std::env::var_os("CAPWIN_UPDATE_GOLDEN").is_some();
     let mut index = BTreeMap::new();
     let mut mismatches = Vec::new();
-    for (name, cloud, cni, version) in cases() {
-        let payload = support::render(&support::spec(cni, version), cloud);
+    for (name, cloud, spec) in cases() {
+        let account = support::ad_secret();
+        let account = spec.windows.domain_join.as_ref().map(|_| &account);
+        let payload = support::render_joined(&spec, &Default::default(), account, cloud).expect("renders");
         let doc = fold_script(&support::document(&payload));
         let path = golden_dir().join(format!("{name}.yaml"));
         if update {
@@ -64,8 +108,20 @@ fn golden_payloads_match_and_pass_cloudbase_init() {
         let report = support::assert_cbi_accepts(&payload.bytes, &name);
         let files = support::cbi_files(&report);
         let params = support::params(&files);
-        assert_eq!(params["cni"]["flavour"], cni.as_str(), "{name}");
-        assert_eq!(params["windowsBuild"], version.build(), "{name}");
+        assert_eq!(params["cni"]["flavour"], spec.windows.cni.flavour.as_str(), "{name}");
+        assert_eq!(params["windows"]["acceptedBuilds"][0], spec.windows.version.build(), "{name}");
+        // The parameters carry no secret; the join account travels only in its own file.
+        let params_text = String::from_utf8(files[capwin_payload::PARAMS_PATH].clone()).unwrap();
+        for secret in [support::TOKEN, "0123456789abcdef", support::AD_PASSWORD] {
+            assert!(!params_text.contains(secret), "{name}: bootstrap.json holds a secret");
+        }
+        // The infrastructure side finds the port in the payload, and the cloud's console shows it.
+        assert_eq!(
+            written_port(&payload.bytes),
+            WrittenPort::Port(capwin_payload::node::console_port(cloud).into()),
+            "{name}"
+        );
+        assert_eq!(console_watch(cloud, &written_port(&payload.bytes)), Ok(()), "{name}");
     }
     let index_path = golden_dir().join("index.json");
     let index_text = serde_json::to_string_pretty(&index).unwrap() + "\n";
@@ -77,11 +133,11 @@ fn golden_payloads_match_and_pass_cloudbase_init() {
     assert!(mismatches.is_empty(), "payloads differ from their golden files: {mismatches:?}");
 }
 
-/// Replaces the bootstrap script's block in a document with one line naming it.
+/// Replaces the bootstrap script's block in a document with one line naming it: its first line
+/// (which lists the optional parts it carries), size and SHA-256.
 fn fold_script(doc: &str) -> String {
-    let script = capwin_payload::BOOTSTRAP_SCRIPT;
-    let marker = format!("    <bootstrap.ps1: {} bytes, sha256 {:x}>", script.len(), Sha256::digest(script.as_bytes()));
     let mut out = Vec::new();
+    let mut folded = false;
     let mut lines = doc.lines().peekable();
     while let Some(line) = lines.next() {
         out.push(line.to_string());
@@ -89,13 +145,22 @@ fn fold_script(doc: &str) -> String {
             let content = lines.next().expect("content follows the path");
             assert_eq!(content, "  content: |2", "the script is carried as a literal block");
             out.push(content.to_string());
-            out.push(marker.clone());
+            let mut script = String::new();
             while lines.peek().is_some_and(|l| l.starts_with("    ") || l.is_empty()) {
-                lines.next();
+                let l = lines.next().unwrap();
+                script.push_str(l.strip_prefix("    ").unwrap_or(l));
+                script.push('\n');
             }
+            let first = script.lines().next().unwrap_or_default().to_string();
+            out.push(format!(
+                "    <bootstrap.ps1: {} bytes, sha256 {:x}; {first}>",
+                script.len(),
+                Sha256::digest(script.as_bytes())
+            ));
+            folded = true;
         }
     }
-    assert!(out.contains(&marker), "the script block was not found to fold");
+    assert!(folded, "the script block was not found to fold");
     out.join("\n") + "\n"
 }
 

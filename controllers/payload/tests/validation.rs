@@ -17,6 +17,7 @@ fn errors_with(spec: &WindowsKubeadmConfigSpec, cluster: &ClusterInputs) -> Vec<
     match capwin_payload::render(&RenderInput {
         spec,
         secret_file_contents: &secrets,
+        domain_join_secret: None,
         cluster,
         token: &token,
         cloud: Cloud::Azure,
@@ -106,12 +107,26 @@ fn kubelet_flags() {
         (arg("--node-ip", "1.2.3.4"), "name", "without leading dashes"),
         (arg("eviction-hard", "memory.available<1 Gi"), "value", "whitespace"),
         (arg("feature-gates", "WindowsHostProcessContainers=true"), "value", "removed in 1.28"),
+        (arg("feature-gates", "WinDSR=false"), "value", "locked to true since 1.34"),
     ];
     for (a, field, reason) in cases {
         let mut s = WindowsKubeadmConfigSpec::default();
         s.join_configuration.node_registration.kubelet_extra_args.push(a);
         assert_error(&s, &format!("spec.joinConfiguration.nodeRegistration.kubeletExtraArgs[0].{field}"), reason);
     }
+    // Locked, not removed: naming them `true` is harmless.
+    let mut s = WindowsKubeadmConfigSpec::default();
+    s.join_configuration.node_registration.kubelet_extra_args.push(arg("feature-gates", "WinDSR=true,WinOverlay=true"));
+    let (token, secrets) = (BootstrapToken::parse(support::TOKEN).unwrap(), BTreeMap::new());
+    let rendered = capwin_payload::render(&RenderInput {
+        spec: &s,
+        secret_file_contents: &secrets,
+        domain_join_secret: None,
+        cluster: &support::cluster(),
+        token: &token,
+        cloud: Cloud::Azure,
+    });
+    assert!(rendered.is_ok(), "{rendered:?}");
     let mut s = WindowsKubeadmConfigSpec::default();
     s.join_configuration.node_registration.kubelet_extra_args = vec![arg("v", "2"), arg("v", "4")];
     assert_error(&s, "spec.joinConfiguration.nodeRegistration.kubeletExtraArgs[1].name", "twice");
@@ -133,6 +148,7 @@ fn removed_flags_are_allowed_before_their_removal() {
         capwin_payload::render(&RenderInput {
             spec: &s,
             secret_file_contents: &secrets,
+            domain_join_secret: None,
             cluster: &cluster,
             token: &token,
             cloud: Cloud::Azure
@@ -165,13 +181,6 @@ fn labels_and_taints() {
 #[test]
 fn windows_settings() {
     let mut s = WindowsKubeadmConfigSpec::default();
-    s.windows.cni.vxlan = Some(Vxlan { vni: 4095, port: 4790 });
-    assert_error(&s, "spec.windows.cni.vxlan.vni", "4096");
-    assert_error(&s, "spec.windows.cni.vxlan.port", "4789");
-    s.windows.cni.flavour = CniFlavour::FlannelHostGw;
-    assert_error(&s, "spec.windows.cni.vxlan", "only to calico-vxlan and flannel-vxlan");
-
-    let mut s = WindowsKubeadmConfigSpec::default();
     s.windows.containerd.source = ContainerdSource::Download;
     assert_error(&s, "spec.windows.containerd.download", "required");
     s.windows.containerd.download =
@@ -187,7 +196,7 @@ fn windows_settings() {
 
     let mut s = WindowsKubeadmConfigSpec::default();
     s.windows.gmsa.ccg_plugin =
-        Some(CcgPlugin { url: "https://x/p.dll".into(), sha256: "a".repeat(64), clsid: "nope".into() });
+        Some(CcgPlugin { url: "https://x/p.dll".into(), sha256: "a".repeat(64), clsid: "nope".into(), app_id: None });
     assert_error(&s, "spec.windows.gmsa.ccgPlugin", "enabled: true");
     assert_error(&s, "spec.windows.gmsa.ccgPlugin.clsid", "GUID");
 
@@ -198,6 +207,117 @@ fn windows_settings() {
     let mut s = WindowsKubeadmConfigSpec::default();
     s.windows.diagnostics.serial_port = Some("COM9".into());
     assert_error(&s, "spec.windows.diagnostics.serialPort", "COM1 to COM4");
+
+    let mut s = WindowsKubeadmConfigSpec::default();
+    s.windows.hyper_v.sandbox_image = Some("Registry.example.com/pause:1 ; rm".into());
+    assert_error(&s, "spec.windows.hyperV.sandboxImage", "needs enabled: true");
+    assert_error(&s, "spec.windows.hyperV.sandboxImage", "image reference");
+    s.windows.hyper_v.enabled = true;
+    for good in [
+        "registry.k8s.io/pause:3.10.2",
+        "localhost:5000/pause",
+        "mcr.microsoft.com/oss/kubernetes/pause:3.10-windows-ltsc2022-amd64",
+        &format!("example.com/p@sha256:{}", "a".repeat(64)),
+    ] {
+        s.windows.hyper_v.sandbox_image = Some(good.into());
+        assert!(support::render_with(&s, &BTreeMap::new(), Cloud::Azure).is_ok(), "{good}");
+    }
+    let mut s = WindowsKubeadmConfigSpec::default();
+    s.windows.node.labels.insert("capwin.cluster.x-k8s.io/hyperv-isolation".into(), "true".into());
+    assert_error(&s, "spec.windows.node.labels (node label 0)", "set by capwin from windows.hyperV.enabled");
+
+    let mut s = WindowsKubeadmConfigSpec::default();
+    s.windows.gmsa.enabled = true;
+    s.windows.gmsa.ccg_plugin = Some(CcgPlugin {
+        url: "https://x/p.dll".into(),
+        sha256: "a".repeat(64),
+        clsid: "{CCC2A336-D7F3-4818-A213-272B7924213E}".into(),
+        app_id: Some("557110E1".into()),
+    });
+    assert_error(&s, "spec.windows.gmsa.ccgPlugin.appId", "GUID");
+}
+
+fn domain_join(domain: &str, ou: Option<&str>) -> WindowsKubeadmConfigSpec {
+    let mut s = WindowsKubeadmConfigSpec::default();
+    s.windows.domain_join = Some(DomainJoin {
+        domain: domain.into(),
+        organizational_unit: ou.map(Into::into),
+        credentials_secret: DomainJoinSecretRef { name: "ad-join".into(), ..Default::default() },
+    });
+    s
+}
+
+fn join_errors(spec: &WindowsKubeadmConfigSpec, account: Option<&capwin_payload::DomainJoinSecret>) -> Vec<String> {
+    match support::render_joined(spec, &BTreeMap::new(), account, Cloud::Azure) {
+        Err(RenderError::Invalid(e)) => e.iter().map(ToString::to_string).collect(),
+        Ok(_) => Vec::new(),
+        Err(e) => panic!("{e}"),
+    }
+}
+
+#[test]
+fn domain_join_settings_and_account() {
+    let ok = support::ad_secret();
+    assert!(
+        join_errors(
+            &domain_join("corp.example.com", Some("OU=Kubernetes,OU=Servers,DC=corp,DC=example,DC=com")),
+            Some(&ok)
+        )
+        .is_empty()
+    );
+    assert!(
+        join_errors(&domain_join("Corp.Example.com", Some(r"OU=K8s\, Windows,DC=corp,DC=example,DC=com")), Some(&ok))
+            .is_empty()
+    );
+    // The controller did not resolve the Secret.
+    let e = join_errors(&domain_join("corp.example.com", None), None);
+    assert!(
+        e.iter().any(|e| e.starts_with("spec.windows.domainJoin.credentialsSecret: ") && e.contains("not resolved")),
+        "{e:?}"
+    );
+    // Domain and OU.
+    let e = join_errors(&domain_join("corp", None), Some(&ok));
+    assert!(e.iter().any(|e| e.starts_with("spec.windows.domainJoin.domain: ")), "{e:?}");
+    for (ou, reason) in [
+        ("OU=K8s,DC=other,DC=com", "must end with the domain's components (DC=corp,DC=example,DC=com)"),
+        ("Kubernetes", "distinguished name"),
+        ("DC=corp,OU=K8s,DC=example,DC=com", "DC= components must come last"),
+        ("DC=corp,DC=example,DC=com", "names the domain itself"),
+        ("XX=K8s,DC=corp,DC=example,DC=com", "distinguished name"),
+    ] {
+        let e = join_errors(&domain_join("corp.example.com", Some(ou)), Some(&ok));
+        assert!(
+            e.iter().any(|e| e.starts_with("spec.windows.domainJoin.organizationalUnit: ") && e.contains(reason)),
+            "{ou}: {e:?}"
+        );
+    }
+    // The account: errors name the key, never the value.
+    let bad =
+        |u: &str, p: &[u8]| capwin_payload::DomainJoinSecret { username: u.as_bytes().to_vec(), password: p.to_vec() };
+    for (account, key, reason) in [
+        (bad("join", b"pw"), "username", "DOMAIN\\user or user@domain"),
+        (bad("CORP\\join", b"pw\n"), "password", "line break"),
+        (bad("CORP\\join", b""), "password", "1 to 256"),
+        (bad("CORP\\join", b"\xff\xfe"), "password", "UTF-8"),
+        (bad("a@b@c", b"pw"), "username", "domain account"),
+    ] {
+        let e = join_errors(&domain_join("corp.example.com", None), Some(&account));
+        assert!(
+            e.iter().any(|e| e.starts_with(&format!("spec.windows.domainJoin.credentialsSecret (key {key}): "))
+                && e.contains(reason)),
+            "{key}/{reason}: {e:?}"
+        );
+        for e in &e {
+            assert!(!e.contains("join") || e.contains("domainJoin"), "the account leaks into {e}");
+            assert!(!e.contains("pw"), "the password leaks into {e}");
+        }
+    }
+    // Custom keys are only names; the account arrives the same way.
+    let mut s = domain_join("corp.example.com", None);
+    s.windows.domain_join.as_mut().unwrap().credentials_secret.password_key = Some("pass".into());
+    let e = join_errors(&s, Some(&bad("join", b"pw")));
+    assert!(e.iter().any(|e| e.starts_with("spec.windows.domainJoin.credentialsSecret (key username): ")), "{e:?}");
+    assert!(format!("{ok:?}").contains("redacted") && !format!("{ok:?}").contains("S3cret"));
 }
 
 #[test]
@@ -237,6 +357,7 @@ fn cluster_inputs() {
     let p = capwin_payload::render(&RenderInput {
         spec: &skip,
         secret_file_contents: &secrets,
+        domain_join_secret: None,
         cluster: &c,
         token: &token,
         cloud: Cloud::Azure,
@@ -250,7 +371,7 @@ fn cluster_inputs() {
 fn every_error_is_reported_at_once() {
     let mut s = WindowsKubeadmConfigSpec::default();
     s.files.push(file("relative"));
-    s.windows.cni.vxlan = Some(Vxlan { vni: 1, port: 4789 });
+    s.windows.diagnostics.serial_port = Some("COM5".into());
     s.users.push(User { name: "a@b".into(), ..Default::default() });
     assert_eq!(errors_for(&s).len(), 3, "{:#?}", errors_for(&s));
 }

@@ -30,7 +30,11 @@ async fn create(c: &Client, ar: &ApiResource, v: serde_json::Value) -> DynamicOb
 #[tokio::test]
 async fn a_machine_deployment_becomes_joined_windows_machines() {
     let mgmt_server = ApiServer::start(Config {
-        crd_paths: vec![repo().join("crds"), repo().join("../shared/capi-crds")],
+        crd_paths: vec![
+            repo().join("crds/bootstrap"),
+            repo().join("crds/infrastructure"),
+            repo().join("../shared/capi-crds"),
+        ],
         bookmark_interval: Duration::from_millis(500),
         ..Config::default()
     })

@@ -116,7 +116,11 @@ impl Env {
             }
             None => {
                 let mgmt_server = ApiServer::start(Config {
-                    crd_paths: vec![repo().join("crds"), repo().join("../shared/capi-crds")],
+                    crd_paths: vec![
+                        repo().join("crds/bootstrap"),
+                        repo().join("crds/infrastructure"),
+                        repo().join("../shared/capi-crds"),
+                    ],
                     bookmark_interval: Duration::from_secs(1),
                     ..Config::default()
                 })

@@ -237,7 +237,9 @@ impl AwsCloud {
             metrics,
         )
         .await;
-        tokio::spawn(capwin_aws::reconcile::run(ctx, capwin_runtime::QueueMetrics::register(&mut registry)))
+        let queue = capwin_runtime::QueueMetrics::register(&mut registry);
+        let settings = capwin_infra::watch::RunSettings::new(Some(ns.to_string()));
+        tokio::spawn(capwin_aws::reconcile::run(ctx, queue, settings))
     }
 
     /// (simulated CAPA) Makes each new `AWSCluster`'s network in moto and reports it as CAPA

@@ -296,7 +296,9 @@ impl AzureCloud {
             tenant: Some(TENANT.into()),
         };
         let ctx = capwin_azure::reconcile::Context::new(mgmt, settings, manager_credential(), metrics);
-        tokio::spawn(capwin_azure::reconcile::run(ctx, capwin_runtime::QueueMetrics::register(&mut registry)))
+        let queue = capwin_runtime::QueueMetrics::register(&mut registry);
+        let settings = capwin_infra::watch::RunSettings::new(Some(ns.to_string()));
+        tokio::spawn(capwin_azure::reconcile::run(ctx, queue, settings))
     }
 
     /// (simulated CAPZ) Points each new `AzureCluster` at the seeded network and reports it

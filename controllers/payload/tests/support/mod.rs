@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 
 use base64::Engine;
 use capwin_api::bootstrap::{CniFlavour, WindowsKubeadmConfigSpec, WindowsServerVersion};
-use capwin_payload::{BootstrapToken, Cloud, ClusterInputs, Payload, RenderError, RenderInput};
+use capwin_payload::{BootstrapToken, Cloud, ClusterInputs, DomainJoinSecret, Payload, RenderError, RenderInput};
 
 pub const TOKEN: &str = "abcdef.0123456789abcdef";
 pub const CA_HASH: &str = "sha256:3b5e0a4a3b1f2a9c6d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c";
@@ -35,11 +35,29 @@ pub fn render_with(
     secrets: &BTreeMap<usize, Vec<u8>>,
     cloud: Cloud,
 ) -> Result<Payload, RenderError> {
+    render_joined(spec, secrets, None, cloud)
+}
+
+/// The AD join account the tests use.
+pub const AD_USER: &str = "CORP\\capwin-join";
+pub const AD_PASSWORD: &str = "S3cret-P@ss w0rd!";
+
+pub fn ad_secret() -> DomainJoinSecret {
+    DomainJoinSecret { username: AD_USER.as_bytes().to_vec(), password: AD_PASSWORD.as_bytes().to_vec() }
+}
+
+pub fn render_joined(
+    spec: &WindowsKubeadmConfigSpec,
+    secrets: &BTreeMap<usize, Vec<u8>>,
+    domain_join: Option<&DomainJoinSecret>,
+    cloud: Cloud,
+) -> Result<Payload, RenderError> {
     let token = BootstrapToken::parse(TOKEN).unwrap();
     let cluster = cluster();
     capwin_payload::render(&RenderInput {
         spec,
         secret_file_contents: secrets,
+        domain_join_secret: domain_join,
         cluster: &cluster,
         token: &token,
         cloud,
@@ -172,9 +190,11 @@ pub fn assert_cbi_accepts(payload: &[u8], what: &str) -> serde_json::Value {
     for p in [capwin_payload::SCRIPT_PATH, capwin_payload::PARAMS_PATH, capwin_payload::JOIN_CONFIG_PATH] {
         assert!(files.contains_key(p), "{what}: {p} not written");
     }
-    assert_eq!(
-        files[capwin_payload::SCRIPT_PATH],
-        capwin_payload::BOOTSTRAP_SCRIPT.as_bytes(),
+    let script = &files[capwin_payload::SCRIPT_PATH];
+    assert!(
+        capwin_payload::script::Features::combinations()
+            .into_iter()
+            .any(|f| capwin_payload::script::shipped(f).as_bytes() == &script[..]),
         "{what}: script altered"
     );
     r
