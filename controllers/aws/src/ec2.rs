@@ -1,7 +1,10 @@
 //! The one seam to EC2: the calls the shim makes, behind a trait, and their `aws-sdk-ec2`
 //! implementation. Retries: the SDK's standard mode retries `RequestLimitExceeded` and 5xx with
-//! backoff; what is left after that comes back as an [`Ec2Error`] the reconciler requeues with
-//! its own backoff.
+//! backoff for every call but `RunInstances`, which is tried again only by
+//! [`crate::launch::ensure_instance`], after a look-up by the machine's tags (a retried
+//! `RunInstances` whose first answer was lost would launch a second instance on endpoints that
+//! ignore `ClientToken`); what is left comes back as an [`Ec2Error`] the reconciler requeues
+//! with its own backoff.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -247,7 +250,13 @@ impl Ec2 for SdkEc2 {
         if let Some(k) = &s.key_name {
             req = req.key_name(k);
         }
-        let out = req.send().await.map_err(|e| err("RunInstances", e))?;
+        // No SDK-level retry of RunInstances: a retry after a lost answer would launch a second
+        // instance on every endpoint that ignores ClientToken (moto and other EC2-compatible
+        // ones). The caller looks the machine's instance up by its tags before every attempt, so
+        // a lost answer costs one reconcile, never an instance.
+        let once =
+            aws_sdk_ec2::config::Builder::default().retry_config(aws_sdk_ec2::config::retry::RetryConfig::disabled());
+        let out = req.customize().config_override(once).send().await.map_err(|e| err("RunInstances", e))?;
         out.instances().first().map(instance).ok_or_else(|| Ec2Error {
             operation: "RunInstances",
             code: "EmptyResponse".into(),

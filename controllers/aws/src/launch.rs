@@ -151,19 +151,50 @@ pub fn launch_spec(
     })
 }
 
-/// Returns this machine's instance, creating it only when no live one carries its tags. A
-/// manager killed between `RunInstances` and recording the ID finds the instance by its tags
-/// on the next pass, so one machine never gets two instances.
+/// `RunInstances` attempts in one create; every one comes after a fresh tag look-up.
+pub const RUN_ATTEMPTS: u32 = 8;
+
+/// Whether a failed `RunInstances` is worth another attempt now: throttling, an EC2 server error,
+/// or no answer at all (the instance may exist; the look-up before the next attempt finds it).
+pub fn run_again(e: &Ec2Error) -> bool {
+    e.throttled()
+        || matches!(
+            e.code.as_str(),
+            "Transport" | "InternalError" | "InternalFailure" | "Unavailable" | "ServiceUnavailable"
+        )
+}
+
+/// The wait before attempt `n` (1-based) after a failure: 250 ms doubling, at most 4 s.
+pub fn run_backoff(n: u32) -> std::time::Duration {
+    std::time::Duration::from_millis(250u64.saturating_mul(1 << n.saturating_sub(1).min(4)))
+        .min(std::time::Duration::from_secs(4))
+}
+
+/// Returns this machine's instance, creating it only when no live one carries its tags. Every
+/// `RunInstances` (which the SDK never retries by itself) has the tag look-up in front of it, so a
+/// lost answer, a retry or a manager killed between `RunInstances` and recording the ID finds the
+/// instance instead of launching a second one, on every endpoint, whether or not it honours
+/// `ClientToken`.
 pub async fn ensure_instance<E: Ec2>(
     ec2: &E,
     launch: &LaunchSpec,
     ownership: &[(String, String)],
 ) -> Result<(Instance, bool), LaunchError> {
-    let found = ec2.find_by_tags(ownership).await?;
-    if let Some(i) = model::live_instance(&found) {
-        return Ok((i.clone(), false));
+    let mut attempt = 1;
+    loop {
+        let found = ec2.find_by_tags(ownership).await?;
+        if let Some(i) = model::live_instance(&found) {
+            return Ok((i.clone(), false));
+        }
+        match ec2.run(launch).await {
+            Ok(i) => return Ok((i, true)),
+            Err(e) if run_again(&e) && attempt < RUN_ATTEMPTS => {
+                tokio::time::sleep(run_backoff(attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
-    Ok((ec2.run(launch).await?, true))
 }
 
 /// The ownership tags that identify a machine's instance (what [`ensure_instance`] looks up).
@@ -172,4 +203,88 @@ pub fn identity_tags(ctx: &MachineContext) -> Vec<(String, String)> {
         .into_iter()
         .filter(|(k, _)| k.starts_with(model::TAG_PREFIX))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    /// EC2 where the first `lost` RunInstances take effect but their answers are lost.
+    #[derive(Default)]
+    struct Lossy {
+        lost: u32,
+        instances: Mutex<Vec<Instance>>,
+        runs: Mutex<u32>,
+    }
+
+    impl Ec2 for Lossy {
+        async fn find_by_tags(&self, _: &[(String, String)]) -> Result<Vec<Instance>, Ec2Error> {
+            Ok(self.instances.lock().unwrap().clone())
+        }
+        async fn describe(&self, _: &str) -> Result<Option<Instance>, Ec2Error> {
+            Ok(None)
+        }
+        async fn run(&self, _: &LaunchSpec) -> Result<Instance, Ec2Error> {
+            let mut runs = self.runs.lock().unwrap();
+            *runs += 1;
+            let i = Instance {
+                id: format!("i-{runs}"),
+                state: "pending".into(),
+                availability_zone: "us-east-1a".into(),
+                private_ip: None,
+                private_dns: None,
+                client_token: None,
+                http_tokens: None,
+            };
+            self.instances.lock().unwrap().push(i.clone());
+            if *runs <= self.lost {
+                return Err(Ec2Error { operation: "RunInstances", code: "Transport".into(), message: "lost".into() });
+            }
+            Ok(i)
+        }
+        async fn terminate(&self, _: &str) -> Result<(), Ec2Error> {
+            Ok(())
+        }
+        async fn find_images(&self, _: &str, _: &str) -> Result<Vec<Image>, Ec2Error> {
+            Ok(vec![])
+        }
+        async fn image(&self, _: &str) -> Result<Option<Image>, Ec2Error> {
+            Ok(None)
+        }
+        async fn subnets(&self, _: &[String], _: &[(String, Vec<String>)]) -> Result<Vec<(String, String)>, Ec2Error> {
+            Ok(vec![])
+        }
+        async fn instance_type(&self, _: &str) -> Result<Option<(i32, i64)>, Ec2Error> {
+            Ok(None)
+        }
+        async fn security_groups(&self, _: &[(String, Vec<String>)]) -> Result<Vec<String>, Ec2Error> {
+            Ok(vec![])
+        }
+        async fn console_output(&self, _: &str) -> Result<Option<String>, Ec2Error> {
+            Ok(None)
+        }
+        async fn require_imds_tokens(&self, _: &str) -> Result<(), Ec2Error> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lost_answer_is_found_by_the_look_up_not_launched_again() {
+        let ec2 = Lossy { lost: 1, ..Default::default() };
+        let (i, created) = ensure_instance(&ec2, &LaunchSpec::default(), &[]).await.unwrap();
+        assert_eq!((i.id.as_str(), created), ("i-1", false), "adopted, not launched twice");
+        assert_eq!(*ec2.runs.lock().unwrap(), 1);
+    }
+
+    #[test]
+    fn what_is_tried_again_and_how_soon() {
+        let e = |code: &str| Ec2Error { operation: "RunInstances", code: code.into(), message: String::new() };
+        assert!(run_again(&e("RequestLimitExceeded")) && run_again(&e("Transport")) && run_again(&e("InternalError")));
+        assert!(!run_again(&e("InvalidAMIID.NotFound")) && !run_again(&e("UnauthorizedOperation")));
+        assert_eq!(run_backoff(1), Duration::from_millis(250));
+        assert_eq!(run_backoff(3), Duration::from_secs(1));
+        assert_eq!(run_backoff(9), Duration::from_secs(4));
+    }
 }

@@ -164,6 +164,13 @@ pub fn imds_lockdown(enabled: bool, node_joined: bool, http_tokens: Option<&str>
     state(true, true, "HttpTokensRequired", "the Node joined: the instance metadata service now requires IMDSv2 tokens")
 }
 
+/// The instances to terminate among those carrying a machine's tags: every live one except
+/// `keep` (the one recorded in spec). Lost `RunInstances` answers or a manager killed mid-create
+/// can leave such duplicates on endpoints that ignore `ClientToken`.
+pub fn duplicates<'a>(found: &'a [Instance], keep: &str) -> Vec<&'a Instance> {
+    found.iter().filter(|i| i.id != keep && !matches!(i.state.as_str(), "terminated" | "shutting-down")).collect()
+}
+
 /// Picks this machine's live instance among those carrying its tags (a terminated one does not
 /// count; two live ones would be a bug elsewhere, and the oldest is kept).
 pub fn live_instance(found: &[Instance]) -> Option<&Instance> {
@@ -234,6 +241,16 @@ mod tests {
         let off = imds_lockdown(false, true, Some("optional"));
         assert_eq!((off.require_tokens, off.locked, off.reason), (false, false, "LockDownDisabled"));
         assert!(imds_lockdown(false, true, Some("required")).locked, "launched with required: reported as such");
+    }
+
+    #[test]
+    fn duplicates_are_the_other_live_instances() {
+        let found =
+            [inst("i-1", "running"), inst("i-2", "pending"), inst("i-3", "terminated"), inst("i-4", "shutting-down")];
+        let d: Vec<&str> = duplicates(&found, "i-1").iter().map(|i| i.id.as_str()).collect();
+        assert_eq!(d, ["i-2"]);
+        assert_eq!(duplicates(&found, "").len(), 2, "at deletion, every live one goes");
+        assert!(duplicates(&[inst("i-1", "running")], "i-1").is_empty());
     }
 
     #[test]

@@ -333,6 +333,11 @@ async fn report(m: &AWSWindowsMachine, ctx: &Context, id: &str, machine: &Dynami
         ));
     };
     let mut status = m.status.clone().unwrap_or_default();
+    if status.instance_state.is_none() {
+        // The first look after the create: terminate any other live instance with this
+        // machine's tags (a lost RunInstances answer on an endpoint that ignores ClientToken).
+        sweep_duplicates(m, ctx, &ec2, id).await?;
+    }
     status.instance_state = Some(instance.state.clone());
     let (ready, reason, message, requeue) = match model::read_state(&instance.state) {
         StateReading::Pending => {
@@ -398,6 +403,28 @@ async fn report(m: &AWSWindowsMachine, ctx: &Context, id: &str, machine: &Dynami
         ctx.writer().event(m, type_, reason, &note, "LockDown").await;
     }
     Ok(Action::requeue(requeue))
+}
+
+/// The ownership tags of a machine's instances, from the object alone (no Machine needed).
+fn tags_of(m: &AWSWindowsMachine) -> Vec<(String, String)> {
+    launch::identity_tags(&MachineContext {
+        cluster: m.labels().get("cluster.x-k8s.io/cluster-name").cloned().unwrap_or_default(),
+        namespace: m.namespace().unwrap_or_default(),
+        machine: m.name_any(),
+        ..Default::default()
+    })
+}
+
+/// Terminates every live instance carrying the machine's tags except `keep`, with a Warning
+/// event for each.
+async fn sweep_duplicates(m: &AWSWindowsMachine, ctx: &Context, ec2: &Ec2Client, keep: &str) -> Result<(), Error> {
+    let found = ec2.find_by_tags(&tags_of(m)).await.map_err(|e| launch_error(e.into()))?;
+    for d in model::duplicates(&found, keep) {
+        ec2.terminate(&d.id).await.map_err(|e| launch_error(e.into()))?;
+        let note = format!("terminated instance {}: a duplicate of {keep} with this machine's tags", d.id);
+        ctx.writer().event(m, EventType::Warning, "DuplicateInstanceTerminated", &note, "Create").await;
+    }
+    Ok(())
 }
 
 /// Condition type reporting whether the instance's metadata service requires IMDSv2 tokens.
@@ -467,40 +494,33 @@ async fn read_console(m: &AWSWindowsMachine, ec2: &Ec2Client, id: &str) -> Optio
     Some(text)
 }
 
-/// Terminates the instance and waits until EC2 reports it terminated.
+/// Terminates every live instance of the machine (the recorded one and any other carrying its
+/// ownership tags, e.g. one created before the ID was recorded) and waits until EC2 reports them
+/// gone.
 async fn cleanup(m: &AWSWindowsMachine, ctx: &Context) -> Result<Action, Error> {
     ctx.console_reads.forget(&m.uid().unwrap_or_default());
-    let id = match &m.spec.instance_id {
-        Some(id) => Some(id.clone()),
-        None => {
-            // A create may have happened before the ID was recorded.
-            let mctx = MachineContext {
-                cluster: m.labels().get("cluster.x-k8s.io/cluster-name").cloned().unwrap_or_default(),
-                namespace: m.namespace().unwrap_or_default(),
-                machine: m.name_any(),
-                ..Default::default()
-            };
-            let found = ctx
-                .ec2_for(m)
-                .await?
-                .find_by_tags(&launch::identity_tags(&mctx))
-                .await
-                .map_err(|e| launch_error(e.into()))?;
-            model::live_instance(&found).map(|i| i.id.clone())
-        }
-    };
-    let Some(id) = id else { return Ok(Action::await_change()) };
     let ec2 = ctx.ec2_for(m).await?;
-    match ec2.describe(&id).await.map_err(|e| launch_error(e.into()))? {
-        None => Ok(Action::await_change()),
-        Some(i) if i.state == "terminated" => Ok(Action::await_change()),
-        Some(i) => {
-            if i.state != "shutting-down" {
-                ec2.terminate(&id).await.map_err(|e| launch_error(e.into()))?;
-            }
-            Err(blocked("Deleting", format!("waiting for instance {id} to terminate"), Some(Duration::from_secs(5))))
-        }
+    let found = ec2.find_by_tags(&tags_of(m)).await.map_err(|e| launch_error(e.into()))?;
+    let mut remaining: Vec<model::Instance> = found.into_iter().filter(|i| i.state != "terminated").collect();
+    if let Some(id) = &m.spec.instance_id
+        && !remaining.iter().any(|i| &i.id == id)
+        && let Some(i) = ec2.describe(id).await.map_err(|e| launch_error(e.into()))?
+        && i.state != "terminated"
+    {
+        remaining.push(i);
     }
+    if remaining.is_empty() {
+        return Ok(Action::await_change());
+    }
+    for i in remaining.iter().filter(|i| i.state != "shutting-down") {
+        ec2.terminate(&i.id).await.map_err(|e| launch_error(e.into()))?;
+    }
+    let ids: Vec<&str> = remaining.iter().map(|i| i.id.as_str()).collect();
+    Err(blocked(
+        "Deleting",
+        format!("waiting for instance(s) {} to terminate", ids.join(", ")),
+        Some(Duration::from_secs(5)),
+    ))
 }
 
 /// Template status for autoscaling from zero: `nodeInfo.operatingSystem: windows` and the

@@ -329,10 +329,13 @@ async fn throttling_and_server_errors_are_survived_with_one_instance_and_no_hot_
     }
     assert_eq!(stats["rules"], json!([]), "no rule left armed");
     assert_eq!(of(&forwarded, "RunInstances"), 1, "exactly one RunInstances reached EC2");
-    // The SDK gave up on RunInstances once; the controller reported it and requeued.
+    // RunInstances is never retried by the SDK: capwin tried again itself, each time after a
+    // look-up by the machine's tags (6 throttled attempts, then the one that reached EC2).
+    assert_eq!(of(&requests, "RunInstances"), 7, "{requests:?}");
+    assert!(of(&requests, "DescribeInstances") >= 7, "a tag look-up before every attempt: {requests:?}");
     let text = scrape(&metrics_addr);
-    let throttled = metric(&text, "capwin_aws_reconcile_errors_total", "reason", &[]);
-    assert!(of(&throttled, "Throttled") >= 1, "the controller saw the throttling: {throttled:?}\n{text}");
+    let calls = metric(&text, "capwin_aws_ec2_calls_total", "operation", &["result=\"throttled\""]);
+    assert!(of(&calls, "RunInstances") >= 6, "the controller saw the throttling: {calls:?}\n{text}");
     // No hot loop: 13 injected faults and a create take a bounded number of requests.
     assert!(total(&requests) <= 60, "requests until Ready: {requests:?}");
     assert!(total(&forwarded) <= 30, "forwarded until Ready: {forwarded:?}");
@@ -494,4 +497,123 @@ async fn an_instance_terminated_outside_capwin_is_reported_never_replaced() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(live_instances(&env, "awsgone", "awsgone-0").await.is_empty(), "no replacement instance");
     assert_eq!(machines.get("awsgone-0").await.unwrap().data["spec"]["instanceID"], id.as_str(), "the record stays");
+}
+
+/// An instance with a machine's ownership tags, made outside the controller (as a manager that
+/// died mid-create, or a lost RunInstances answer, leaves one).
+async fn tagged_instance(env: &Env, cluster: &str, machine: &str) -> model::Instance {
+    let ec2 = ec2(env).await;
+    let image = ec2.find_images(model::DEFAULT_AMI_OWNER, "capa-ami-windows-2025-v1.34.13-*").await.unwrap();
+    let subnet = ec2.subnets(&[], &[("availability-zone".into(), vec!["us-east-1c".into()])]).await.unwrap();
+    ec2.run(&LaunchSpec {
+        image_id: model::newest(image).unwrap().id,
+        instance_type: "m6i.xlarge".into(),
+        subnet_id: subnet[0].0.clone(),
+        user_data: model::encode_user_data(b"#cloud-config\n").unwrap(),
+        client_token: format!("stray-{machine}-{}", capwin_e2e::free_port()),
+        tags: model::ownership_tags(cluster, &env.namespace, machine),
+        root_device_name: "/dev/sda1".into(),
+        root_volume_gib: 128,
+        root_volume_type: "gp3".into(),
+        root_volume_encrypted: true,
+        http_tokens: "optional".into(),
+        hop_limit: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// Lost RunInstances answers (EC2 made the instance, the manager saw the connection drop) and
+/// duplicates left by earlier lives: every machine ends with exactly one instance, and deleting
+/// the machines leaves none running (issue 14, "no stranded machines"; moto ignores ClientToken,
+/// so only capwin's own tag look-up and sweep can make this hold).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_answers_and_duplicates_leave_one_instance_per_machine_and_none_after_delete() {
+    let _serial = SERIAL.lock().await;
+    let env = Env::start_with("awslost", &["--controllers", "bootstrap,aws"], &[CloudKit::AwsThrottled]).await.unwrap();
+    // Two instances from an earlier life of machine awslost-0.
+    let first = tagged_instance(&env, "awslost", "awslost-0").await;
+    let second = tagged_instance(&env, "awslost", "awslost-0").await;
+    // The next two RunInstances take effect, and their answers are lost.
+    env.aws_proxy("arm", Some(json!({"action": "RunInstances", "times": 2, "when": "after", "drop": true}))).unwrap();
+    env.create(
+        "cluster.x-k8s.io",
+        "v1beta2",
+        "Cluster",
+        json!({"metadata": {"name": "awslost"}, "spec": {"controlPlaneEndpoint": {"host": "10.0.0.4", "port": 6443}}}),
+    )
+    .await
+    .unwrap();
+    let pool = Pool {
+        templates: "awslost",
+        md: "awslost",
+        cluster: "awslost",
+        replicas: 3,
+        version: "v1.34.13",
+        failure_domain: Some("us-east-1c"),
+        infra_kind: "AWSWindowsMachine",
+        infra_spec: machine_spec(),
+        config: json!({}),
+    };
+    env.windows_pool(pool).await.unwrap();
+    let machines = env.api(I, "v1alpha1", "AWSWindowsMachine");
+    for name in ["awslost-0", "awslost-1", "awslost-2"] {
+        env.wait_ready_reason(&machines, name, "InstanceRunning", Some(true)).await;
+    }
+    let stats = env.aws_proxy("stats", None).unwrap();
+    assert_eq!(of(&section(&stats, "injected"), "RunInstances"), 2, "both lost answers were used: {stats}");
+    assert_eq!(
+        of(&section(&stats, "forwarded"), "RunInstances"),
+        2,
+        "each lost answer's instance was adopted, never launched again: {stats}"
+    );
+    for name in ["awslost-0", "awslost-1", "awslost-2"] {
+        let recorded = machines.get(name).await.unwrap().data["spec"]["instanceID"].as_str().unwrap().to_string();
+        let live = env
+            .wait(&format!("{name}: one live instance"), T, || async {
+                let live: Vec<_> = live_instances(&env, "awslost", name)
+                    .await
+                    .into_iter()
+                    .filter(|i| i.state != "shutting-down")
+                    .collect();
+                Ok((live.len() == 1).then_some(live))
+            })
+            .await
+            .unwrap();
+        assert_eq!(live[0].id, recorded, "{name}: the recorded instance is the one kept");
+    }
+    let kept = machines.get("awslost-0").await.unwrap().data["spec"]["instanceID"].as_str().unwrap().to_string();
+    assert!(kept == first.id || kept == second.id, "awslost-0 adopted one of its earlier instances");
+    let events: kube::Api<k8s_openapi::api::events::v1::Event> =
+        kube::Api::namespaced(env.mgmt.clone(), &env.namespace);
+    let notes: Vec<String> = events
+        .list(&Default::default())
+        .await
+        .unwrap()
+        .items
+        .into_iter()
+        .filter(|e| e.reason.as_deref() == Some("DuplicateInstanceTerminated"))
+        .filter_map(|e| e.note)
+        .collect();
+    assert_eq!(notes.len(), 1, "{notes:?}");
+
+    // A late stray with awslost-1's tags: deletion terminates it with the recorded one.
+    let stray = tagged_instance(&env, "awslost", "awslost-1").await;
+    env.capi("MachineDeployment")
+        .patch("awslost", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 0}})))
+        .await
+        .unwrap();
+    env.wait("every AWSWindowsMachine to be gone", Duration::from_secs(120), || async {
+        let left = machines.list(&Default::default()).await?.items.len();
+        Ok((left == 0).then_some(()))
+    })
+    .await
+    .unwrap();
+    for name in ["awslost-0", "awslost-1", "awslost-2"] {
+        let live = live_instances(&env, "awslost", name).await;
+        assert!(live.iter().all(|i| i.state == "shutting-down"), "{name}: instances left running: {live:?}");
+    }
+    let s = ec2(&env).await.describe(&stray.id).await.unwrap().unwrap();
+    assert!(matches!(s.state.as_str(), "terminated" | "shutting-down"), "the stray was terminated: {}", s.state);
 }
