@@ -57,22 +57,55 @@ impl LaunchError {
     }
 }
 
+/// The (owner, name pattern) a machine's AMI is looked up by; `None` when it names an AMI ID.
+pub fn ami_lookup(spec: &AWSWindowsMachineSpec, ctx: &MachineContext) -> Option<(String, String)> {
+    if spec.ami.id.is_some() {
+        return None;
+    }
+    let (owner, pattern) = match &spec.ami.lookup {
+        Some(l) => (l.owner.clone(), l.name_pattern.clone()),
+        None => (model::DEFAULT_AMI_OWNER.to_string(), model::DEFAULT_AMI_NAME_PATTERN.to_string()),
+    };
+    Some((owner, model::ami_name_pattern(&pattern, &ctx.windows_year, &ctx.kubernetes_version)))
+}
+
 /// The AMI to launch.
 pub async fn resolve_ami<E: Ec2>(
     ec2: &E,
     spec: &AWSWindowsMachineSpec,
     ctx: &MachineContext,
 ) -> Result<Image, LaunchError> {
-    if let Some(id) = &spec.ami.id {
-        return ec2.image(id).await?.ok_or_else(|| LaunchError::UnknownAmi(id.clone()));
-    }
-    let (owner, pattern) = match &spec.ami.lookup {
-        Some(l) => (l.owner.clone(), l.name_pattern.clone()),
-        None => (model::DEFAULT_AMI_OWNER.to_string(), model::DEFAULT_AMI_NAME_PATTERN.to_string()),
+    let Some((owner, pattern)) = ami_lookup(spec, ctx) else {
+        let id = spec.ami.id.clone().unwrap_or_default();
+        return ec2.image(&id).await?.ok_or(LaunchError::UnknownAmi(id));
     };
-    let pattern = model::ami_name_pattern(&pattern, &ctx.windows_year, &ctx.kubernetes_version);
     let found = ec2.find_images(&owner, &pattern).await?;
     model::newest(found).ok_or(LaunchError::NoAmiMatch { owner, pattern })
+}
+
+/// How long a look-up's answer is reused.
+pub const AMI_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// AMI look-up answers per (credentials, owner, pattern) for [`AMI_CACHE_TTL`]: a
+/// MachineDeployment of N machines makes one `DescribeImages`, not N. Keyed by the credentials
+/// too, because `self` means another account under another identity.
+#[derive(Default)]
+pub struct AmiCache(std::sync::Mutex<std::collections::HashMap<AmiKey, (std::time::Instant, Image)>>);
+
+/// (credentials, owner, name pattern).
+pub type AmiKey = (String, String, String);
+
+impl AmiCache {
+    pub fn get(&self, key: &AmiKey, now: std::time::Instant) -> Option<Image> {
+        let cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(key).filter(|(at, _)| now.saturating_duration_since(*at) < AMI_CACHE_TTL).map(|(_, i)| i.clone())
+    }
+
+    pub fn put(&self, key: AmiKey, image: Image, now: std::time::Instant) {
+        let mut cache = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        cache.retain(|_, (at, _)| now.saturating_duration_since(*at) < AMI_CACHE_TTL);
+        cache.insert(key, (now, image));
+    }
 }
 
 /// The subnet (and its zone): by ID, by filters, or the cluster's subnet in the failure domain.
@@ -276,6 +309,19 @@ mod tests {
         let (i, created) = ensure_instance(&ec2, &LaunchSpec::default(), &[]).await.unwrap();
         assert_eq!((i.id.as_str(), created), ("i-1", false), "adopted, not launched twice");
         assert_eq!(*ec2.runs.lock().unwrap(), 1);
+    }
+
+    #[test]
+    fn ami_answers_are_reused_for_a_while_per_credentials() {
+        let cache = AmiCache::default();
+        let t0 = std::time::Instant::now();
+        let key = |who: &str| (who.to_string(), "self".to_string(), "capa-ami-windows-2019-?1.34.13-*".to_string());
+        let img = Image { id: "ami-1".into(), name: "n".into(), creation_date: "d".into(), root_device_name: None };
+        assert!(cache.get(&key(""), t0).is_none());
+        cache.put(key(""), img.clone(), t0);
+        assert_eq!(cache.get(&key(""), t0 + Duration::from_secs(299)), Some(img));
+        assert!(cache.get(&key("team-a"), t0).is_none(), "another identity's `self` is another account");
+        assert!(cache.get(&key(""), t0 + AMI_CACHE_TTL).is_none(), "stale after the TTL");
     }
 
     #[test]

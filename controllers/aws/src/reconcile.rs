@@ -48,6 +48,8 @@ pub struct Context {
     identities: Mutex<HashMap<String, (String, Ec2Client)>>,
     /// When each machine's console was last read (by machine UID), for the rate limit.
     console_reads: Slots,
+    /// AMI look-up answers, reused for a few minutes.
+    amis: launch::AmiCache,
 }
 
 /// An EC2 client with its call counter.
@@ -86,6 +88,7 @@ impl Context {
             metrics,
             identities: Mutex::default(),
             console_reads: Slots::default(),
+            amis: launch::AmiCache::default(),
         })
     }
 
@@ -214,7 +217,21 @@ async fn apply(m: &AWSWindowsMachine, ctx: &Context) -> Result<Action, Error> {
     tracing::info!(machine = %m.name_any(), "bootstrap data present; resolving the launch");
     let ec2 = ctx.ec2_for(m).await?;
     let mctx = machine_context(ctx, m, &machine, &cluster, &cluster_name).await?;
-    let image = launch::resolve_ami(ec2.as_ref(), &m.spec, &mctx).await.map_err(launch_error)?;
+    let image = match launch::ami_lookup(&m.spec, &mctx) {
+        Some((owner, pattern)) => {
+            let who = m.spec.identity_ref.as_ref().map(|r| r.secret_name.clone()).unwrap_or_default();
+            let key = (who, owner, pattern);
+            match ctx.amis.get(&key, std::time::Instant::now()) {
+                Some(i) => i,
+                None => {
+                    let i = launch::resolve_ami(ec2.as_ref(), &m.spec, &mctx).await.map_err(launch_error)?;
+                    ctx.amis.put(key, i.clone(), std::time::Instant::now());
+                    i
+                }
+            }
+        }
+        None => launch::resolve_ami(ec2.as_ref(), &m.spec, &mctx).await.map_err(launch_error)?,
+    };
     let (subnet, _az) = launch::resolve_subnet(ec2.as_ref(), &m.spec, &mctx).await.map_err(launch_error)?;
     let groups = resolve_security_groups(ec2.as_ref(), m, &mctx).await?;
     let request = launch::launch_spec(&m.spec, &mctx, &image, &subnet, groups, &payload).map_err(launch_error)?;

@@ -433,13 +433,7 @@ async fn produce(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<Action, Er
     // Inputs the payload needs from Secrets.
     let secret_files = resolve_content_from(cfg, &secrets).await?;
     let domain_join = resolve_domain_join(cfg, &secrets).await?;
-    let inputs = ClusterInputs {
-        api_server_endpoint: ready.endpoint.clone(),
-        ca_cert_hashes: ca_hashes,
-        kubernetes_version: ready.version.clone(),
-        pod_cidrs: cluster.pod_cidrs(),
-        service_cidrs: cluster.service_cidrs(),
-    };
+    let inputs = cluster_inputs(&ready, ca_hashes, &cluster);
     let rendered = capwin_payload::render(&RenderInput {
         spec: &cfg.spec,
         secret_file_contents: &secret_files,
@@ -525,13 +519,7 @@ async fn after_join(
         current.as_ref().map(|t| t.id.clone()).or_else(|| existing.annotations().get(TOKEN_ID_ANNOTATION).cloned());
     let placeholder = token::placeholder(id.as_deref().unwrap_or("000000"));
     let secret_files = resolve_content_from(cfg, secrets).await.unwrap_or_default();
-    let inputs = ClusterInputs {
-        api_server_endpoint: ready.endpoint.clone(),
-        ca_cert_hashes: ca_hashes,
-        kubernetes_version: ready.version.clone(),
-        pod_cidrs: cluster.pod_cidrs(),
-        service_cidrs: cluster.service_cidrs(),
-    };
+    let inputs = cluster_inputs(&ready, ca_hashes, cluster);
     // A spec that no longer renders (changed after the VM got its payload) keeps the old value:
     // its token is deleted all the same.
     let rendered = capwin_payload::render(&RenderInput {
@@ -670,6 +658,17 @@ async fn resolve_content_from(
         out.insert(i, v.0.clone());
     }
     Ok(out)
+}
+
+/// What the payload needs from the Cluster.
+fn cluster_inputs(ready: &plan::Ready, ca_cert_hashes: Vec<String>, cluster: &Cluster<'_>) -> ClusterInputs {
+    ClusterInputs {
+        api_server_endpoint: ready.endpoint.clone(),
+        ca_cert_hashes,
+        kubernetes_version: ready.version.clone(),
+        pod_cidrs: cluster.pod_cidrs(),
+        service_cidrs: cluster.service_cidrs(),
+    }
 }
 
 /// The domain join account of `spec.windows.domainJoin`, read from its Secret like

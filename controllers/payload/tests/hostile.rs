@@ -324,3 +324,65 @@ fn user_file_encodings_are_decoded_before_delivery() {
     assert_eq!(files[r"C:\k\a.txt"], raw);
     assert_eq!(files[r"C:\k\b.txt"], raw);
 }
+
+/// Hostile domain-join Secret contents (issue 13): each account either reaches the node's private
+/// account file exactly, and nowhere else in the payload, or is rejected naming the Secret key;
+/// no error ever shows the account or the password.
+#[test]
+fn hostile_domain_join_secrets_reach_only_their_file_or_are_rejected_without_echo() {
+    let mut runner = TestRunner::new(Config { cases: 256, failure_persistence: None, ..Config::default() });
+    let mut spec = WindowsKubeadmConfigSpec::default();
+    spec.windows.domain_join = Some(DomainJoin {
+        domain: "corp.example.com".into(),
+        credentials_secret: DomainJoinSecretRef { name: "ad-join".into(), ..Default::default() },
+        ..Default::default()
+    });
+    let (accepted, rejected) = (std::cell::Cell::new(0u32), std::cell::Cell::new(0u32));
+    let account = (prop_oneof![Just("CORP\\"), Just(""), Just("x@")], hostile(), hostile());
+    runner
+        .run(&account, |(prefix, user, pass)| {
+            // Unique markers, so a leak cannot hide behind a common substring.
+            let username = format!("{prefix}{user}Uq7mark");
+            let password = format!("{pass}Pw3mark");
+            let secret = capwin_payload::DomainJoinSecret {
+                username: username.clone().into_bytes(),
+                password: password.clone().into_bytes(),
+            };
+            match support::render_joined(&spec, &BTreeMap::new(), Some(&secret), Cloud::Azure) {
+                Ok(p) => {
+                    accepted.set(accepted.get() + 1);
+                    let files = support::files(&p);
+                    let account: serde_json::Value =
+                        serde_json::from_slice(&files[capwin_payload::node::DOMAIN_JOIN_PATH]).unwrap();
+                    prop_assert_eq!(&account["username"], &serde_json::json!(username));
+                    prop_assert_eq!(&account["password"], &serde_json::json!(password));
+                    for (path, bytes) in &files {
+                        if path != capwin_payload::node::DOMAIN_JOIN_PATH {
+                            let text = String::from_utf8_lossy(bytes);
+                            prop_assert!(!text.contains("Pw3mark"), "the password leaked into {}", path);
+                        }
+                    }
+                }
+                Err(RenderError::Invalid(errors)) => {
+                    rejected.set(rejected.get() + 1);
+                    for e in &errors {
+                        let text = e.to_string();
+                        prop_assert!(text.starts_with("spec.windows.domainJoin.credentialsSecret"), "{}", text);
+                        prop_assert!(
+                            !text.contains("Pw3mark") && !text.contains("Uq7mark"),
+                            "an error echoes the account: {}",
+                            text
+                        );
+                    }
+                }
+                Err(e) => prop_assert!(false, "unexpected {}", e),
+            }
+            Ok(())
+        })
+        .unwrap();
+    let (accepted, rejected) = (accepted.get(), rejected.get());
+    assert!(
+        accepted > 0 && rejected > 0,
+        "the generator must hit both sides: {accepted} accepted, {rejected} rejected"
+    );
+}

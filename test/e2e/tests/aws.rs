@@ -63,26 +63,7 @@ async fn create_run_join_and_terminate_after_a_crash_mid_create() {
     let ec2 = ec2(&env).await;
     // A previous manager sent RunInstances for this machine and died before recording it.
     let tags = model::ownership_tags("aws", &env.namespace, "aws-0");
-    let image = ec2.find_images(model::DEFAULT_AMI_OWNER, "capa-ami-windows-2025-v1.34.13-*").await.unwrap();
-    let subnet = ec2.subnets(&[], &[("availability-zone".into(), vec!["us-east-1c".into()])]).await.unwrap();
-    let orphan = ec2
-        .run(&LaunchSpec {
-            image_id: model::newest(image).unwrap().id,
-            instance_type: "m6i.xlarge".into(),
-            subnet_id: subnet[0].0.clone(),
-            user_data: model::encode_user_data(b"#cloud-config\n").unwrap(),
-            client_token: "crashed".into(),
-            tags: tags.clone(),
-            root_device_name: "/dev/sda1".into(),
-            root_volume_gib: 128,
-            root_volume_type: "gp3".into(),
-            root_volume_encrypted: true,
-            http_tokens: "optional".into(),
-            hop_limit: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let orphan = tagged_instance(&env, "aws", "aws-0").await;
 
     aws_cluster(&env, "aws", machine_spec()).await;
     let machines = env.api(I, "v1alpha1", "AWSWindowsMachine");

@@ -140,3 +140,78 @@ async fn bad_flags_fail_fast_with_a_message() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/kubeconfig"));
 }
+
+/// Failover: the leader is killed (SIGKILL, no release); the standby takes the Lease over within
+/// the lease duration (plus one retry period of observation), counts the transition, and never
+/// reconciled anything while the other one led.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_after_the_leader_is_killed_and_never_reconciles_alongside_it() {
+    let mut env =
+        Env::start("failover", &["--leader-elect", "--leader-election-namespace", "e2e-failover"]).await.unwrap();
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> = Api::namespaced(env.mgmt.clone(), "e2e-failover");
+    let holder =
+        || async { Ok(leases.get_opt("capwin-manager").await?.and_then(|l| l.spec).and_then(|s| s.holder_identity)) };
+    let first = env.wait("a leader", Duration::from_secs(20), holder).await.unwrap();
+
+    // The standby, with its own metrics endpoint.
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let log_path = std::env::temp_dir().join(format!("capwin-standby-{}.log", std::process::id()));
+    let mut standby = tokio::process::Command::new(capwin_e2e::capwin_bin())
+        .args(["manager", "--kubeconfig"])
+        .arg(env.kubeconfig())
+        .args(["--namespace", "e2e-failover", "--leader-elect", "--leader-election-namespace", "e2e-failover"])
+        .args(["--metrics-bind-address", &metrics, "--health-probe-bind-address", "0"])
+        .stderr(std::process::Stdio::from(std::fs::File::create(&log_path).unwrap()))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let standby_id = format!("_{}", standby.id().unwrap());
+    env.wait("the standby's metrics", Duration::from_secs(20), || async {
+        Ok(tokio::net::TcpStream::connect(&metrics).await.ok().map(|_| ()))
+    })
+    .await
+    .unwrap();
+
+    // While the first leads, only it reconciles.
+    let config = |name: &str| json!({"metadata": {"name": name}, "spec": {}});
+    env.create("bootstrap.cluster.x-k8s.io", "v1alpha1", "WindowsKubeadmConfig", config("before")).await.unwrap();
+    env.wait("the leader to reconcile", Duration::from_secs(20), || async {
+        Ok(env.configs().get("before").await?.data["status"]["conditions"].is_array().then_some(()))
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (_, body) = get(&format!("http://{metrics}/metrics")).await;
+    assert!(!body.contains("capwin_reconciles_total{"), "the standby reconciled while the leader led: {body}");
+    assert!(!std::fs::read_to_string(&log_path).unwrap().contains("became leader"));
+
+    // Kill the leader: no release, its lease simply stops being renewed.
+    env.kill_manager().await;
+    let killed = std::time::Instant::now();
+    let second = env
+        .wait("the standby to take over", Duration::from_secs(40), || async {
+            Ok(holder().await?.filter(|h| h.ends_with(&standby_id)))
+        })
+        .await
+        .unwrap();
+    let took = killed.elapsed();
+    eprintln!("failover: {first} -> {second} after {took:?}");
+    // Worst case: the last renewal just before the kill, seen up to one retry period later, the
+    // lease duration from then, and one more retry period until the standby looks again.
+    assert!(took <= Duration::from_secs(2 + 15 + 2 + 2), "took over after {took:?} (lease 15 s, retry 2 s)");
+    assert!(took >= Duration::from_secs(8), "took over after {took:?}: before the old lease could have expired");
+    let lease = leases.get("capwin-manager").await.unwrap().spec.unwrap();
+    assert_eq!(lease.lease_transitions, Some(1), "one holder change");
+
+    // The new leader reconciles.
+    env.create("bootstrap.cluster.x-k8s.io", "v1alpha1", "WindowsKubeadmConfig", config("after")).await.unwrap();
+    env.wait("the new leader to reconcile", Duration::from_secs(20), || async {
+        Ok(env.configs().get("after").await?.data["status"]["conditions"].is_array().then_some(()))
+    })
+    .await
+    .unwrap();
+    let (_, body) = get(&format!("http://{metrics}/metrics")).await;
+    assert!(body.contains("capwin_reconciles_total{"), "{body}");
+    standby.kill().await.unwrap();
+    let _ = std::fs::remove_file(&log_path);
+}
