@@ -513,12 +513,19 @@ def pod_spec(obj):
     return (((obj.get('spec') or {}).get('template') or {}).get('spec')) or {}
 
 
-def check_structure(t, workdir):
-    p = []
+def the_cluster(t):
+    """The template's one Cluster, or a problem saying how many there are."""
     clusters = t.find('Cluster')
     if len(clusters) != 1:
-        return ['%d Cluster objects, want exactly 1' % len(clusters)]
-    cluster = clusters[0]
+        return None, '%d Cluster objects, want exactly 1' % len(clusters)
+    return clusters[0], None
+
+
+def check_structure(t, workdir):
+    p = []
+    cluster, problem = the_cluster(t)
+    if problem:
+        return [problem]
     cname = meta(cluster).get('name')
     cspec = cluster.get('spec') or {}
     clabels = meta(cluster).get('labels') or {}
@@ -849,10 +856,9 @@ def render_values(t, hcp, cluster):
 
 def check_helm(t, workdir):
     p = []
-    clusters = t.find('Cluster')
-    if len(clusters) != 1:
-        return ['%d Cluster objects, want exactly 1' % len(clusters)]
-    cluster = clusters[0]
+    cluster, problem = the_cluster(t)
+    if problem:
+        return [problem]
     cname = meta(cluster).get('name')
     clabels = meta(cluster).get('labels') or {}
     for h in t.find('HelmChartProxy'):

@@ -403,23 +403,7 @@ async fn produce(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<Action, Er
             ctx.metrics.token("refreshed");
             t
         }
-        (TokenAction::Delete, Some(t)) => {
-            match tokens.delete(&token::secret_name(&t.id), &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(unreachable_workload(&cluster_name, e)),
-            }
-            ctx.metrics.token("deleted");
-            publish(
-                ctx,
-                cfg,
-                EventType::Normal,
-                "BootstrapTokenDeleted",
-                &format!("the Node joined; deleted bootstrap token {}", t.id),
-            )
-            .await;
-            t
-        }
+        // A joined machine with a data Secret never gets here (`after_join` deletes its token).
         (_, Some(t)) => t,
         (_, None) => {
             return Err(blocked(
@@ -498,6 +482,12 @@ async fn after_join(
 ) -> Result<Action, Error> {
     let name = cfg.name_any();
     let cluster_name = machine.cluster_name().unwrap_or_default().to_string();
+    let data = existing.data.as_ref();
+    let has_token_key = data.is_some_and(|d| d.contains_key(TOKEN_KEY));
+    if !has_token_key {
+        // Scrubbed on an earlier pass: no Secret reads and no render again.
+        return finish(cfg, ctx, machine, &name).await;
+    }
     if let Some(t) = &current {
         match tokens.delete(&token::secret_name(&t.id), &DeleteParams::default()).await {
             Ok(_) => {
@@ -533,9 +523,8 @@ async fn after_join(
     })
     .ok()
     .map(|p| p.bytes);
-    let data = existing.data.as_ref();
     let old_value = data.and_then(|d| d.get("value")).map(|v| v.0.as_slice());
-    if plan::scrub_after_join(data.is_some_and(|d| d.contains_key(TOKEN_KEY)), old_value, rendered.as_deref()) {
+    if plan::scrub_after_join(has_token_key, old_value, rendered.as_deref()) {
         let mut patch = json!({"data": {TOKEN_KEY: null}});
         if let Some(v) = &rendered {
             patch["data"]["value"] = json!(ByteString(v.clone()));

@@ -453,6 +453,15 @@ impl Env {
             json!({"metadata": {"name": p.templates}, "spec": {"template": {"spec": p.infra_spec}}}),
         )
         .await?;
+        self.machine_deployment(&p).await
+    }
+
+    /// The pool's MachineDeployment alone, over templates that already exist (a second
+    /// MachineDeployment over the same templates, as a rollout makes).
+    pub async fn machine_deployment(&self, p: &Pool<'_>) -> anyhow::Result<()> {
+        const B: &str = "bootstrap.cluster.x-k8s.io";
+        const I: &str = "infrastructure.cluster.x-k8s.io";
+        let infra_template = format!("{}Template", p.infra_kind);
         let mut machine = json!({"clusterName": p.cluster, "version": p.version,
             "bootstrap": {"configRef": {"apiGroup": B, "kind": "WindowsKubeadmConfigTemplate", "name": p.templates}},
             "infrastructureRef": {"apiGroup": I, "kind": infra_template, "name": p.templates}});

@@ -74,25 +74,6 @@ fn pool<'a>(name: &'a str, md: &'a str, replicas: u32, infra_kind: &'a str) -> P
     }
 }
 
-async fn machine_deployment(env: &Env, p: &Pool<'_>) {
-    let infra_template = format!("{}Template", p.infra_kind);
-    let mut machine = json!({"clusterName": p.cluster, "version": p.version,
-        "bootstrap": {"configRef": {"apiGroup": B, "kind": "WindowsKubeadmConfigTemplate", "name": p.templates}},
-        "infrastructureRef": {"apiGroup": I, "kind": infra_template, "name": p.templates}});
-    if let Some(fd) = p.failure_domain {
-        machine["failureDomain"] = json!(fd);
-    }
-    env.create(
-        "cluster.x-k8s.io",
-        "v1beta2",
-        "MachineDeployment",
-        json!({"metadata": {"name": p.md}, "spec": {"clusterName": p.cluster, "replicas": p.replicas,
-            "selector": {"matchLabels": {}}, "template": {"spec": machine}}}),
-    )
-    .await
-    .unwrap();
-}
-
 /// The objects `api` holds whose names start with `prefix`.
 async fn named(api: &Api<DynamicObject>, prefix: &str) -> Vec<DynamicObject> {
     api.list(&ListParams::default())
@@ -217,7 +198,7 @@ async fn bootstrap_serves_new_configs_at_once_after_machines_were_deleted() {
 
     // N new Machines: every new config has its data within a few seconds.
     let since = Instant::now();
-    machine_deployment(&env, &pool("ch", "ch-b", N as u32, "AWSWindowsMachine")).await;
+    env.machine_deployment(&pool("ch", "ch-b", N as u32, "AWSWindowsMachine")).await.unwrap();
     let t = all_done(&configs, "ch-b-", N, since, "with data", |c| ready_reason(c, "DataSecretAvailable")).await;
     eprintln!("after deleting {N} machines, {N} new configs had their data after {t:?}");
     assert!(t < CHURN_LIMIT, "the new configs waited {t:?} for their data (limit {CHURN_LIMIT:?}): a stall");
@@ -319,7 +300,7 @@ async fn aws_machines_churn_and_machines_first_without_a_stall() {
     delete_all(&env, "wa-a", "wa-a-", &[&env.configs(), &infra]).await;
 
     let since = Instant::now();
-    machine_deployment(&env, &pool("wa", "wa-b", n as u32, "AWSWindowsMachine")).await;
+    env.machine_deployment(&pool("wa", "wa-b", n as u32, "AWSWindowsMachine")).await.unwrap();
     let t = all_done(&infra, "wa-b-", n, since, "with an instance", recorded).await;
     eprintln!("after deleting {n} AWS machines, {n} new ones had instances after {t:?}");
     assert!(t < CHURN_LIMIT, "new AWS machines waited {t:?} for their instances: a stall");
@@ -347,7 +328,7 @@ async fn azure_machines_churn_and_machines_first_without_a_stall() {
     delete_all(&env, "wz-a", "wz-a-", &[&env.configs(), &infra]).await;
 
     let since = Instant::now();
-    machine_deployment(&env, &pool("wz", "wz-b", n as u32, "AzureWindowsMachine")).await;
+    env.machine_deployment(&pool("wz", "wz-b", n as u32, "AzureWindowsMachine")).await.unwrap();
     let t = all_done(&infra, "wz-b-", n, since, "with a VM", recorded).await;
     eprintln!("after deleting {n} Azure machines, {n} new ones had VMs after {t:?}");
     assert!(t < CHURN_LIMIT, "new Azure machines waited {t:?} for their VMs: a stall");
