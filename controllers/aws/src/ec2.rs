@@ -95,7 +95,38 @@ pub trait Ec2: Send + Sync {
     /// Sets the instance's metadata service to `httpTokens: required` (IMDSv2 only), leaving
     /// the other options as they are.
     fn require_imds_tokens(&self, id: &str) -> impl Future<Output = Result<(), Ec2Error>> + Send;
+    /// The instances among `ids` that exist (any state), in one read where the endpoint allows.
+    fn describe_ids(&self, ids: &[String]) -> impl Future<Output = Result<Vec<Instance>, Ec2Error>> + Send {
+        async move {
+            let mut out = Vec::new();
+            for id in ids {
+                out.extend(self.describe(id).await?);
+            }
+            Ok(out)
+        }
+    }
+    /// Instances carrying every `fixed` tag and tag `key` with one of `values`, each with the
+    /// value it carries, in one read where the endpoint allows.
+    fn find_by_tag_values(
+        &self,
+        fixed: &[(String, String)],
+        key: &str,
+        values: &[String],
+    ) -> impl Future<Output = Result<Vec<(String, Instance)>, Ec2Error>> + Send {
+        async move {
+            let mut out = Vec::new();
+            for v in values {
+                let mut tags = fixed.to_vec();
+                tags.push((key.to_string(), v.clone()));
+                out.extend(self.find_by_tags(&tags).await?.into_iter().map(|i| (v.clone(), i)));
+            }
+            Ok(out)
+        }
+    }
 }
+
+/// EC2 allows at most 200 values per filter.
+const FILTER_VALUES: usize = 200;
 
 /// The `aws-sdk-ec2` implementation.
 #[derive(Clone)]
@@ -192,6 +223,46 @@ impl Ec2 for SdkEc2 {
         }
         let out = req.send().await.map_err(|e| err("DescribeInstances", e))?;
         Ok(out.reservations().iter().flat_map(|r| r.instances()).map(instance).collect())
+    }
+
+    async fn describe_ids(&self, ids: &[String]) -> Result<Vec<Instance>, Ec2Error> {
+        let mut out = Vec::new();
+        for chunk in ids.chunks(FILTER_VALUES) {
+            let filter = Filter::builder().name("instance-id").set_values(Some(chunk.to_vec())).build();
+            let mut pages = self.client.describe_instances().filters(filter).into_paginator().send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| err("DescribeInstances", e))?;
+                out.extend(page.reservations().iter().flat_map(|r| r.instances()).map(instance));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn find_by_tag_values(
+        &self,
+        fixed: &[(String, String)],
+        key: &str,
+        values: &[String],
+    ) -> Result<Vec<(String, Instance)>, Ec2Error> {
+        let mut out = Vec::new();
+        for chunk in values.chunks(FILTER_VALUES) {
+            let mut req = self.client.describe_instances();
+            for (k, v) in fixed {
+                req = req.filters(Filter::builder().name(format!("tag:{k}")).values(v).build());
+            }
+            req = req.filters(Filter::builder().name(format!("tag:{key}")).set_values(Some(chunk.to_vec())).build());
+            let mut pages = req.into_paginator().send();
+            while let Some(page) = pages.next().await {
+                let page = page.map_err(|e| err("DescribeInstances", e))?;
+                for i in page.reservations().iter().flat_map(|r| r.instances()) {
+                    let value = i.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value());
+                    if let Some(v) = value {
+                        out.push((v.to_string(), instance(i)));
+                    }
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn describe(&self, id: &str) -> Result<Option<Instance>, Ec2Error> {
@@ -462,6 +533,17 @@ impl<E: Ec2> Ec2 for Counting<E> {
     }
     async fn require_imds_tokens(&self, id: &str) -> Result<(), Ec2Error> {
         self.hit(10, self.inner.require_imds_tokens(id).await)
+    }
+    async fn describe_ids(&self, ids: &[String]) -> Result<Vec<Instance>, Ec2Error> {
+        self.hit(1, self.inner.describe_ids(ids).await)
+    }
+    async fn find_by_tag_values(
+        &self,
+        fixed: &[(String, String)],
+        key: &str,
+        values: &[String],
+    ) -> Result<Vec<(String, Instance)>, Ec2Error> {
+        self.hit(0, self.inner.find_by_tag_values(fixed, key, values).await)
     }
 }
 

@@ -10,6 +10,7 @@
 //! - [`reconcile`]: the `AWSWindowsMachine` reconciler (`capwin manager --controllers aws`);
 //! - [`sandbox`]: seeds a local EC2 endpoint with what CAPA would have made (`capwin sandbox`).
 
+pub mod batch;
 pub mod ec2;
 pub mod launch;
 pub mod metrics;

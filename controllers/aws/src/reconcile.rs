@@ -23,6 +23,7 @@ use kube::runtime::finalizer::Event as Finalizer;
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
+use crate::batch::Batched;
 use crate::ec2::{Counting, Ec2, SdkEc2};
 use crate::launch::{self, LaunchError, MachineContext};
 use crate::metrics::Metrics;
@@ -35,6 +36,8 @@ pub const FINALIZER: &str = "infrastructure.cluster.x-k8s.io/capwin-aws";
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
+    /// The Machines and Clusters the controller watches, read instead of fetched.
+    pub cache: capwin_infra::cache::CapiCache,
     /// EC2 with the manager's own credentials (the default chain); `None` without a region.
     pub ec2: Option<Ec2Client>,
     pub namespace: Option<String>,
@@ -50,10 +53,21 @@ pub struct Context {
     console_reads: Slots,
     /// AMI look-up answers, reused for a few minutes.
     amis: launch::AmiCache,
+    /// The status last written per machine.
+    written: capwin_infra::WriteMemo,
 }
 
-/// An EC2 client with its call counter.
-pub type Ec2Client = Arc<Counting<SdkEc2>>;
+/// An EC2 client: per-machine instance reads batched (`crate::batch`), every call that reaches
+/// EC2 counted.
+pub type Ec2Client = Arc<Batched<Counting<SdkEc2>>>;
+
+/// How long the first instance read of a batch waits for others to join it.
+const BATCH_WINDOW: Duration = Duration::from_millis(200);
+
+/// The EC2 client the reconciler uses for `sdk`.
+fn ec2_client(sdk: SdkEc2, metrics: Arc<Metrics>) -> Ec2Client {
+    Arc::new(Batched::new(Counting::with_metrics(sdk, metrics), BATCH_WINDOW))
+}
 
 /// Annotation on an identity Secret listing the namespaces (comma-separated, or `*`) whose
 /// machines may use it. Without it, no namespace may.
@@ -75,12 +89,13 @@ impl Context {
         );
         let region = region.filter(|r| !r.is_empty());
         let ec2 = match &region {
-            Some(r) => Some(Arc::new(Counting::with_metrics(SdkEc2::new(r, None, None).await, metrics.clone()))),
+            Some(r) => Some(ec2_client(SdkEc2::new(r, None, None).await, metrics.clone())),
             None => None,
         };
         Arc::new(Self {
             client,
             recorder,
+            cache: Default::default(),
             ec2,
             namespace,
             region,
@@ -89,6 +104,7 @@ impl Context {
             identities: Mutex::default(),
             console_reads: Slots::default(),
             amis: launch::AmiCache::default(),
+            written: Default::default(),
         })
     }
 
@@ -107,6 +123,7 @@ impl Context {
             client: &self.client,
             recorder: &self.recorder,
             normal_reasons: &["InstancePending", "InstanceCreated"],
+            written: &self.written,
         }
     }
 
@@ -165,8 +182,7 @@ impl Context {
             session_token: key("SessionToken"),
         };
         let region = self.region.as_deref().unwrap_or_default();
-        let client =
-            Arc::new(Counting::with_metrics(SdkEc2::new(region, None, Some(creds)).await, self.metrics.clone()));
+        let client = ec2_client(SdkEc2::new(region, None, Some(creds)).await, self.metrics.clone());
         self.identities.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), (version, client.clone()));
         Ok(client)
     }
@@ -184,7 +200,7 @@ fn launch_error(e: LaunchError) -> Error {
 use capwin_api::common::now_rfc3339 as now;
 
 pub async fn reconcile(obj: Arc<AWSWindowsMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
-    if contract::paused(&ctx.client, obj.as_ref()).await? {
+    if contract::paused(&ctx.cache, obj.as_ref()).await {
         return ctx.writer().paused(obj.as_ref()).await;
     }
     ctx.writer()
@@ -204,19 +220,20 @@ pub fn error_policy(obj: Arc<AWSWindowsMachine>, err: &Error, _: Arc<Context>) -
 async fn apply(m: &AWSWindowsMachine, ctx: &Context) -> Result<Action, Error> {
     let ns = m.namespace().unwrap_or_default();
     let contract::Owners { machine, cluster, cluster_name } =
-        contract::owners(&ctx.client, m, "AWSWindowsMachine").await?;
+        contract::owners(&ctx.cache, m, "AWSWindowsMachine").await?;
 
     // An instance already belongs to this machine: only report on it, never replace it.
     if let Some(id) = &m.spec.instance_id {
         return report(m, ctx, id, &machine).await;
     }
     contract::require_cluster_infrastructure(&cluster)?;
-    let payload = contract::bootstrap_data(&ctx.client, &machine).await?;
-    let port = diagnostics::port_annotation(&payload);
+    let data = contract::bootstrap_data(&ctx.client, &machine).await?;
+    let payload = &data.value;
+    let port = diagnostics::port_annotation(payload);
 
     tracing::info!(machine = %m.name_any(), "bootstrap data present; resolving the launch");
     let ec2 = ctx.ec2_for(m).await?;
-    let mctx = machine_context(ctx, m, &machine, &cluster, &cluster_name).await?;
+    let mctx = machine_context(ctx, m, &machine, &cluster, &cluster_name, &data).await?;
     let image = match launch::ami_lookup(&m.spec, &mctx) {
         Some((owner, pattern)) => {
             let who = m.spec.identity_ref.as_ref().map(|r| r.secret_name.clone()).unwrap_or_default();
@@ -234,7 +251,7 @@ async fn apply(m: &AWSWindowsMachine, ctx: &Context) -> Result<Action, Error> {
     };
     let (subnet, _az) = launch::resolve_subnet(ec2.as_ref(), &m.spec, &mctx).await.map_err(launch_error)?;
     let groups = resolve_security_groups(ec2.as_ref(), m, &mctx).await?;
-    let request = launch::launch_spec(&m.spec, &mctx, &image, &subnet, groups, &payload).map_err(launch_error)?;
+    let request = launch::launch_spec(&m.spec, &mctx, &image, &subnet, groups, payload).map_err(launch_error)?;
     let (instance, created) =
         launch::ensure_instance(ec2.as_ref(), &request, &launch::identity_tags(&mctx)).await.map_err(launch_error)?;
     // Record the instance at once: status is not restored by `clusterctl move`, spec is.
@@ -261,20 +278,18 @@ async fn machine_context(
     machine: &DynamicObject,
     cluster: &DynamicObject,
     cluster_name: &str,
+    data: &contract::BootstrapData,
 ) -> Result<MachineContext, Error> {
     let ns = m.namespace().unwrap_or_default();
-    let windows_year = contract::windows_year(&ctx.client, machine).await?;
+    let windows_year = contract::windows_year(&ctx.client, machine, data).await?;
     // Subnets and the node security group of the cluster's AWSCluster, when it has one.
     let mut cluster_subnets = Vec::new();
     let mut node_sg = None;
     let infra = &cluster.data["spec"]["infrastructureRef"];
     if infra["kind"] == "AWSCluster" {
-        let ar = ApiResource::from_gvk_with_plural(
-            &GroupVersionKind::gvk("infrastructure.cluster.x-k8s.io", "v1beta2", "AWSCluster"),
-            "awsclusters",
-        );
-        let awsclusters: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &ar);
-        if let Some(a) = awsclusters.get_opt(infra["name"].as_str().unwrap_or_default()).await? {
+        let name = infra["name"].as_str().unwrap_or_default();
+        let found = contract::cached_or_get(&ctx.cache, &ctx.client, &aws_cluster_resource(), Some(&ns), name).await?;
+        if let Some(a) = found {
             for s in a.data["spec"]["network"]["subnets"].as_array().cloned().unwrap_or_default() {
                 let id = s["resourceID"].as_str().or(s["id"].as_str()).unwrap_or_default().to_string();
                 if s["isPublic"] != true && id.starts_with("subnet-") {
@@ -475,13 +490,9 @@ async fn lock_down_metadata(
                     format!("instance {} allowed IMDSv1 again; set httpTokens required again", instance.id),
                 ));
             }
-            Ok(()) => {
-                event = Some((
-                    EventType::Normal,
-                    "InstanceMetadataLockedDown",
-                    format!("the Node joined: instance {} now requires IMDSv2 tokens", instance.id),
-                ));
-            }
+            // The first lock-down is what the condition says (its transition time is when);
+            // an event is kept for the trouble case, a reverted setting.
+            Ok(()) => {}
             Err(e) => {
                 tracing::info!(machine = %m.name_any(), error = %e, "could not require IMDSv2 tokens; retrying");
                 (locked, reason, message) = (false, "LockDownFailed", format!("ModifyInstanceMetadataOptions: {e}"));
@@ -599,10 +610,22 @@ pub async fn reconcile_template(t: Arc<AWSWindowsMachineTemplate>, ctx: Arc<Cont
 
 /// Runs the controllers for machines and their templates; `queue` receives their reconcile
 /// queue delays.
+/// CAPA's `AWSCluster`.
+fn aws_cluster_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("infrastructure.cluster.x-k8s.io", "v1beta2", "AWSCluster"),
+        "awsclusters",
+    )
+}
+
 pub async fn run(ctx: Arc<Context>, queue: capwin_infra::QueueMetrics, settings: watch::RunSettings) {
     let client = ctx.client.clone();
+    let shared = ctx.clone();
+    // The AWSClusters (subnets, node security group) are read from a cache too.
+    shared.cache.reflect_kind(client.clone(), &aws_cluster_resource(), true, settings.namespace.as_deref());
     watch::run_controllers::<AWSWindowsMachine, AWSWindowsMachineTemplate, _, _, _, _, _, _>(
         client,
+        &shared.cache,
         &settings,
         "AWSWindowsMachine",
         queue,

@@ -69,6 +69,10 @@ pub struct Settings {
 pub struct Context {
     pub client: Client,
     pub recorder: Recorder,
+    /// The Machines and Clusters the controller watches, read instead of fetched.
+    pub cache: capwin_infra::cache::CapiCache,
+    /// The status last written per machine.
+    written: capwin_infra::WriteMemo,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     /// The manager's own ARM client, or why it could not be built.
@@ -94,6 +98,8 @@ impl Context {
         Arc::new(Self {
             client,
             recorder,
+            cache: Default::default(),
+            written: Default::default(),
             settings,
             metrics,
             own,
@@ -137,8 +143,9 @@ impl Context {
             ),
             _ => return self.own_client(),
         };
-        let identities: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &id_ns, &identity_resource());
-        let Some(identity) = identities.get_opt(&name).await? else {
+        let found =
+            contract::cached_or_get(&self.cache, &self.client, &identity_resource(), Some(&id_ns), &name).await?;
+        let Some(identity) = found else {
             return Err(blocked(
                 "IdentityNotFound",
                 format!("{field}: AzureClusterIdentity {id_ns}/{name} does not exist"),
@@ -146,10 +153,8 @@ impl Context {
             ));
         };
         let identity = serde_json::to_value(&identity).unwrap_or_default();
-        let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        let labels = namespaces
-            .get_opt(&ns)
-            .await?
+        let namespace = contract::cached_or_get(&self.cache, &self.client, &namespace_resource(), None, &ns).await?;
+        let labels = namespace
             .and_then(|n| n.metadata.labels)
             .map(|l| l.into_iter().map(|(k, v)| (k, Value::String(v))).collect())
             .unwrap_or_default();
@@ -224,7 +229,12 @@ impl Context {
     }
 
     fn writer(&self) -> Writer<'_> {
-        Writer { client: &self.client, recorder: &self.recorder, normal_reasons: &["VMCreating", "Deleting"] }
+        Writer {
+            client: &self.client,
+            recorder: &self.recorder,
+            normal_reasons: &["VMCreating", "Deleting"],
+            written: &self.written,
+        }
     }
 }
 
@@ -268,6 +278,10 @@ fn identity_resource() -> ApiResource {
     )
 }
 
+fn namespace_resource() -> ApiResource {
+    ApiResource::erase::<Namespace>(&())
+}
+
 fn azure_cluster_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("infrastructure.cluster.x-k8s.io", "v1beta1", "AzureCluster"),
@@ -293,7 +307,7 @@ fn arm_error(e: ArmError) -> Error {
 }
 
 pub async fn reconcile(obj: Arc<AzureWindowsMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
-    if contract::paused(&ctx.client, obj.as_ref()).await? {
+    if contract::paused(&ctx.cache, obj.as_ref()).await {
         return ctx.writer().paused(obj.as_ref()).await;
     }
     ctx.writer()
@@ -319,7 +333,7 @@ struct Owners {
 }
 
 async fn owners(m: &AzureWindowsMachine, ctx: &Context) -> Result<Owners, Error> {
-    let o = contract::owners(&ctx.client, m, "AzureWindowsMachine").await?;
+    let o = contract::owners(&ctx.cache, m, "AzureWindowsMachine").await?;
     let azure_cluster = azure_cluster_of(ctx, &m.namespace().unwrap_or_default(), &o.cluster).await?;
     Ok(Owners { machine: o.machine, cluster: o.cluster, cluster_name: o.cluster_name, azure_cluster })
 }
@@ -329,9 +343,8 @@ async fn azure_cluster_of(ctx: &Context, ns: &str, cluster: &DynamicObject) -> R
     if infra["kind"] != "AzureCluster" {
         return Ok(None);
     }
-    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), ns, &azure_cluster_resource());
-    Ok(api
-        .get_opt(infra["name"].as_str().unwrap_or_default())
+    let name = infra["name"].as_str().unwrap_or_default();
+    Ok(contract::cached_or_get(&ctx.cache, &ctx.client, &azure_cluster_resource(), Some(ns), name)
         .await?
         .map(|a| serde_json::to_value(a).unwrap_or_default()))
 }
@@ -356,15 +369,16 @@ async fn apply(m: &AzureWindowsMachine, ctx: &Context) -> Result<Action, Error> 
             None,
         ));
     };
-    let payload = contract::bootstrap_data(&ctx.client, &o.machine).await?;
+    let data = contract::bootstrap_data(&ctx.client, &o.machine).await?;
+    let payload = &data.value;
     // Bad input first, before anything exists in Azure.
-    let custom_data = model::custom_data(&payload).map_err(|e| blocked("CustomDataTooLarge", e.to_string(), None))?;
+    let custom_data = model::custom_data(payload).map_err(|e| blocked("CustomDataTooLarge", e.to_string(), None))?;
     let placement = model::placement(azure_cluster, m.spec.network.subnet_name.as_deref())
         .map_err(|e| blocked("InvalidAzureCluster", e.0, Some(Duration::from_secs(60))))?;
     let zone = model::zone(o.machine.data["spec"]["failureDomain"].as_str())
         .map_err(|e| blocked("InvalidFailureDomain", e, None))?;
     let arm = ctx.arm_for(m, o.azure_cluster.as_ref()).await?;
-    let windows_year = contract::windows_year(&ctx.client, &o.machine).await?;
+    let windows_year = contract::windows_year(&ctx.client, &o.machine, &data).await?;
     let k8s_version = o.machine.data["spec"]["version"].as_str().unwrap_or_default();
     let image = model::image(m.spec.image.as_ref(), &placement, &windows_year, k8s_version);
     let found = arm::get_path(arm.as_ref(), &image.probe).await.map_err(arm_error)?;
@@ -391,7 +405,7 @@ async fn apply(m: &AzureWindowsMachine, ctx: &Context) -> Result<Action, Error> 
 
     let vm_name = match vm_id.as_deref().and_then(|id| id.rsplit('/').next()) {
         Some(n) => n.to_string(),
-        None => choose_vm_name(m, ctx, &arm, &placement, diagnostics::port_annotation(&payload)).await?,
+        None => choose_vm_name(m, ctx, &arm, &placement, diagnostics::port_annotation(payload)).await?,
     };
     let res = model::resources(&placement, &vm_name);
     let tags = model::tags(&o.cluster_name, &ns, &m.name_any(), &m.spec.additional_tags);
@@ -771,8 +785,7 @@ async fn azure_json_for(
     let Some(cluster_name) = cluster_name else {
         return Ok(Err(("WaitingForCluster", "no MachineDeployment uses this template yet".into())));
     };
-    let clusters: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &ns, &capi("Cluster"));
-    let Some(cluster) = clusters.get_opt(&cluster_name).await? else {
+    let Some(cluster) = ctx.cache.cluster(&ns, &cluster_name).await else {
         return Ok(Err(("WaitingForCluster", format!("Cluster {cluster_name} does not exist"))));
     };
     let Some(ac) = azure_cluster_of(ctx, &ns, &cluster).await? else {
@@ -786,8 +799,9 @@ async fn azure_json_for(
     let tenant = match tenant {
         Some(id_name) => {
             let id_ns = ac["spec"]["identityRef"]["namespace"].as_str().unwrap_or(&ns).to_string();
-            let identities: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &id_ns, &identity_resource());
-            identities.get_opt(&id_name).await?.and_then(|i| i.data["spec"]["tenantID"].as_str().map(String::from))
+            contract::cached_or_get(&ctx.cache, &ctx.client, &identity_resource(), Some(&id_ns), &id_name)
+                .await?
+                .and_then(|i| i.data["spec"]["tenantID"].as_str().map(String::from))
         }
         None => None,
     }
@@ -826,8 +840,17 @@ async fn azure_json_for(
 /// queue delays.
 pub async fn run(ctx: Arc<Context>, queue: capwin_infra::QueueMetrics, settings: watch::RunSettings) {
     let client = ctx.client.clone();
+    let shared = ctx.clone();
+    // What the reconcilers read besides Machines and Clusters: AzureClusters (in the watched
+    // namespace), identities (anywhere: an identity may live in another namespace) and
+    // Namespaces (their labels decide `allowedNamespaces`).
+    let ns = settings.namespace.as_deref();
+    shared.cache.reflect_kind(client.clone(), &azure_cluster_resource(), true, ns);
+    shared.cache.reflect_kind(client.clone(), &identity_resource(), true, None);
+    shared.cache.reflect_kind(client.clone(), &namespace_resource(), false, None);
     watch::run_controllers::<AzureWindowsMachine, AzureWindowsMachineTemplate, _, _, _, _, _, _>(
         client,
+        &shared.cache,
         &settings,
         "AzureWindowsMachine",
         queue,

@@ -13,8 +13,8 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams
 use kube::runtime::Controller;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
-use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::store::Writer;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::{Client, Resource, ResourceExt};
 use serde_json::json;
@@ -24,10 +24,23 @@ use crate::plan::{self, Blocked, Observed, TokenAction, TokenState};
 use crate::views::{self, Cluster, Machine};
 use crate::{ca, conditions, token};
 
-/// Finalizer that lets the controller delete the join token when a config goes.
+/// The finalizer earlier versions put on configs (to delete the join token when a config went);
+/// removed wherever it is still found.
 pub const FINALIZER: &str = "bootstrap.cluster.x-k8s.io/capwin-token-cleanup";
 /// Annotation on the data Secret naming the token it carries (the id is not secret).
 pub const TOKEN_ID_ANNOTATION: &str = "capwin.cluster.x-k8s.io/bootstrap-token-id";
+/// Annotation on the data Secret: a digest of everything its payload was rendered from (spec,
+/// cluster inputs, token id, cloud), so an unchanged config is not rendered, and its Secrets not
+/// read, again.
+pub const INPUTS_ANNOTATION: &str = "capwin.cluster.x-k8s.io/bootstrap-inputs";
+/// Annotation on the data Secret with the Windows Server version the config names, read by the
+/// machine controllers to choose the image (they do not read the config).
+pub const WINDOWS_VERSION_ANNOTATION: &str = "capwin.cluster.x-k8s.io/windows-version";
+
+fn windows_version(cfg: &WindowsKubeadmConfig) -> String {
+    serde_json::to_value(&cfg.spec.windows.version).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+}
+
 /// Data Secret key holding the token (so a booted VM's token can be recreated as it was).
 pub const TOKEN_KEY: &str = "bootstrap-token";
 
@@ -71,6 +84,17 @@ pub struct Context {
     pub workload: WorkloadClients,
     /// Time from a trigger to the reconcile it caused (`capwin_reconcile_queue_delay_seconds`).
     pub queue_delay: Arc<capwin_runtime::QueueDelay>,
+    /// The Machines and Clusters the controller watches, read instead of fetched.
+    pub cache: capwin_runtime::cache::CapiCache,
+    /// Secrets labelled `cluster.x-k8s.io/cluster-name` (CAPI's `<cluster>-ca` and
+    /// `<cluster>-kubeconfig`, and the data Secrets), from the controller's Secret watch.
+    secrets: Store<Secret>,
+    secret_writer: Mutex<Option<Writer<Secret>>>,
+    /// The status last written per config.
+    written: capwin_runtime::WriteMemo,
+    /// The expiry this controller gave each join token (by token id), so keeping a token alive
+    /// does not read it back from the workload cluster on every pass.
+    token_expiry: Mutex<HashMap<String, SystemTime>>,
     failures: Mutex<HashMap<ObjectRef<WindowsKubeadmConfig>, u32>>,
 }
 
@@ -85,6 +109,7 @@ impl Context {
             client.clone(),
             Reporter { controller: "capwin-bootstrap".into(), instance: std::env::var("POD_NAME").ok() },
         );
+        let secret_writer = Writer::default();
         Arc::new(Self {
             client,
             recorder,
@@ -92,6 +117,11 @@ impl Context {
             settings,
             workload: WorkloadClients::default(),
             queue_delay: capwin_runtime::QueueDelay::new("bootstrap", queue),
+            cache: Default::default(),
+            secrets: secret_writer.as_reader(),
+            secret_writer: Mutex::new(Some(secret_writer)),
+            written: Default::default(),
+            token_expiry: Mutex::default(),
             failures: Mutex::default(),
         })
     }
@@ -102,8 +132,6 @@ impl Context {
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
     #[error("{}: {}", .0.reason, .0.message)]
     Blocked(Blocked),
     #[error("random token generation failed: {0}")]
@@ -116,20 +144,19 @@ fn blocked(reason: &'static str, message: impl Into<String>, retry: Option<Durat
 
 use capwin_api::common::now_rfc3339;
 
-/// Reconciles one config (with the finalizer helper managing cleanup).
+/// Reconciles one config. No finalizer (as CABPK has none): a join token of a config deleted
+/// before its Node joined expires on its own within `--bootstrap-token-ttl`. Configs written by
+/// earlier versions still carry [`FINALIZER`]; it is removed once (with the token cleanup it
+/// stood for, when the config is being deleted).
 pub async fn reconcile(cfg: Arc<WindowsKubeadmConfig>, ctx: Arc<Context>) -> Result<Action, Error> {
     let start = Instant::now();
     ctx.queue_delay.started(&capwin_runtime::obj_key(cfg.as_ref()));
-    let ns = cfg.namespace().unwrap_or_default();
-    let api: Api<WindowsKubeadmConfig> = Api::namespaced(ctx.client.clone(), &ns);
-    let result = finalizer(&api, FINALIZER, cfg.clone(), |ev| async {
-        match ev {
-            Finalizer::Apply(c) => apply(&c, &ctx).await,
-            Finalizer::Cleanup(c) => cleanup(&c, &ctx).await,
-        }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)));
+    let result = match retire_legacy_finalizer(&cfg, &ctx).await {
+        Ok(true) => Ok(Action::await_change()),
+        Ok(false) if cfg.metadata.deletion_timestamp.is_some() => Ok(Action::await_change()),
+        Ok(false) => apply(&cfg, &ctx).await,
+        Err(e) => Err(e),
+    };
     ctx.metrics.duration.observe(start.elapsed().as_secs_f64());
     let key = ObjectRef::from_obj(cfg.as_ref());
     let outcome = match result {
@@ -138,10 +165,7 @@ pub async fn reconcile(cfg: Arc<WindowsKubeadmConfig>, ctx: Arc<Context>) -> Res
             Ok(action)
         }
         // A blocking condition was recorded on the object: come back when asked, with backoff.
-        Err(Error::Finalizer(boxed))
-            if matches!(boxed.as_ref(), kube::runtime::finalizer::Error::ApplyFailed(Error::Blocked(_))) =>
-        {
-            let kube::runtime::finalizer::Error::ApplyFailed(Error::Blocked(b)) = *boxed else { unreachable!() };
+        Err(Error::Blocked(b)) => {
             ctx.metrics
                 .errors
                 .get_or_create(&ReasonLabels { controller: "bootstrap".into(), reason: b.reason.into() })
@@ -160,6 +184,24 @@ pub async fn reconcile(cfg: Arc<WindowsKubeadmConfig>, ctx: Arc<Context>) -> Res
     let label = if outcome.is_ok() { "success" } else { "error" };
     ctx.metrics.reconciles.get_or_create(&ResultLabels { controller: "bootstrap".into(), result: label.into() }).inc();
     outcome
+}
+
+/// Removes [`FINALIZER`] from a config an earlier version added it to, deleting the join token
+/// first when the config is being deleted. True when it wrote (the next event continues).
+async fn retire_legacy_finalizer(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<bool, Error> {
+    let finalizers = cfg.finalizers();
+    if !finalizers.iter().any(|f| f == FINALIZER) {
+        return Ok(false);
+    }
+    if cfg.metadata.deletion_timestamp.is_some() {
+        cleanup(cfg, ctx).await?;
+    }
+    let rest: Vec<&String> = finalizers.iter().filter(|f| *f != FINALIZER).collect();
+    // The resourceVersion makes it a compare-and-swap: another writer's finalizer is never lost.
+    let patch = json!({"metadata": {"finalizers": rest, "resourceVersion": cfg.resource_version()}});
+    let api: Api<WindowsKubeadmConfig> = Api::namespaced(ctx.client.clone(), &cfg.namespace().unwrap_or_default());
+    api.patch(&cfg.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+    Ok(true)
 }
 
 /// Doubles the wait on each consecutive failure of the same object, from `base` up to 5 minutes.
@@ -239,11 +281,13 @@ async fn patch_status(
     ctx: &Context,
     status: &WindowsKubeadmConfigStatus,
 ) -> Result<(), Error> {
-    if cfg.status.as_ref() == Some(status) {
+    let uid = cfg.uid().unwrap_or_default();
+    if cfg.status.as_ref() == Some(status) || ctx.written.already_written(&uid, status) {
         return Ok(());
     }
     let api: Api<WindowsKubeadmConfig> = Api::namespaced(ctx.client.clone(), &cfg.namespace().unwrap_or_default());
     api.patch_status(&cfg.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await?;
+    ctx.written.written(&uid, status);
     Ok(())
 }
 
@@ -260,8 +304,15 @@ async fn publish(ctx: &Context, cfg: &WindowsKubeadmConfig, type_: EventType, re
     }
 }
 
-fn dyn_api(ctx: &Context, ns: &str, kind: &str) -> Api<DynamicObject> {
-    Api::namespaced_with(ctx.client.clone(), ns, &views::capi_resource(kind))
+/// A Secret from the cache of labelled Secrets; one without the `cluster.x-k8s.io/cluster-name`
+/// label is outside the cache and is read by GET.
+async fn cached_secret(ctx: &Context, ns: &str, name: &str) -> Result<Option<Secret>, Error> {
+    if ctx.secrets.wait_until_ready().await.is_ok()
+        && let Some(s) = ctx.secrets.get(&ObjectRef::new(name).within(ns))
+    {
+        return Ok(Some(s.as_ref().clone()));
+    }
+    Ok(Api::<Secret>::namespaced(ctx.client.clone(), ns).get_opt(name).await?)
 }
 
 /// Everything up to and including the data Secret and status.
@@ -282,7 +333,7 @@ async fn produce(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<Action, Er
             None,
         ));
     };
-    let Some(machine_obj) = dyn_api(ctx, &ns, "Machine").get_opt(&owner.name).await? else {
+    let Some(machine_obj) = ctx.cache.machine(&ns, &owner.name).await else {
         return Err(blocked(
             "WaitingForMachineOwner",
             format!("the owning Machine {} does not exist", owner.name),
@@ -293,7 +344,7 @@ async fn produce(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<Action, Er
     let Some(cluster_name) = machine.cluster_name().map(String::from) else {
         return Err(blocked("MissingClusterName", format!("Machine {} has no spec.clusterName", owner.name), None));
     };
-    let Some(cluster_obj) = dyn_api(ctx, &ns, "Cluster").get_opt(&cluster_name).await? else {
+    let Some(cluster_obj) = ctx.cache.cluster(&ns, &cluster_name).await else {
         return Err(blocked(
             "WaitingForCluster",
             format!("Cluster {cluster_name} does not exist"),
@@ -313,7 +364,21 @@ async fn produce(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<Action, Er
 
     // After `clusterctl move` the Machine knows the Secret but our status is empty: re-derive it.
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let existing = secrets.get_opt(&name).await?;
+    let created = cfg.status.as_ref().and_then(|s| s.initialization.as_ref()).and_then(|i| i.data_secret_created);
+    let existing = match ctx
+        .secrets
+        .wait_until_ready()
+        .await
+        .ok()
+        .and_then(|_| ctx.secrets.get(&ObjectRef::new(&name).within(&ns)))
+    {
+        Some(s) => Some(s.as_ref().clone()),
+        // Status says the Secret was written but the cache has not seen it yet (it lags our
+        // own write by a watch event): only a fresh read tells "not yet seen" from "gone", and
+        // a wrong "gone" would mint a second token.
+        None if created == Some(true) => secrets.get_opt(&name).await?,
+        None => None,
+    };
     let provisioned = machine.infrastructure_provisioned();
 
     let ready = plan::gates(&Observed {
@@ -350,16 +415,22 @@ async fn produce(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<Action, Er
     {
         return after_join(cfg, ctx, &machine, &cluster, &secrets, existing, &tokens, current, ca_hashes, ready).await;
     }
-    let workload_secret = match &current {
-        Some(t) => {
-            tokens.get_opt(&token::secret_name(&t.id)).await.map_err(|e| unreachable_workload(&cluster_name, e))?
-        }
-        None => None,
+    let known_expiry = current.as_ref().and_then(|t| ctx.expiry_of(&t.id));
+    let workload_expiry = match (&current, known_expiry) {
+        (Some(_), Some(exp)) => Some(Some(exp)),
+        // Not set by this process (a restart, a move): read it.
+        (Some(t), None) => tokens
+            .get_opt(&token::secret_name(&t.id))
+            .await
+            .map_err(|e| unreachable_workload(&cluster_name, e))?
+            .as_ref()
+            .map(token::expiration),
+        (None, _) => None,
     };
     let action = plan::token_action(
         TokenState {
             have_token: current.is_some(),
-            workload_expiry: workload_secret.as_ref().map(token::expiration),
+            workload_expiry,
             vm_provisioned: provisioned,
             node_joined: machine.has_node(),
         },
@@ -376,14 +447,18 @@ async fn produce(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<Action, Er
                 .await
                 .map_err(|e| unreachable_workload(&cluster_name, e))?;
             ctx.metrics.token("minted");
-            publish(
-                ctx,
-                cfg,
-                EventType::Normal,
-                "BootstrapTokenCreated",
-                &format!("created bootstrap token {} in the workload cluster", t.id),
-            )
-            .await;
+            ctx.set_expiry(&t.id, Some(expires));
+            // The first token is told in the DataSecretWritten event; a replacement gets its own.
+            if existing.is_some() {
+                publish(
+                    ctx,
+                    cfg,
+                    EventType::Normal,
+                    "BootstrapTokenCreated",
+                    &format!("created bootstrap token {} in the workload cluster", t.id),
+                )
+                .await;
+            }
             t
         }
         (TokenAction::Recreate, Some(t)) => {
@@ -392,6 +467,7 @@ async fn produce(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<Action, Er
                 .await
                 .map_err(|e| unreachable_workload(&cluster_name, e))?;
             ctx.metrics.token("recreated");
+            ctx.set_expiry(&t.id, Some(expires));
             t
         }
         (TokenAction::Refresh, Some(t)) => {
@@ -401,6 +477,7 @@ async fn produce(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<Action, Er
                 .await
                 .map_err(|e| unreachable_workload(&cluster_name, e))?;
             ctx.metrics.token("refreshed");
+            ctx.set_expiry(&t.id, Some(expires));
             t
         }
         // A joined machine with a data Secret never gets here (`after_join` deletes its token).
@@ -414,10 +491,21 @@ async fn produce(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<Action, Er
         }
     };
 
-    // Inputs the payload needs from Secrets.
-    let secret_files = resolve_content_from(cfg, &secrets).await?;
-    let domain_join = resolve_domain_join(cfg, &secrets).await?;
+    // Rendered already from these very inputs: nothing to read or render.
     let inputs = cluster_inputs(&ready, ca_hashes, &cluster);
+    let digest = inputs_digest(cfg, &inputs, &tok, ready.cloud);
+    let token_changed = existing.as_ref().and_then(stored_token).as_ref() != Some(&tok);
+    if let Some(s) = &existing
+        && !token_changed
+        && s.annotations().get(INPUTS_ANNOTATION) == Some(&digest)
+    {
+        ensure_owner(cfg, &secrets, s).await?;
+        return finish(cfg, ctx, &machine, &name).await;
+    }
+
+    // Inputs the payload needs from Secrets.
+    let secret_files = resolve_content_from(cfg, ctx).await?;
+    let domain_join = resolve_domain_join(cfg, ctx).await?;
     let rendered = capwin_payload::render(&RenderInput {
         spec: &cfg.spec,
         secret_file_contents: &secret_files,
@@ -443,24 +531,65 @@ async fn produce(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<Action, Er
 
     let old_value =
         existing.as_ref().and_then(|s| s.data.as_ref()).and_then(|d| d.get("value")).map(|v| v.0.as_slice());
-    let token_changed = existing.as_ref().and_then(stored_token).as_ref() != Some(&tok);
+    let digest_changed = existing.as_ref().and_then(|s| s.annotations().get(INPUTS_ANNOTATION)) != Some(&digest);
     if plan::should_write(old_value, &payload.bytes, provisioned)
         || (token_changed && !provisioned)
         || existing.is_none()
     {
-        write_data_secret(cfg, &secrets, &cluster_name, &payload.bytes, &tok, existing.is_some()).await?;
+        write_data_secret(cfg, &secrets, &cluster_name, &payload.bytes, &tok, &digest, existing.is_some()).await?;
         publish(
             ctx,
             cfg,
             EventType::Normal,
             "DataSecretWritten",
-            &format!("wrote bootstrap data Secret {name} ({} bytes, {})", payload.bytes.len(), ready.cloud.as_str()),
+            &format!(
+                "wrote bootstrap data Secret {name} ({} bytes, {}) with bootstrap token {}",
+                payload.bytes.len(),
+                ready.cloud.as_str(),
+                tok.id
+            ),
         )
         .await;
     } else if let Some(s) = &existing {
         ensure_owner(cfg, &secrets, s).await?;
+        if digest_changed && !provisioned {
+            // Same bytes from new inputs (a spec edit that changes nothing rendered): remember
+            // the inputs, so the next pass neither reads nor renders.
+            let patch = json!({"metadata": {"annotations": {INPUTS_ANNOTATION: digest}}});
+            secrets.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
+        }
     }
     finish(cfg, ctx, &machine, &name).await
+}
+
+/// The digest of what a payload is rendered from: the spec, the cluster's inputs, the token's
+/// id (never its secret) and the cloud. Secrets named by the spec are not in it: like CABPK, a
+/// changed file Secret reaches machines rendered after a spec change, not existing ones.
+fn inputs_digest(
+    cfg: &WindowsKubeadmConfig,
+    inputs: &ClusterInputs,
+    tok: &BootstrapToken,
+    cloud: capwin_payload::Cloud,
+) -> String {
+    use sha2::Digest;
+    let spec = serde_json::to_string(&cfg.spec).unwrap_or_default();
+    let text = format!("{spec}\n{inputs:?}\n{}\n{}", tok.id, cloud.as_str());
+    let d = sha2::Sha256::digest(text.as_bytes());
+    d.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+impl Context {
+    fn expiry_of(&self, token_id: &str) -> Option<SystemTime> {
+        self.token_expiry.lock().unwrap_or_else(|p| p.into_inner()).get(token_id).copied()
+    }
+
+    fn set_expiry(&self, token_id: &str, expiry: Option<SystemTime>) {
+        let mut m = self.token_expiry.lock().unwrap_or_else(|p| p.into_inner());
+        match expiry {
+            Some(e) => m.insert(token_id.to_string(), e),
+            None => m.remove(token_id),
+        };
+    }
 }
 
 /// The Node has joined: the join token is deleted from the workload cluster, and the data Secret
@@ -492,6 +621,7 @@ async fn after_join(
         match tokens.delete(&token::secret_name(&t.id), &DeleteParams::default()).await {
             Ok(_) => {
                 ctx.metrics.token("deleted");
+                ctx.set_expiry(&t.id, None);
                 publish(
                     ctx,
                     cfg,
@@ -508,7 +638,7 @@ async fn after_join(
     let id =
         current.as_ref().map(|t| t.id.clone()).or_else(|| existing.annotations().get(TOKEN_ID_ANNOTATION).cloned());
     let placeholder = token::placeholder(id.as_deref().unwrap_or("000000"));
-    let secret_files = resolve_content_from(cfg, secrets).await.unwrap_or_default();
+    let secret_files = resolve_content_from(cfg, ctx).await.unwrap_or_default();
     let inputs = cluster_inputs(&ready, ca_hashes, cluster);
     // A spec that no longer renders (changed after the VM got its payload) keeps the old value:
     // its token is deleted all the same.
@@ -578,9 +708,8 @@ fn unreachable_workload(cluster: &str, e: kube::Error) -> Error {
 }
 
 async fn cluster_ca_hashes(ctx: &Context, ns: &str, cluster: &str) -> Result<Vec<String>, Error> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let name = format!("{cluster}-ca");
-    let Some(s) = secrets.get_opt(&name).await? else {
+    let Some(s) = cached_secret(ctx, ns, &name).await? else {
         return Err(blocked("MissingCASecret", format!("Secret {name} does not exist"), Some(Duration::from_secs(15))));
     };
     let Some(crt) = s.data.as_ref().and_then(|d| d.get("tls.crt")) else {
@@ -592,9 +721,8 @@ async fn cluster_ca_hashes(ctx: &Context, ns: &str, cluster: &str) -> Result<Vec
 }
 
 async fn workload_client(ctx: &Context, ns: &str, cluster: &str) -> Result<Client, Error> {
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
     let name = format!("{cluster}-kubeconfig");
-    let Some(s) = secrets.get_opt(&name).await? else {
+    let Some(s) = cached_secret(ctx, ns, &name).await? else {
         return Err(blocked(
             "MissingKubeconfigSecret",
             format!("Secret {name} does not exist"),
@@ -622,15 +750,15 @@ async fn workload_client(ctx: &Context, ns: &str, cluster: &str) -> Result<Clien
     Ok(client)
 }
 
-async fn resolve_content_from(
-    cfg: &WindowsKubeadmConfig,
-    secrets: &Api<Secret>,
-) -> Result<BTreeMap<usize, Vec<u8>>, Error> {
+/// The `files[].contentFrom` Secrets' contents: from the cache when labelled with the cluster
+/// name (as capwin's and CAPI's are), else by GET.
+async fn resolve_content_from(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<BTreeMap<usize, Vec<u8>>, Error> {
+    let ns = cfg.namespace().unwrap_or_default();
     let mut out = BTreeMap::new();
     for (i, f) in cfg.spec.files.iter().enumerate() {
         let Some(from) = &f.content_from else { continue };
         let r = &from.secret;
-        let Some(s) = secrets.get_opt(&r.name).await? else {
+        let Some(s) = cached_secret(ctx, &ns, &r.name).await? else {
             return Err(blocked(
                 "MissingFileSecret",
                 format!("spec.files[{i}].contentFrom: Secret {} does not exist", r.name),
@@ -664,7 +792,7 @@ fn cluster_inputs(ready: &plan::Ready, ca_cert_hashes: Vec<String>, cluster: &Cl
 /// `files[].contentFrom`. Errors name the Secret and key, never a value.
 async fn resolve_domain_join(
     cfg: &WindowsKubeadmConfig,
-    secrets: &Api<Secret>,
+    ctx: &Context,
 ) -> Result<Option<capwin_payload::DomainJoinSecret>, Error> {
     let Some(join) = &cfg.spec.windows.domain_join else { return Ok(None) };
     let r = &join.credentials_secret;
@@ -675,7 +803,7 @@ async fn resolve_domain_join(
             Some(Duration::from_secs(30)),
         )
     };
-    let Some(s) = secrets.get_opt(&r.name).await? else {
+    let Some(s) = cached_secret(ctx, &cfg.namespace().unwrap_or_default(), &r.name).await? else {
         return Err(missing(format!("Secret {} does not exist", r.name)));
     };
     let key = |k: &str| s.data.as_ref().and_then(|d| d.get(k)).map(|v| v.0.clone());
@@ -704,6 +832,7 @@ async fn write_data_secret(
     cluster: &str,
     payload: &[u8],
     tok: &BootstrapToken,
+    digest: &str,
     exists: bool,
 ) -> Result<(), Error> {
     let name = cfg.name_any();
@@ -711,7 +840,11 @@ async fn write_data_secret(
         metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
             name: Some(name.clone()),
             labels: Some(BTreeMap::from([(views::CLUSTER_NAME_LABEL.to_string(), cluster.to_string())])),
-            annotations: Some(BTreeMap::from([(TOKEN_ID_ANNOTATION.to_string(), tok.id.clone())])),
+            annotations: Some(BTreeMap::from([
+                (TOKEN_ID_ANNOTATION.to_string(), tok.id.clone()),
+                (INPUTS_ANNOTATION.to_string(), digest.to_string()),
+                (WINDOWS_VERSION_ANNOTATION.to_string(), windows_version(cfg)),
+            ])),
             owner_references: Some(vec![owner_ref(cfg)]),
             ..Default::default()
         },
@@ -758,8 +891,7 @@ async fn ensure_owner(cfg: &WindowsKubeadmConfig, secrets: &Api<Secret>, s: &Sec
 /// config through its owner reference).
 async fn cleanup(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<Action, Error> {
     let ns = cfg.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    let Some(data) = secrets.get_opt(&cfg.name_any()).await? else { return Ok(Action::await_change()) };
+    let Some(data) = cached_secret(ctx, &ns, &cfg.name_any()).await? else { return Ok(Action::await_change()) };
     let Some(tok) = stored_token(&data) else { return Ok(Action::await_change()) };
     let cluster = data.labels().get(views::CLUSTER_NAME_LABEL).cloned().unwrap_or_default();
     match workload_client(ctx, &ns, &cluster).await {
@@ -812,10 +944,18 @@ pub async fn run(ctx: Arc<Context>) {
     }
     let delay = ctx.queue_delay.clone();
     let (store, writer) = kube::runtime::reflector::store();
-    let own = delay.observed(capwin_runtime::reflect(configs, wc.clone(), writer, "WindowsKubeadmConfig"));
+    let own = delay.observed(capwin_runtime::own_changes(capwin_runtime::reflect(
+        configs,
+        wc.clone(),
+        writer,
+        "WindowsKubeadmConfig",
+    )));
     let controller = Controller::for_stream(own, store.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(s.concurrency));
     let cluster_store = store.clone();
+    let writers = ctx.cache.take_writers().expect("one controller per context");
+    let secret_writer =
+        ctx.secret_writer.lock().unwrap_or_else(|p| p.into_inner()).take().expect("one controller per context");
     let machine_to_config = |m: DynamicObject| {
         let r = &m.data["spec"]["bootstrap"]["configRef"];
         (r["kind"] == "WindowsKubeadmConfig")
@@ -833,16 +973,21 @@ pub async fn run(ctx: Arc<Context>) {
             .map(|cfg| ObjectRef::from_obj(cfg.as_ref()))
             .collect::<Vec<_>>()
     };
-    let owned = capwin_runtime::watch(owned, watcher::Config::default().labels(views::CLUSTER_NAME_LABEL), "Secret");
+    let owned = capwin_runtime::watch_into(
+        owned,
+        watcher::Config::default().labels(views::CLUSTER_NAME_LABEL),
+        secret_writer,
+        "Secret",
+    );
     let output = controller
         .owns_stream(owned)
         .watches_stream_with(
-            capwin_runtime::watch(machines, wc.clone(), "Machine"),
+            capwin_runtime::watch_into(machines, wc.clone(), writers.machines, "Machine"),
             delay.mapped(machine_to_config),
             views::capi_resource("Machine"),
         )
         .watches_stream_with(
-            capwin_runtime::watch(clusters, wc, "Cluster"),
+            capwin_runtime::watch_into(clusters, wc, writers.clusters, "Cluster"),
             delay.mapped(cluster_to_configs),
             views::capi_resource("Cluster"),
         )

@@ -1,6 +1,7 @@
 //! What capwin's two machine shims share, so each crate holds only its cloud:
 //!
 //! - [`Error`] and [`blocked`]: the one error type, where a blocking condition names its reason;
+//! - [`cache`]: the Machines and Clusters the controllers watch, read instead of fetched;
 //! - [`contract`]: the CAPI v1beta2 infrastructure-machine contract edges (owner Machine and
 //!   Cluster, pause, bootstrap data, the Windows version the bootstrap config names);
 //! - [`status`]: writing `Ready` with an event on every reason change, and turning a finalizer
@@ -9,6 +10,7 @@
 //!   rate-limited per machine;
 //! - [`metrics`]: cloud calls, reconciles and diagnostics reads per controller.
 
+pub use capwin_runtime::cache;
 pub mod contract;
 pub mod diagnostics;
 pub mod metrics;
@@ -32,4 +34,4 @@ pub enum Error {
 pub fn blocked(reason: &'static str, message: impl Into<String>, retry: Option<Duration>) -> Error {
     Error::Blocked { reason, message: message.into(), retry }
 }
-pub use capwin_runtime::QueueMetrics;
+pub use capwin_runtime::{QueueMetrics, WriteMemo};

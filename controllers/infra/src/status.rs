@@ -54,8 +54,11 @@ impl InfraMachine for capwin_api::azure::AzureWindowsMachine {
 pub struct Writer<'a> {
     pub client: &'a Client,
     pub recorder: &'a Recorder,
-    /// Reasons that are progress, not trouble (their events are Normal).
+    /// Reasons that are progress, not trouble: no event (the condition says it), as CAPA
+    /// publishes events for trouble and for what it creates, not for each state it observes.
     pub normal_reasons: &'a [&'a str],
+    /// The status last written per machine.
+    pub written: &'a capwin_runtime::WriteMemo,
 }
 
 impl Writer<'_> {
@@ -74,14 +77,17 @@ impl Writer<'_> {
         set_condition(&mut status.conditions, "Ready", ready, reason, message, m.meta().generation, &now_rfc3339());
         // Recording means reconciling, which means not paused.
         set_condition(&mut status.conditions, PAUSED, false, "NotPaused", "", m.meta().generation, &now_rfc3339());
-        if m.infra_status() != Some(&status) {
+        let uid = m.uid().unwrap_or_default();
+        if m.infra_status() != Some(&status) && !self.written.already_written(&uid, &status) {
             let api: Api<K> = Api::namespaced(self.client.clone(), &m.namespace().unwrap_or_default());
             api.patch_status(&m.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await?;
+            self.written.written(&uid, &status);
         }
-        if before.as_deref() != Some(reason) {
-            let type_ =
-                if ready || self.normal_reasons.contains(&reason) { EventType::Normal } else { EventType::Warning };
-            self.event(m, type_, reason, message, "Reconcile").await;
+        // Waiting for an input (bootstrap data, the cluster's infrastructure) is the normal
+        // course of a create, not trouble: the condition says it, no event.
+        let waiting = reason.starts_with("WaitingFor");
+        if before.as_deref() != Some(reason) && !ready && !waiting && !self.normal_reasons.contains(&reason) {
+            self.event(m, EventType::Warning, reason, message, "Reconcile").await;
         }
         Ok(())
     }

@@ -143,14 +143,16 @@ impl RunSettings {
     }
 }
 
-/// Runs a machine controller and its template controller until the process stops. Machines are
-/// woken by their own changes, their Machine's (`machines_to`) and their Cluster's
+/// Runs a machine controller and its template controller until the process stops. The Machine
+/// and Cluster watches fill `cache`. Machines are woken by their own changes (spec, deletion,
+/// pause: `capwin_runtime::own_changes`), their Machine's (`machines_to`) and their Cluster's
 /// (`clusters_to`); templates by their own. Every watch backs off on its own errors and the
 /// outputs are drained, never backed off (`capwin_runtime`): one object's trouble never pauses
 /// another's reconcile.
 #[allow(clippy::too_many_arguments)]
 pub async fn run_controllers<K, T, C, R, RF, E, TR, TF>(
     client: Client,
+    cache: &crate::cache::CapiCache,
     settings: &RunSettings,
     kind: &'static str,
     queue: capwin_runtime::QueueMetrics,
@@ -212,17 +214,18 @@ pub async fn run_controllers<K, T, C, R, RF, E, TR, TF>(
     });
     let delay = capwin_runtime::QueueDelay::new(kind, queue);
     let (store, writer) = kube::runtime::reflector::store();
-    let own = delay.observed(capwin_runtime::reflect(objects, wc.clone(), writer, kind));
+    let own = delay.observed(capwin_runtime::own_changes(capwin_runtime::reflect(objects, wc.clone(), writer, kind)));
+    let writers = cache.take_writers().expect("one controller per cache");
     let started = delay.clone();
     let output = Controller::for_stream(own, store.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
         .watches_stream_with(
-            capwin_runtime::watch(machines, wc.clone(), "Machine"),
+            capwin_runtime::watch_into(machines, wc.clone(), writers.machines, "Machine"),
             delay.mapped(machines_to(kind)),
             capi("Machine"),
         )
         .watches_stream_with(
-            capwin_runtime::watch(clusters, wc, "Cluster"),
+            capwin_runtime::watch_into(clusters, wc, writers.clusters, "Cluster"),
             delay.mapped(clusters_to(store.clone())),
             capi("Cluster"),
         )

@@ -3,14 +3,19 @@
 //! - `capwin crds [--out-dir DIR]`: print (or write) every CRD generated from the Rust types.
 //! - `capwin render --config FILE ...`: render a `WindowsKubeadmConfig` into the payload bytes.
 //! - `capwin manager [flags]`: run the controllers.
+//! - `capwin bench scale --machines N --cloud aws|azure`: the test kit with N machines and two
+//!   manager processes; counts API requests, cloud calls, CPU and memory per machine.
 //! - `capwin sandbox`: the test kit, a cluster template from `templates/` with a local cloud
 //!   (moto or the fake ARM), and the controllers, end to end.
 //! - `capwin release --version vX.Y.Z`: the clusterctl repository layout.
 
+#[cfg(feature = "kit")]
+mod bench;
 mod leader;
 mod manager;
 mod release;
 mod render;
+#[cfg(feature = "kit")]
 mod sandbox;
 mod serve;
 
@@ -40,7 +45,11 @@ enum Command {
     /// Run the controllers against the management cluster.
     Manager(manager::ManagerArgs),
     /// Bring up the test kit, apply a cluster template against a local cloud and watch it join.
+    #[cfg(feature = "kit")]
     Sandbox(sandbox::SandboxArgs),
+    /// Measure capwin on the test kit: `bench scale --machines N --cloud aws|azure`.
+    #[cfg(feature = "kit")]
+    Bench(bench::BenchArgs),
     /// Write a clusterctl repository layout (components, metadata, templates) for a version.
     Release(release::ReleaseArgs),
 }
@@ -51,7 +60,10 @@ fn main() -> ExitCode {
         Command::Crds { out_dir } => crds(out_dir),
         Command::Render(args) => render::run(args),
         Command::Manager(args) => runtime().and_then(|rt| rt.block_on(manager::run(args))),
+        #[cfg(feature = "kit")]
         Command::Sandbox(args) => runtime().and_then(|rt| rt.block_on(sandbox::run(args))),
+        #[cfg(feature = "kit")]
+        Command::Bench(args) => runtime().and_then(|rt| rt.block_on(bench::run(args))),
         Command::Release(args) => release::run(args),
     };
     match result {

@@ -19,9 +19,9 @@
 //! `(simulated CAPI core)` for the endpoint it copies), and the Windows VM booting and joining
 //! (the Node appears once the Machine has a providerID).
 
-mod aws;
-mod azure;
-mod template;
+pub(crate) mod aws;
+pub(crate) mod azure;
+pub(crate) mod template;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -37,7 +37,7 @@ use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, P
 use kube::{Client, ResourceExt};
 use serde_json::Value;
 
-const CAPWIN_CRDS: [&str; 6] = [
+pub(crate) const CAPWIN_CRDS: [&str; 6] = [
     include_str!("../../../crds/bootstrap/bootstrap.cluster.x-k8s.io_windowskubeadmconfigs.yaml"),
     include_str!("../../../crds/bootstrap/bootstrap.cluster.x-k8s.io_windowskubeadmconfigtemplates.yaml"),
     include_str!("../../../crds/infrastructure/infrastructure.cluster.x-k8s.io_awswindowsmachines.yaml"),
@@ -46,7 +46,7 @@ const CAPWIN_CRDS: [&str; 6] = [
     include_str!("../../../crds/infrastructure/infrastructure.cluster.x-k8s.io_azurewindowsmachinetemplates.yaml"),
 ];
 /// Every Cluster API kind the templates hold (see `test/kit/capi-crds/README.md`).
-const CAPI_CRDS: [&str; 14] = [
+pub(crate) const CAPI_CRDS: [&str; 14] = [
     include_str!("../../../test/kit/capi-crds/cluster.x-k8s.io_clusters.yaml"),
     include_str!("../../../test/kit/capi-crds/cluster.x-k8s.io_machines.yaml"),
     include_str!("../../../test/kit/capi-crds/cluster.x-k8s.io_machinedeployments.yaml"),
@@ -206,7 +206,7 @@ fn client(url: &str, ns: &str) -> anyhow::Result<Client> {
     Ok(Client::try_from(cfg)?)
 }
 
-fn resource(api_version: &str, kind: &str) -> ApiResource {
+pub(crate) fn resource(api_version: &str, kind: &str) -> ApiResource {
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), &plural(kind))
 }
@@ -291,7 +291,7 @@ fn variables(overrides: &[(String, String)]) -> BTreeMap<String, String> {
 }
 
 /// The objects of a (substituted) multi-document YAML stream, all in namespace `ns`.
-fn objects(text: &str, ns: &str) -> anyhow::Result<Vec<Value>> {
+pub(crate) fn objects(text: &str, ns: &str) -> anyhow::Result<Vec<Value>> {
     let mut out = Vec::new();
     for doc in serde_yaml_ng::Deserializer::from_str(text) {
         let v: Value = serde::Deserialize::deserialize(doc)?;

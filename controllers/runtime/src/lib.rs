@@ -12,6 +12,8 @@
 //!   it, or a periodic resync) to the start of the reconcile it caused, as the histogram
 //!   `capwin_reconcile_queue_delay_seconds{controller}`, so an operator can see a stall.
 
+pub mod cache;
+
 use std::collections::HashMap;
 use std::fmt::Debug;
 use std::hash::Hash;
@@ -76,6 +78,107 @@ where
     K::DynamicType: Eq + Hash + Clone + Default,
 {
     without_errors(what, reflector(writer, watcher(api, config).default_backoff()).applied_objects())
+}
+
+/// Like [`watch`], and every object also kept in `writer`'s store: a cache the reconcilers read
+/// instead of GETting what the controller already watches (as controller-runtime's informers
+/// serve `client.Get`).
+pub fn watch_into<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: Writer<K>,
+    what: &'static str,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+{
+    without_errors(what, reflector(writer, watcher(api, config).default_backoff()).touched_objects())
+}
+
+/// What of an object's own changes warrants a reconcile: a new object (UID), a spec change
+/// (`metadata.generation`), the deletion, the finalizers (kube's finalizer helper continues on
+/// the event of its own finalizer write) and the `cluster.x-k8s.io/paused` annotation. A
+/// controller's own status writes and annotations are none of these, so they do not wake it
+/// again (controller-runtime's `GenerationChangedPredicate`, plus deletion, finalizers, pause).
+pub fn own_fingerprint<K: Resource>(o: &K) -> OwnFingerprint {
+    let m = o.meta();
+    (
+        m.uid.clone(),
+        m.generation,
+        m.deletion_timestamp.is_some(),
+        m.finalizers.clone().unwrap_or_default(),
+        m.annotations.as_ref().is_some_and(|a| a.contains_key("cluster.x-k8s.io/paused")),
+    )
+}
+
+/// See [`own_fingerprint`].
+pub type OwnFingerprint = (Option<String>, Option<i64>, bool, Vec<String>, bool);
+
+/// Passes on only the objects whose [`own_fingerprint`] changed since the stream last passed
+/// them. The store behind the stream is updated either way (filter after the reflector).
+pub fn own_changes<K>(
+    stream: impl Stream<Item = Result<K, watcher::Error>> + Send + 'static,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource + Send + 'static,
+{
+    let seen: Mutex<HashMap<String, OwnFingerprint>> = Mutex::default();
+    stream.filter(move |r| {
+        let pass = match r {
+            Ok(o) => {
+                let print = own_fingerprint(o);
+                seen.lock().unwrap_or_else(|p| p.into_inner()).insert(obj_key(o), print.clone()) != Some(print)
+            }
+            Err(_) => true,
+        };
+        future::ready(pass)
+    })
+}
+
+/// The last status each object was given by this controller (a hash, by UID, for a minute), so a
+/// reconcile that reads its object from a cache still behind its own last write (by one watch
+/// event) does not write the same status again. The minute bounds what a stale memo could hide
+/// (a status someone else rewrote).
+#[derive(Default)]
+pub struct WriteMemo(Mutex<HashMap<String, (u64, Instant)>>);
+
+impl WriteMemo {
+    const FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+    fn hash(v: &impl serde::Serialize) -> u64 {
+        use std::hash::Hasher;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        h.write(serde_json::to_string(v).unwrap_or_default().as_bytes());
+        h.finish()
+    }
+
+    /// Whether `status` is what this controller wrote for the object `uid` within the minute.
+    pub fn already_written(&self, uid: &str, status: &impl serde::Serialize) -> bool {
+        let mut memo = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        memo.retain(|_, (_, at)| at.elapsed() < Self::FRESH_FOR);
+        memo.get(uid).is_some_and(|(h, _)| *h == Self::hash(status))
+    }
+
+    /// Remembers a status written for `uid`.
+    pub fn written(&self, uid: &str, status: &impl serde::Serialize) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(uid.to_string(), (Self::hash(status), Instant::now()));
+    }
+}
+
+#[cfg(test)]
+mod memo_tests {
+    use super::WriteMemo;
+
+    #[test]
+    fn a_status_is_written_once_per_content() {
+        let memo = WriteMemo::default();
+        assert!(!memo.already_written("u1", &serde_json::json!({"ready": true})));
+        memo.written("u1", &serde_json::json!({"ready": true}));
+        assert!(memo.already_written("u1", &serde_json::json!({"ready": true})));
+        assert!(!memo.already_written("u1", &serde_json::json!({"ready": false})), "other content");
+        assert!(!memo.already_written("u2", &serde_json::json!({"ready": true})), "other object");
+    }
 }
 
 /// The key of an object in [`QueueDelay`]: `namespace/name`.

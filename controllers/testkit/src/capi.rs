@@ -273,23 +273,34 @@ impl CapiSim {
         Ok(())
     }
 
+    /// Every object of the kind a reference names, listed once per step and looked up by name
+    /// (a step over N Machines makes a few lists, not N GETs).
+    async fn referenced(
+        &self,
+        listed: &mut BTreeMap<(String, String), BTreeMap<String, DynamicObject>>,
+        r: &Value,
+    ) -> anyhow::Result<Option<DynamicObject>> {
+        let (group, kind) = (r["apiGroup"].as_str().unwrap_or_default(), r["kind"].as_str().unwrap_or_default());
+        let key = (group.to_string(), kind.to_string());
+        if !listed.contains_key(&key) {
+            let Ok(ar) = self.resolve(group, kind).await else { return Ok(None) };
+            let items = self.api(&ar).list(&ListParams::default()).await?.items;
+            listed.insert(key.clone(), items.into_iter().map(|o| (o.name_any(), o)).collect());
+        }
+        Ok(listed[&key].get(r["name"].as_str().unwrap_or_default()).cloned())
+    }
+
     async fn machines(&self) -> anyhow::Result<()> {
         let m_ar = capi("Machine");
         let machines = self.api(&m_ar);
+        let mut listed = BTreeMap::new();
+        let mut nodes = None;
         for m in machines.list(&ListParams::default()).await? {
             let name = m.name_any();
             let spec = &m.data["spec"];
             let mut spec_patch = json!({});
             let mut status = json!({"initialization": {}, "conditions": []});
-            let boot_ref = &spec["bootstrap"]["configRef"];
-            if let Ok(ar) = self
-                .resolve(
-                    boot_ref["apiGroup"].as_str().unwrap_or_default(),
-                    boot_ref["kind"].as_str().unwrap_or_default(),
-                )
-                .await
-                && let Some(cfg) = self.api(&ar).get_opt(boot_ref["name"].as_str().unwrap_or_default()).await?
-            {
+            if let Some(cfg) = self.referenced(&mut listed, &spec["bootstrap"]["configRef"]).await? {
                 let created = cfg.data["status"]["initialization"]["dataSecretCreated"] == true;
                 if created && spec["bootstrap"]["dataSecretName"].is_null() {
                     spec_patch["bootstrap"] = json!({"dataSecretName": cfg.data["status"]["dataSecretName"]});
@@ -297,16 +308,8 @@ impl CapiSim {
                 status["initialization"]["bootstrapDataSecretCreated"] = json!(created);
                 status["conditions"].as_array_mut().expect("array").push(mirror(&cfg, "BootstrapConfigReady", &m));
             }
-            let infra_ref = &spec["infrastructureRef"];
             let mut provider_id = spec["providerID"].as_str().map(String::from);
-            if let Ok(ar) = self
-                .resolve(
-                    infra_ref["apiGroup"].as_str().unwrap_or_default(),
-                    infra_ref["kind"].as_str().unwrap_or_default(),
-                )
-                .await
-                && let Some(inf) = self.api(&ar).get_opt(infra_ref["name"].as_str().unwrap_or_default()).await?
-            {
+            if let Some(inf) = self.referenced(&mut listed, &spec["infrastructureRef"]).await? {
                 let provisioned = inf.data["status"]["initialization"]["provisioned"] == true;
                 let pid = inf.data["spec"]["providerID"].as_str().filter(|p| !p.is_empty());
                 if provisioned && pid.is_some() {
@@ -330,10 +333,14 @@ impl CapiSim {
                 .find_map(|t| addresses.iter().find(|a| a["type"] == *t).and_then(|a| a["address"].as_str()))
                 .map(str::to_ascii_lowercase)
                 .unwrap_or_else(|| name.clone());
-            if let Some(pid) = &provider_id
-                && let Some(node_name) = self.node_for(&host, pid).await?
-            {
-                status["nodeRef"] = json!({"name": node_name});
+            if let Some(pid) = &provider_id {
+                if nodes.is_none() {
+                    nodes = Some(self.nodes_by_provider_id().await?);
+                }
+                let known = nodes.as_mut().expect("listed");
+                if let Some(node_name) = self.node_for(known, &host, pid).await? {
+                    status["nodeRef"] = json!({"name": node_name});
+                }
             }
             if spec_patch != json!({}) {
                 machines.patch(&name, &PatchParams::default(), &Patch::Merge(json!({"spec": spec_patch}))).await?;
@@ -346,31 +353,48 @@ impl CapiSim {
             if status["initialization"].as_object().is_some_and(|o| o.is_empty()) {
                 status.as_object_mut().expect("object").remove("initialization");
             }
-            machines.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await?;
+            // Like CAPI, no write when nothing changed.
+            let current = &m.data["status"];
+            let unchanged = status.as_object().expect("object").iter().all(|(k, v)| &current[k] == v);
+            if !unchanged {
+                machines.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await?;
+            }
         }
         Ok(())
     }
 
-    /// The Node with this providerID in the workload cluster; with [`SimConfig::join_nodes`] the
-    /// VM "boots and joins" and the Node is created when missing.
-    async fn node_for(&self, machine: &str, provider_id: &str) -> anyhow::Result<Option<String>> {
+    /// The workload cluster's Nodes by providerID, listed once per step.
+    async fn nodes_by_provider_id(&self) -> anyhow::Result<BTreeMap<String, String>> {
         let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.workload.clone());
-        let found = nodes
+        Ok(nodes
             .list(&ListParams::default())
             .await?
             .items
             .into_iter()
-            .find(|n| n.spec.as_ref().and_then(|s| s.provider_id.as_deref()) == Some(provider_id));
-        if let Some(n) = found {
-            return Ok(Some(n.name_any()));
+            .filter_map(|n| Some((n.spec.as_ref()?.provider_id.clone()?, n.name_any())))
+            .collect())
+    }
+
+    /// The Node with this providerID in the workload cluster; with [`SimConfig::join_nodes`] the
+    /// VM "boots and joins" and the Node is created when missing.
+    async fn node_for(
+        &self,
+        known: &mut BTreeMap<String, String>,
+        machine: &str,
+        provider_id: &str,
+    ) -> anyhow::Result<Option<String>> {
+        if let Some(n) = known.get(provider_id) {
+            return Ok(Some(n.clone()));
         }
         if !self.cfg.join_nodes {
             return Ok(None);
         }
+        let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(self.workload.clone());
         let node = json!({"apiVersion": "v1", "kind": "Node",
             "metadata": {"name": machine, "labels": {"kubernetes.io/os": "windows", "kubernetes.io/arch": "amd64"}},
             "spec": {"providerID": provider_id}});
         nodes.create(&PostParams::default(), &serde_json::from_value(node)?).await?;
+        known.insert(provider_id.to_string(), machine.to_string());
         Ok(Some(machine.to_string()))
     }
 }

@@ -213,7 +213,7 @@ async fn machine_deployment_to_data_secrets_token_upkeep_and_join() {
     for (what, text) in [("log", &log), ("events", &events), ("conditions", &statuses)] {
         assert!(!text.contains(&secret_part), "the token secret leaked into the {what}");
     }
-    assert!(events.contains("BootstrapTokenCreated") && events.contains("DataSecretWritten"), "{events}");
+    assert!(events.contains("DataSecretWritten") && events.contains("with bootstrap token"), "{events}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

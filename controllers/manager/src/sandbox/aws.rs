@@ -24,7 +24,7 @@ pub const MACHINE_KIND: &str = "AWSWindowsMachine";
 /// The moto kit script, in the checkout the binary was built from.
 const MOTO_SH: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../test/kit/aws/moto.sh");
 
-fn moto_sh() -> PathBuf {
+pub(crate) fn moto_sh() -> PathBuf {
     Path::new(MOTO_SH).canonicalize().unwrap_or_else(|_| MOTO_SH.into())
 }
 
@@ -240,6 +240,12 @@ impl AwsCloud {
         let queue = capwin_runtime::QueueMetrics::register(&mut registry);
         let settings = capwin_infra::watch::RunSettings::new(Some(ns.to_string()));
         tokio::spawn(capwin_aws::reconcile::run(ctx, queue, settings))
+    }
+
+    /// Instances of `cluster` (by capwin's ownership tag) that are not terminated.
+    pub async fn live_instances(&self, cluster: &str) -> anyhow::Result<usize> {
+        let tag = (format!("{}/cluster/{cluster}", capwin_aws::model::TAG_PREFIX), "owned".to_string());
+        Ok(self.observer.find_by_tags(&[tag]).await?.iter().filter(|i| i.state != "terminated").count())
     }
 
     /// (simulated CAPA) Makes each new `AWSCluster`'s network in moto and reports it as CAPA

@@ -282,6 +282,19 @@ impl AzureCloud {
         Ok(())
     }
 
+    /// The projected service-account token file (`AZURE_FEDERATED_TOKEN_FILE`).
+    pub fn token_file(&self) -> &Path {
+        &self.token_file
+    }
+
+    /// VMs the fake ARM holds.
+    pub async fn live_vms(&self) -> anyhow::Result<usize> {
+        Ok(resource_counts(&self.control("state").await?)
+            .get("Microsoft.Compute/virtualMachines")
+            .copied()
+            .unwrap_or(0))
+    }
+
     /// The real `AzureWindowsMachine` (and template) controller, in-process, with the settings
     /// `capwin manager --azure-arm-endpoint URL --azure-authority-host URL --azure-ca-bundle CA`
     /// and `AZURE_FEDERATED_TOKEN_FILE` would give it.
@@ -355,7 +368,7 @@ impl AzureCloud {
 
     /// A control API document of the fake (`/_capwin/state`, `/_capwin/counts`: no token, not
     /// ARM calls).
-    async fn control(&self, call: &str) -> anyhow::Result<Value> {
+    pub(crate) async fn control(&self, call: &str) -> anyhow::Result<Value> {
         let url = format!("{}/_capwin/{call}", self.arm.url);
         // `blob` is the client's token-less GET; the control API wants no ARM token either.
         let text = arm::Arm::blob(&self.observer, &url)

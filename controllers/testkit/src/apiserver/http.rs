@@ -25,6 +25,8 @@ pub struct Shared {
     pub store: Mutex<Store>,
     pub bookmark_interval: Duration,
     pub server_version: (u32, u32),
+    /// Every request answered, by client, verb and resource.
+    pub requests: super::audit::Requests,
 }
 
 impl Shared {
@@ -92,10 +94,22 @@ struct Target {
 }
 
 pub async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    count(&shared, &req);
     Ok(match route(shared, req).await {
         Ok(r) => r,
         Err(e) => error(e),
     })
+}
+
+/// Counts the request by client, verb and resource ([`super::audit`]).
+fn count(shared: &Shared, req: &Request<Incoming>) {
+    let path = req.uri().path();
+    let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let watch = query(req).get("watch").is_some_and(|w| w == "true" || w == "1");
+    let (verb, resource) = super::audit::classify(req.method(), &segs, watch);
+    let auth = req.headers().get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let client = super::audit::client_of(auth);
+    shared.requests.record(super::audit::RequestKey { client, verb, resource });
 }
 
 async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> ApiResult<Response<Body>> {

@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod audit;
 mod clock;
 pub mod errors;
 mod http;
@@ -87,6 +88,7 @@ impl ApiServer {
             store: Mutex::new(store),
             bookmark_interval: config.bookmark_interval,
             server_version: config.server_version,
+            requests: Default::default(),
         });
         let listener = TcpListener::bind(("127.0.0.1", config.port)).await.context("binding the API server port")?;
         let url = format!("http://{}", listener.local_addr()?);
@@ -108,6 +110,11 @@ impl ApiServer {
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// Every request answered so far, by client (bearer token), verb and resource.
+    pub fn requests(&self) -> std::collections::BTreeMap<audit::RequestKey, u64> {
+        self.shared.requests.snapshot()
     }
 
     /// Direct access to the state, for tests (e.g. to compact the watch history).
