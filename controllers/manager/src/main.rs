@@ -9,6 +9,7 @@
 
 mod leader;
 mod manager;
+mod metrics_auth;
 mod release;
 mod render;
 mod sandbox;

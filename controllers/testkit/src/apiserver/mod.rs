@@ -14,6 +14,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod auth;
 mod clock;
 pub mod errors;
 mod http;
@@ -23,6 +24,7 @@ pub mod selector;
 pub mod store;
 pub mod types;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,6 +36,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub use auth::UserInfo;
 pub use clock::format_unix;
 pub use store::Store;
 
@@ -52,6 +55,9 @@ pub struct Config {
     pub history: usize,
     /// `major.minor` reported by `/version`.
     pub server_version: (u32, u32),
+    /// Bearer tokens a TokenReview authenticates, and as whom (TokenRequests for stored
+    /// ServiceAccounts mint more at run time). The server itself does not check tokens.
+    pub tokens: BTreeMap<String, UserInfo>,
 }
 
 impl Default for Config {
@@ -63,6 +69,7 @@ impl Default for Config {
             bookmark_interval: Duration::from_secs(1),
             history: 10_000,
             server_version: (1, 34),
+            tokens: BTreeMap::new(),
         }
     }
 }
@@ -87,6 +94,7 @@ impl ApiServer {
             store: Mutex::new(store),
             bookmark_interval: config.bookmark_interval,
             server_version: config.server_version,
+            tokens: auth::Tokens::new(config.tokens.clone()),
         });
         let listener = TcpListener::bind(("127.0.0.1", config.port)).await.context("binding the API server port")?;
         let url = format!("http://{}", listener.local_addr()?);
