@@ -39,7 +39,7 @@ enum Command {
     /// Render a WindowsKubeadmConfig into its cloudbase-init payload, printed to stdout.
     Render(render::RenderArgs),
     /// Run the controllers against the management cluster.
-    Manager(manager::ManagerArgs),
+    Manager(Box<manager::ManagerArgs>),
     /// Bring up the test kit, apply a cluster template against a local cloud and watch it join.
     Sandbox(sandbox::SandboxArgs),
     /// Write a clusterctl repository layout (components, metadata, templates) for a version.
@@ -51,7 +51,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Crds { out_dir } => crds(out_dir),
         Command::Render(args) => render::run(args),
-        Command::Manager(args) => runtime().and_then(|rt| rt.block_on(manager::run(args))),
+        Command::Manager(args) => runtime().and_then(|rt| rt.block_on(manager::run(*args))),
         Command::Sandbox(args) => runtime().and_then(|rt| rt.block_on(sandbox::run(args))),
         Command::Release(args) => release::run(args),
     };

@@ -83,11 +83,17 @@ struct User {
     extra: BTreeMap<String, Vec<String>>,
 }
 
+/// Cached values with the instant they expire.
+type Cache<K, V> = Mutex<HashMap<K, (Instant, V)>>;
+/// (user, groups, verb, path).
+type Decision = (String, Vec<String>, String, String);
+
 /// TokenReview + SubjectAccessReview against the management cluster, with caches.
 pub struct Auth {
     client: kube::Client,
-    tokens: Mutex<HashMap<[u8; 32], (Instant, Option<User>)>>,
-    decisions: Mutex<HashMap<(String, Vec<String>, String, String), (Instant, bool)>>,
+    /// By the token's SHA-256 digest.
+    tokens: Cache<[u8; 32], Option<User>>,
+    decisions: Cache<Decision, bool>,
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -97,12 +103,12 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
     (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
 }
 
-fn cached<K: std::hash::Hash + Eq, V: Clone>(cache: &Mutex<HashMap<K, (Instant, V)>>, key: &K) -> Option<V> {
+fn cached<K: std::hash::Hash + Eq, V: Clone>(cache: &Cache<K, V>, key: &K) -> Option<V> {
     let cache = cache.lock().unwrap_or_else(|p| p.into_inner());
     cache.get(key).filter(|(until, _)| Instant::now() < *until).map(|(_, v)| v.clone())
 }
 
-fn remember<K: std::hash::Hash + Eq, V>(cache: &Mutex<HashMap<K, (Instant, V)>>, key: K, ttl: Duration, value: V) {
+fn remember<K: std::hash::Hash + Eq, V>(cache: &Cache<K, V>, key: K, ttl: Duration, value: V) {
     let mut cache = cache.lock().unwrap_or_else(|p| p.into_inner());
     let now = Instant::now();
     cache.retain(|_, (until, _)| now < *until);
@@ -220,7 +226,7 @@ mod tests {
 
     #[test]
     fn caches_expire() {
-        let cache: Mutex<HashMap<u8, (Instant, bool)>> = Mutex::default();
+        let cache: Cache<u8, bool> = Mutex::default();
         remember(&cache, 1, Duration::from_secs(60), true);
         remember(&cache, 2, Duration::ZERO, false);
         assert_eq!(cached(&cache, &1), Some(true));

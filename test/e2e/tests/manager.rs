@@ -267,11 +267,11 @@ async fn secure_metrics_need_a_token_that_may_get_metrics() {
     .unwrap();
     roles.create(&pp, &role).await.unwrap();
     let binding: ClusterRoleBinding = serde_json::from_value(json!({"metadata": {"name": name},
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
-        "subjects": [
-            {"kind": "ServiceAccount", "name": "prometheus", "namespace": ns},
-            {"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": capwin_e2e::KIT_GROUP},
-        ]}))
+    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+    "subjects": [
+        {"kind": "ServiceAccount", "name": "prometheus", "namespace": ns},
+        {"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": capwin_e2e::KIT_GROUP},
+    ]}))
     .unwrap();
     bindings.create(&pp, &binding).await.unwrap();
 

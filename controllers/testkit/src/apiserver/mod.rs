@@ -3,7 +3,8 @@
 //! It serves discovery, the REST verbs (create with `generateName`, get, list, watch, replace,
 //! delete, deletecollection, merge/JSON/apply patch), status subresources, finalizers,
 //! owner-reference garbage collection, namespaces, label and field selectors, watch resume,
-//! bookmarks and 410 Gone, and validates custom resources against their CRD schema. What it does
+//! bookmarks and 410 Gone, validates custom resources against their CRD schema, and answers
+//! TokenReviews, TokenRequests and SubjectAccessReviews (RBAC over its stored roles). What it does
 //! not do is in `APISERVER-GAPS.md` next to this crate.
 //!
 //! ```no_run
