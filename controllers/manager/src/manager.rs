@@ -289,3 +289,33 @@ fn azure_context(
     tracing::info!(credential = ?own, "azure credential from the environment");
     Ok(capwin_azure::reconcile::Context::new(client, settings, own, metrics))
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ManagerArgs,
+    }
+
+    fn parse(flags: &[&str]) -> ManagerArgs {
+        Cli::try_parse_from(std::iter::once("manager").chain(flags.iter().copied())).unwrap().args
+    }
+
+    #[test]
+    fn metrics_are_secure_on_8443_unless_turned_off() {
+        let defaults = parse(&[]);
+        assert!(defaults.metrics_secure);
+        assert_eq!(defaults.metrics_bind_address, ":8443");
+        assert_eq!(bind(&defaults.metrics_bind_address).unwrap(), Some("0.0.0.0:8443".parse().unwrap()));
+        assert!(!parse(&["--metrics-secure=false"]).metrics_secure);
+        assert!(!parse(&["--metrics-secure", "false"]).metrics_secure);
+        assert!(parse(&["--metrics-secure"]).metrics_secure);
+        assert_eq!(bind("0").unwrap(), None);
+        assert!(bind("localhost:8443").is_err());
+    }
+}

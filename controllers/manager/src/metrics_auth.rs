@@ -217,9 +217,20 @@ mod tests {
     }
 
     #[test]
-    fn a_self_signed_certificate_when_none_is_mounted() {
+    fn a_mounted_certificate_or_a_self_signed_one() {
         let config = tls_config(None).unwrap();
         assert_eq!(config.alpn_protocols, [b"http/1.1".to_vec()]);
+        let dir = std::env::temp_dir().join(format!("capwin-metrics-cert-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mounted = rcgen::generate_simple_self_signed(vec!["capwin.example".to_string()]).unwrap();
+        std::fs::write(dir.join("tls.crt"), mounted.cert.pem()).unwrap();
+        std::fs::write(dir.join("tls.key"), mounted.signing_key.serialize_pem()).unwrap();
+        tls_config(Some(&dir)).unwrap();
+        let other = rcgen::generate_simple_self_signed(vec!["other.example".to_string()]).unwrap();
+        std::fs::write(dir.join("tls.key"), other.signing_key.serialize_pem()).unwrap();
+        let mismatch = tls_config(Some(&dir)).unwrap_err();
+        assert!(format!("{mismatch:#}").contains("do not fit"), "{mismatch:#}");
+        std::fs::remove_dir_all(&dir).unwrap();
         let missing = tls_config(Some(Path::new("/nonexistent"))).unwrap_err();
         assert!(format!("{missing:#}").contains("/nonexistent/tls.crt"), "{missing:#}");
     }
