@@ -78,6 +78,13 @@ I = 'infrastructure.cluster.x-k8s.io'
 C = 'cluster.x-k8s.io'
 EVENTS = {('', 'events'): 'create patch', ('events.k8s.io', 'events'): 'create patch'}
 LEADER_ELECTION = {('coordination.k8s.io', 'leases'): 'get create update patch', **EVENTS}
+# The secure metrics endpoint reviews each scrape's token (controller-runtime's
+# filters.WithAuthenticationAndAuthorization): create on TokenReviews and SubjectAccessReviews.
+METRICS_AUTH = {('authentication.k8s.io', 'tokenreviews'): 'create',
+                ('authorization.k8s.io', 'subjectaccessreviews'): 'create'}
+# What a scraper is granted by the (unbound) metrics-reader ClusterRole, exactly.
+METRICS_READER_RULES = [{'nonResourceURLs': ['/metrics'], 'verbs': ['get']}]
+METRICS_PORT = 8443
 
 # What each provider may do: (apiGroup, resource) -> verbs. The ClusterRole must grant exactly
 # this (nothing more, nothing less); config/README.md "RBAC" explains every line.
@@ -98,7 +105,10 @@ PROVIDERS = {
             (C, 'machines'): 'get list watch',
             ('', 'secrets'): 'get list watch create update patch delete',
             **EVENTS,
+            **METRICS_AUTH,
         },
+        'metrics_reader': 'capwin-bootstrap-metrics-reader',
+        'metrics_service': 'capwin-bootstrap-controller-manager-metrics-service',
         'role': LEADER_ELECTION,
         'secrets': {},
     },
@@ -130,7 +140,10 @@ PROVIDERS = {
             ('', 'namespaces'): 'get',
             ('', 'secrets'): 'get list watch create patch',
             **EVENTS,
+            **METRICS_AUTH,
         },
+        'metrics_reader': 'capwin-infrastructure-metrics-reader',
+        'metrics_service': 'capwin-infrastructure-controller-manager-metrics-service',
         'role': LEADER_ELECTION,
         'secrets': {
             'capwin-azure-credentials': ['AZURE_TENANT_ID', 'AZURE_CLIENT_ID', 'AZURE_CLIENT_SECRET',
@@ -249,13 +262,14 @@ def bind_address_problem(flag, value):
         return None
     host, sep, port = value.rpartition(':')
     try:
-        ipaddress.ip_address(host.strip('[]'))
+        if host:  # ':PORT' is every interface, as Go's net.Listen reads it (capwin does too)
+            ipaddress.ip_address(host.strip('[]'))
         ok = sep and port.isdigit()
     except ValueError:
         ok = False
     if not ok:
-        return ('deployment: %s=%s: capwin parses it as a Rust SocketAddr, which needs an IP '
-                '(e.g. 0.0.0.0:9440), or "0" to disable' % (flag, value))
+        return ('deployment: %s=%s: capwin reads IP:PORT (e.g. 0.0.0.0:9440), :PORT (every '
+                'interface), or "0" to disable; not a host name' % (flag, value))
     return None
 
 
@@ -312,6 +326,15 @@ def deployment_problems(docs, spec):
             if p:
                 out.append(p)
     probe_port = flags.get('--health-probe-bind-address', '0.0.0.0:9440').rpartition(':')[2]
+    # Metrics: the manager's secure default (HTTPS, TokenReview + SubjectAccessReview) on
+    # :8443, declared as the container port "metrics" that the metrics Service targets.
+    if flags.get('--metrics-secure', 'true') not in ('true', ''):
+        out.append('deployment: --metrics-secure=%s serves metrics to anyone; the components keep '
+                   'the secure default' % flags['--metrics-secure'])
+    metrics_port = flags.get('--metrics-bind-address', ':%d' % METRICS_PORT).rpartition(':')[2]
+    if metrics_port != str(METRICS_PORT):
+        out.append('deployment: --metrics-bind-address=%s; want :%d (every interface, so the '
+                   'metrics Service reaches it)' % (flags.get('--metrics-bind-address'), METRICS_PORT))
 
     env = {e.get('name'): e for e in c.get('env') or []}
     for var, path in (('POD_NAME', 'metadata.name'), ('POD_NAMESPACE', 'metadata.namespace')):
@@ -322,6 +345,9 @@ def deployment_problems(docs, spec):
     if str(ports.get('healthz')) != probe_port:
         out.append('deployment: port "healthz" is %s; the health probe listens on %s' % (
             ports.get('healthz'), probe_port))
+    if str(ports.get('metrics')) != metrics_port:
+        out.append('deployment: port "metrics" is %s; metrics are served on %s' % (
+            ports.get('metrics'), metrics_port))
     for probe, path in (('livenessProbe', '/healthz'), ('readinessProbe', '/readyz')):
         get = (c.get(probe) or {}).get('httpGet') or {}
         if get.get('path') != path or str(get.get('port')) not in ('healthz', probe_port):
@@ -382,6 +408,44 @@ def deployment_problems(docs, spec):
         if r.get('name') not in secrets:
             out.append('deployment: envFrom secretRef %s is not a Secret of the components' %
                        r.get('name'))
+    return out
+
+
+def metrics_problems(docs, spec):
+    """The metrics Service (port 8443 to the manager's "metrics" port, selecting its pods) and
+    the metrics-reader ClusterRole (exactly GET /metrics, bound by nothing in the components)."""
+    out = []
+    if spec.get('metrics_service'):
+        svcs = [o for o in docs if o.get('kind') == 'Service'
+                and o['metadata'].get('name') == spec['metrics_service']]
+        dep = next((d for d in docs if d.get('kind') == 'Deployment'), None)
+        pod_labels = ((((dep or {}).get('spec') or {}).get('template') or {}).get('metadata') or {}).get(
+            'labels') or {}
+        if not svcs:
+            out.append('metrics: no Service %s' % spec['metrics_service'])
+        for svc in svcs:
+            s = svc.get('spec') or {}
+            ports = [p for p in s.get('ports') or [] if p.get('port') == METRICS_PORT]
+            if not ports or ports[0].get('targetPort') not in ('metrics', METRICS_PORT):
+                out.append('metrics: Service %s must expose port %d to the container port "metrics"' % (
+                    spec['metrics_service'], METRICS_PORT))
+            sel = s.get('selector') or {}
+            if not sel or any(pod_labels.get(k) != v for k, v in sel.items()):
+                out.append('metrics: Service %s selector %s does not select the manager pods' % (
+                    spec['metrics_service'], sel))
+    if spec.get('metrics_reader'):
+        readers = [o for o in docs if o.get('kind') == 'ClusterRole'
+                   and o['metadata'].get('name') == spec['metrics_reader']]
+        if not readers:
+            out.append('metrics: no ClusterRole %s for scrapers' % spec['metrics_reader'])
+        elif [{k: r[k] for k in r} for r in readers[0].get('rules') or []] != METRICS_READER_RULES:
+            out.append('metrics: ClusterRole %s must grant exactly %s' % (
+                spec['metrics_reader'], METRICS_READER_RULES))
+        for o in docs:
+            ref = o.get('roleRef') or {}
+            if o.get('kind') in ('RoleBinding', 'ClusterRoleBinding') and ref.get('name') == spec['metrics_reader']:
+                out.append('metrics: %s binds %s; that is for the scraper to bind' % (
+                    ident(o), spec['metrics_reader']))
     return out
 
 
@@ -449,13 +513,17 @@ def components_problems(text, spec):
 
     out += deployment_problems(docs, spec)
     out += secret_problems(docs, spec)
+    out += metrics_problems(docs, spec)
 
     # RBAC: no wildcards anywhere; bindings resolve; permissions exactly as documented.
     roles = {(o['kind'], o['metadata']['name']): o for o in docs if o.get('kind') in ('Role', 'ClusterRole')}
+    reader = ('ClusterRole', spec.get('metrics_reader'))
     sas = {o['metadata']['name'] for o in docs if o.get('kind') == 'ServiceAccount'
            and o['metadata'].get('namespace') == ns}
     granted = {'ClusterRole': {}, 'Role': {}}
     for (kind, name), role in sorted(roles.items()):
+        if (kind, name) == reader:
+            continue  # the scraper's, checked by metrics_problems
         perms, problems = permissions(role, '%s/%s' % (kind, name))
         out += problems
         for k, v in perms.items():
@@ -970,6 +1038,18 @@ FIXTURE_EXPECTATIONS = {
     'bad-container-name.yaml': [
         'deployment: no container named "manager" (have controller); clusterctl and Tilt look for it',
     ],
+    'bad-metrics.yaml': [
+        'deployment: --metrics-secure=false serves metrics to anyone; the components keep the secure '
+        'default',
+        "metrics: Service capwin-bootstrap-controller-manager-metrics-service selector "
+        "{'cluster.x-k8s.io/provider': 'bootstrap-capwin', 'control-plane': 'other'} does not select "
+        "the manager pods",
+        "metrics: ClusterRole capwin-bootstrap-metrics-reader must grant exactly "
+        "[{'nonResourceURLs': ['/metrics'], 'verbs': ['get']}]",
+        'metrics: ClusterRoleBinding/capwin-bootstrap-metrics-reader-binding binds '
+        'capwin-bootstrap-metrics-reader; that is for the scraper to bind',
+        'rbac: ClusterRole lacks create on authorization.k8s.io/subjectaccessreviews',
+    ],
     'bad-namespace-and-labels.yaml': [
         'namespace: ServiceAccount/capwin-bootstrap-manager is in namespace default; want '
         'capwin-bootstrap-system',
@@ -980,6 +1060,8 @@ FIXTURE_EXPECTATIONS = {
         'rbac: ClusterRoleBinding/capwin-bootstrap-manager-rolebinding subject ServiceAccount '
         'capwin-bootstrap-system/capwin-bootstrap-manager is not the provider\'s',
         'rbac: RoleBinding/capwin-bootstrap-leader-election-rolebinding subject ServiceAccount '
+        'capwin-bootstrap-system/capwin-bootstrap-manager is not the provider\'s',
+        'rbac: ClusterRoleBinding/capwin-bootstrap-metrics-auth-rolebinding subject ServiceAccount '
         'capwin-bootstrap-system/capwin-bootstrap-manager is not the provider\'s',
         'deployment: serviceAccountName capwin-bootstrap-manager is not a ServiceAccount in '
         'capwin-bootstrap-system',
@@ -997,8 +1079,8 @@ FIXTURE_EXPECTATIONS = {
         'deployment: pod securityContext.seccompProfile.type must be RuntimeDefault',
         'deployment: livenessProbe must be GET /healthz on port healthz',
         'deployment: resources.limits.memory missing',
-        'deployment: --health-probe-bind-address=:9440: capwin parses it as a Rust SocketAddr, '
-        'which needs an IP (e.g. 0.0.0.0:9440), or "0" to disable',
+        'deployment: --health-probe-bind-address=localhost:9440: capwin reads IP:PORT (e.g. '
+        '0.0.0.0:9440), :PORT (every interface), or "0" to disable; not a host name',
     ],
     'bad-variables.yaml': [
         'variables: ${capwin_image} must look like ${NAME} or ${NAME:=default} with NAME in [A-Z0-9_]',
@@ -1218,7 +1300,8 @@ def self_test_cases():
         assert bind_address_problem('--x', '0.0.0.0:9440') is None
         assert bind_address_problem('--x', '[::]:9440') is None
         assert bind_address_problem('--x', '0') is None
-        assert bind_address_problem('--x', ':9440') and bind_address_problem('--x', 'localhost:1')
+        assert bind_address_problem('--x', ':8443') is None
+        assert bind_address_problem('--x', 'localhost:1') and bind_address_problem('--x', ':http')
     cases.append(('selftest: CRD plurals, bind addresses', plural_and_bind_rules))
     return cases + release_self_test_cases()
 

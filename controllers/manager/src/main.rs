@@ -13,6 +13,7 @@
 mod bench;
 mod leader;
 mod manager;
+mod metrics_auth;
 mod release;
 mod render;
 #[cfg(feature = "kit")]
@@ -43,7 +44,7 @@ enum Command {
     /// Render a WindowsKubeadmConfig into its cloudbase-init payload, printed to stdout.
     Render(render::RenderArgs),
     /// Run the controllers against the management cluster.
-    Manager(manager::ManagerArgs),
+    Manager(Box<manager::ManagerArgs>),
     /// Bring up the test kit, apply a cluster template against a local cloud and watch it join.
     #[cfg(feature = "kit")]
     Sandbox(sandbox::SandboxArgs),
@@ -59,7 +60,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Crds { out_dir } => crds(out_dir),
         Command::Render(args) => render::run(args),
-        Command::Manager(args) => runtime().and_then(|rt| rt.block_on(manager::run(args))),
+        Command::Manager(args) => runtime().and_then(|rt| rt.block_on(manager::run(*args))),
         #[cfg(feature = "kit")]
         Command::Sandbox(args) => runtime().and_then(|rt| rt.block_on(sandbox::run(args))),
         #[cfg(feature = "kit")]

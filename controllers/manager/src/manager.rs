@@ -1,7 +1,8 @@
 //! `capwin manager`: runs the controllers against the management cluster.
 //!
-//! Connects with in-cluster config or `KUBECONFIG` (or `--kubeconfig`), serves `/healthz`,
-//! `/readyz` and `/metrics`, optionally elects a leader through a `coordination.k8s.io` Lease,
+//! Connects with in-cluster config or `KUBECONFIG` (or `--kubeconfig`), serves `/healthz` and
+//! `/readyz` (plain HTTP) and `/metrics` (HTTPS behind TokenReview + SubjectAccessReview unless
+//! `--metrics-secure=false`), optionally elects a leader through a `coordination.k8s.io` Lease,
 //! and logs structured lines (text or JSON).
 
 use std::net::SocketAddr;
@@ -16,7 +17,7 @@ use clap::{Args, ValueEnum};
 use kube::Client;
 use prometheus_client::registry::Registry;
 
-use crate::{leader, serve};
+use crate::{leader, metrics_auth, serve};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum ControllerName {
@@ -51,9 +52,19 @@ pub struct ManagerArgs {
     /// Name of the leader-election Lease.
     #[arg(long, default_value = "capwin-manager")]
     leader_election_id: String,
-    /// Where /metrics is served ("0" disables).
-    #[arg(long, default_value = "127.0.0.1:8080")]
+    /// Where /metrics is served: host:port, :port for every interface, "0" disables.
+    #[arg(long, default_value = ":8443")]
     metrics_bind_address: String,
+    /// Serve /metrics over HTTPS, each request authenticated (TokenReview) and authorised
+    /// (SubjectAccessReview, nonResourceURLs /metrics, verb get) through the API server;
+    /// `--metrics-secure=false` serves plain HTTP to anyone (local use).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1,
+          default_missing_value = "true")]
+    metrics_secure: bool,
+    /// Folder with tls.crt and tls.key for the secure metrics endpoint (e.g. a mounted
+    /// cert-manager Secret); without it a self-signed certificate is generated at start.
+    #[arg(long)]
+    metrics_cert_dir: Option<std::path::PathBuf>,
     /// Where /healthz and /readyz are served ("0" disables).
     #[arg(long, default_value = "0.0.0.0:9440")]
     health_probe_bind_address: String,
@@ -128,20 +139,24 @@ async fn client(kubeconfig: Option<&std::path::Path>) -> anyhow::Result<Client> 
     }
 }
 
+/// `host:port`, `:port` (every interface, as Go's net.Listen reads it) or `0` (disabled).
 fn bind(addr: &str) -> anyhow::Result<Option<SocketAddr>> {
     if addr == "0" {
         return Ok(None);
     }
-    Ok(Some(addr.parse().with_context(|| format!("{addr} is not host:port"))?))
+    let full = if addr.starts_with(':') { format!("0.0.0.0{addr}") } else { addr.to_string() };
+    Ok(Some(full.parse().with_context(|| format!("{addr} is not host:port or :port"))?))
 }
 
 pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     init_logging(args.log_format);
     let client = client(args.kubeconfig.as_deref()).await?;
+    // Only the series of the controllers this manager runs.
     let mut registry = Registry::default();
-    let metrics = Metrics::register(&mut registry);
-    let aws_metrics = capwin_aws::metrics::register(&mut registry);
-    let azure_metrics = capwin_azure::metrics::register(&mut registry);
+    let runs = |c: ControllerName| args.controllers.contains(&c);
+    let metrics = runs(ControllerName::Bootstrap).then(|| Metrics::register(&mut registry));
+    let aws_metrics = runs(ControllerName::Aws).then(|| capwin_aws::metrics::register(&mut registry));
+    let azure_metrics = runs(ControllerName::Azure).then(|| capwin_azure::metrics::register(&mut registry));
     let queue = capwin_runtime::QueueMetrics::register(&mut registry);
     let ready = Arc::new(AtomicBool::new(false));
     let registry = Arc::new(registry);
@@ -152,8 +167,20 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     }
     if let Some(addr) = bind(&args.metrics_bind_address)? {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
-        tracing::info!(address = %listener.local_addr()?, "serving /metrics");
-        tokio::spawn(serve::serve(listener, registry.clone(), ready.clone(), true));
+        if args.metrics_secure {
+            let tls = metrics_auth::tls_config(args.metrics_cert_dir.as_deref())?;
+            let auth = Arc::new(metrics_auth::Auth::new(client.clone()));
+            tracing::info!(
+                address = %listener.local_addr()?,
+                certificate = args.metrics_cert_dir.as_ref().map(|d| d.display().to_string()).unwrap_or_else(|| "self-signed".into()),
+                "serving /metrics over HTTPS (TokenReview + SubjectAccessReview)"
+            );
+            let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+            tokio::spawn(serve::serve_secure(listener, acceptor, registry.clone(), ready.clone(), auth));
+        } else {
+            tracing::info!(address = %listener.local_addr()?, "serving /metrics over plain HTTP (--metrics-secure=false)");
+            tokio::spawn(serve::serve(listener, registry.clone(), ready.clone(), true));
+        }
     }
     if args.leader_elect {
         let ns = args
@@ -182,7 +209,8 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
     for c in &args.controllers {
         match c {
             ControllerName::Bootstrap => {
-                let ctx = Context::new(client.clone(), metrics.clone(), queue.clone(), settings.clone());
+                let metrics = metrics.clone().expect("registered for a controller it runs");
+                let ctx = Context::new(client.clone(), metrics, queue.clone(), settings.clone());
                 tasks.spawn(capwin_bootstrap::reconcile::run(ctx));
                 tracing::info!(
                     namespace = args.namespace.as_deref().unwrap_or("(all)"),
@@ -207,14 +235,18 @@ pub async fn run(args: ManagerArgs) -> anyhow::Result<()> {
                     region.clone(),
                     args.namespace.clone(),
                     identity_ns,
-                    aws_metrics.clone(),
+                    aws_metrics.clone().expect("registered for a controller it runs"),
                 )
                 .await;
                 tasks.spawn(capwin_aws::reconcile::run(ctx, queue.clone(), machine_settings.clone()));
                 tracing::info!(region = region.as_deref().unwrap_or("(none)"), "aws controller started");
             }
             ControllerName::Azure => {
-                let ctx = azure_context(&args, client.clone(), azure_metrics.clone())?;
+                let ctx = azure_context(
+                    &args,
+                    client.clone(),
+                    azure_metrics.clone().expect("registered for a controller it runs"),
+                )?;
                 tasks.spawn(capwin_azure::reconcile::run(ctx, queue.clone(), machine_settings.clone()));
                 tracing::info!(arm = %args.azure_arm_endpoint, "azure controller started");
             }
@@ -256,4 +288,34 @@ fn azure_context(
     let own = capwin_azure::credentials::from_environment(env);
     tracing::info!(credential = ?own, "azure credential from the environment");
     Ok(capwin_azure::reconcile::Context::new(client, settings, own, metrics))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ManagerArgs,
+    }
+
+    fn parse(flags: &[&str]) -> ManagerArgs {
+        Cli::try_parse_from(std::iter::once("manager").chain(flags.iter().copied())).unwrap().args
+    }
+
+    #[test]
+    fn metrics_are_secure_on_8443_unless_turned_off() {
+        let defaults = parse(&[]);
+        assert!(defaults.metrics_secure);
+        assert_eq!(defaults.metrics_bind_address, ":8443");
+        assert_eq!(bind(&defaults.metrics_bind_address).unwrap(), Some("0.0.0.0:8443".parse().unwrap()));
+        assert!(!parse(&["--metrics-secure=false"]).metrics_secure);
+        assert!(!parse(&["--metrics-secure", "false"]).metrics_secure);
+        assert!(parse(&["--metrics-secure"]).metrics_secure);
+        assert_eq!(bind("0").unwrap(), None);
+        assert!(bind("localhost:8443").is_err());
+    }
 }

@@ -476,3 +476,159 @@ async fn kubectl_works_against_it() {
     let (ok, out) = kubectl(&["get", "ns", "-o", "name"]).await;
     assert!(ok && out.contains("namespace/kube-system"), "{out}");
 }
+
+/// TokenReview, TokenRequest and SubjectAccessReview, as a metrics endpoint delegates to them.
+#[tokio::test]
+async fn token_and_subject_access_reviews() {
+    use capwin_testkit::apiserver::UserInfo;
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec, TokenReview, TokenReviewSpec};
+    use k8s_openapi::api::authorization::v1::{
+        NonResourceAttributes, ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+    };
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
+
+    let server = ApiServer::start(Config {
+        tokens: BTreeMap::from([
+            ("alice-token".to_string(), UserInfo::user("alice", &["team-a"])),
+            ("bob-token".to_string(), UserInfo::user("bob", &[])),
+        ]),
+        ..Config::default()
+    })
+    .await
+    .unwrap();
+    let client = Client::try_from(kube::Config::new(server.url().parse().unwrap())).unwrap();
+    let pp = PostParams::default();
+    let reviews: Api<TokenReview> = Api::all(client.clone());
+    let review = |token: &str| {
+        let reviews = reviews.clone();
+        let tr = TokenReview {
+            spec: TokenReviewSpec { token: Some(token.into()), ..Default::default() },
+            ..Default::default()
+        };
+        async move { reviews.create(&PostParams::default(), &tr).await.unwrap().status.unwrap() }
+    };
+    let alice = review("alice-token").await;
+    assert_eq!(alice.authenticated, Some(true));
+    let user = alice.user.unwrap();
+    assert_eq!(user.username.as_deref(), Some("alice"));
+    assert_eq!(user.groups.unwrap(), ["team-a", "system:authenticated"]);
+    let nobody = review("made-up").await;
+    assert_ne!(nobody.authenticated, Some(true));
+    assert!(nobody.error.is_some());
+    let empty = TokenReview::default();
+    assert_eq!(api_err(reviews.create(&pp, &empty).await.unwrap_err()).0, 400);
+
+    // A ServiceAccount's token from a TokenRequest; it dies with the ServiceAccount.
+    let sas: Api<ServiceAccount> = Api::namespaced(client.clone(), "default");
+    let sa: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": "prometheus"}})).unwrap();
+    sas.create(&pp, &sa).await.unwrap();
+    let request =
+        TokenRequest { spec: TokenRequestSpec { audiences: vec![], ..Default::default() }, ..Default::default() };
+    let sa_token = sas.create_token_request("prometheus", &pp, &request).await.unwrap().status.unwrap().token;
+    let prom = review(&sa_token).await;
+    assert_eq!(prom.authenticated, Some(true));
+    let prom_user = prom.user.unwrap();
+    assert_eq!(prom_user.username.as_deref(), Some("system:serviceaccount:default:prometheus"));
+    assert!(prom_user.groups.as_ref().unwrap().contains(&"system:serviceaccounts:default".to_string()));
+    assert_eq!(api_err(sas.create_token_request("nobody", &pp, &request).await.unwrap_err()).0, 404);
+
+    // RBAC: /metrics for a ServiceAccount and a group, a prefix wildcard, resources by a RoleBinding.
+    let crs: Api<ClusterRole> = Api::all(client.clone());
+    let crbs: Api<ClusterRoleBinding> = Api::all(client.clone());
+    fn obj<K: serde::de::DeserializeOwned>(v: serde_json::Value) -> K {
+        serde_json::from_value(v).unwrap()
+    }
+    crs.create(&pp, &obj(json!({"metadata": {"name": "metrics-reader"}, "rules": [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]})))
+        .await
+        .unwrap();
+    crs.create(
+        &pp,
+        &obj(json!({"metadata": {"name": "debug"}, "rules": [{"nonResourceURLs": ["/debug/*"], "verbs": ["*"]}]})),
+    )
+    .await
+    .unwrap();
+    let bind = |name: &str, role: &str, subject: serde_json::Value| -> ClusterRoleBinding {
+        obj(json!({"metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+            "subjects": [subject]}))
+    };
+    crbs.create(
+        &pp,
+        &bind(
+            "prom",
+            "metrics-reader",
+            json!({"kind": "ServiceAccount", "name": "prometheus", "namespace": "default"}),
+        ),
+    )
+    .await
+    .unwrap();
+    crbs.create(
+        &pp,
+        &bind(
+            "team-a-debug",
+            "debug",
+            json!({"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": "team-a"}),
+        ),
+    )
+    .await
+    .unwrap();
+    let roles: Api<Role> = Api::namespaced(client.clone(), "default");
+    roles
+        .create(&pp, &obj(json!({"metadata": {"name": "cm-reader"}, "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "list"]}]})))
+        .await
+        .unwrap();
+    let rbs: Api<RoleBinding> = Api::namespaced(client.clone(), "default");
+    rbs.create(
+        &pp,
+        &obj(json!({"metadata": {"name": "bob-cm"},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "cm-reader"},
+        "subjects": [{"kind": "User", "apiGroup": "rbac.authorization.k8s.io", "name": "bob"}]})),
+    )
+    .await
+    .unwrap();
+
+    let sars: Api<SubjectAccessReview> = Api::all(client.clone());
+    let check = |user: &str, groups: Vec<String>, non: Option<(&str, &str)>, res: Option<(&str, &str, &str)>| {
+        let sars = sars.clone();
+        let sar = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(user.into()),
+                groups: Some(groups),
+                non_resource_attributes: non
+                    .map(|(path, verb)| NonResourceAttributes { path: Some(path.into()), verb: Some(verb.into()) }),
+                resource_attributes: res.map(|(ns, resource, verb)| ResourceAttributes {
+                    namespace: Some(ns.into()),
+                    resource: Some(resource.into()),
+                    verb: Some(verb.into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        async move { sars.create(&PostParams::default(), &sar).await.unwrap().status.unwrap().allowed }
+    };
+    let prom_groups = prom_user.groups.clone().unwrap();
+    let sa_name = "system:serviceaccount:default:prometheus";
+    assert!(check(sa_name, prom_groups.clone(), Some(("/metrics", "get")), None).await);
+    assert!(!check(sa_name, prom_groups.clone(), Some(("/metrics", "post")), None).await, "verb");
+    assert!(!check(sa_name, prom_groups.clone(), Some(("/metricsx", "get")), None).await, "exact path");
+    assert!(!check("system:serviceaccount:other:prometheus", vec![], Some(("/metrics", "get")), None).await);
+    assert!(!check("alice", vec!["team-a".into()], Some(("/metrics", "get")), None).await, "no binding");
+    assert!(check("alice", vec!["team-a".into()], Some(("/debug/pprof", "get")), None).await, "group, prefix");
+    assert!(!check("alice", vec![], Some(("/debug/pprof", "get")), None).await, "the group makes it");
+    assert!(check("root", vec!["system:masters".into()], Some(("/anything", "delete")), None).await);
+    assert!(check("bob", vec![], None, Some(("default", "configmaps", "list"))).await, "RoleBinding");
+    assert!(!check("bob", vec![], None, Some(("kube-system", "configmaps", "list"))).await, "other namespace");
+    assert!(!check("bob", vec![], None, Some(("default", "secrets", "get"))).await, "other resource");
+    let mut both = SubjectAccessReview::default();
+    both.spec.user = Some("bob".into());
+    assert_eq!(api_err(sars.create(&pp, &both).await.unwrap_err()).0, 422, "no attributes");
+
+    // Deleting the binding revokes; deleting the ServiceAccount kills its token.
+    crbs.delete("prom", &DeleteParams::default()).await.unwrap();
+    assert!(!check(sa_name, prom_groups, Some(("/metrics", "get")), None).await);
+    sas.delete("prometheus", &DeleteParams::default()).await.unwrap();
+    assert_ne!(review(&sa_token).await.authenticated, Some(true));
+}

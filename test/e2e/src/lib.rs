@@ -25,6 +25,12 @@ use serde_json::{Value, json};
 /// Environment variable naming a real management cluster's kubeconfig.
 pub const REAL_CLUSTER_ENV: &str = "CAPWIN_E2E_KUBECONFIG";
 
+/// A bearer token the kit's management API server authenticates (TokenReview) as
+/// [`KIT_USER`] in group [`KIT_GROUP`]; a real cluster knows no such token.
+pub const KIT_USER_TOKEN: &str = "capwin-e2e-user-token";
+pub const KIT_USER: &str = "capwin-e2e-user";
+pub const KIT_GROUP: &str = "capwin-e2e-metrics-scrapers";
+
 pub mod azure;
 
 fn repo() -> PathBuf {
@@ -122,6 +128,11 @@ impl Env {
                         repo().join("../shared/capi-crds"),
                     ],
                     bookmark_interval: Duration::from_secs(1),
+                    tokens: [(
+                        KIT_USER_TOKEN.to_string(),
+                        capwin_testkit::apiserver::UserInfo::user(KIT_USER, &[KIT_GROUP]),
+                    )]
+                    .into(),
                     ..Config::default()
                 })
                 .await?;
@@ -167,10 +178,14 @@ impl Env {
             "--namespace".into(),
             namespace.clone(),
         ];
-        // Defaults a scenario may override.
-        for (flag, value) in
-            [("--metrics-bind-address", "0"), ("--health-probe-bind-address", "0"), ("--log-format", "json")]
-        {
+        // Defaults a scenario may override. Scenarios scrape /metrics over plain HTTP unless they
+        // pass `--metrics-secure true` (the manager's own default is secure).
+        for (flag, value) in [
+            ("--metrics-bind-address", "0"),
+            ("--metrics-secure", "false"),
+            ("--health-probe-bind-address", "0"),
+            ("--log-format", "json"),
+        ] {
             if !manager_args.contains(&flag) {
                 args.extend([flag.to_string(), value.to_string()]);
             }
@@ -302,6 +317,11 @@ impl Env {
     /// The manager's environment entry `key`, e.g. the moto URL under `AWS_ENDPOINT_URL`.
     pub fn manager_env(&self, key: &str) -> Option<&str> {
         self.manager_env.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+
+    /// Whether the scenario runs against a real cluster (`CAPWIN_E2E_KUBECONFIG`).
+    pub fn is_real(&self) -> bool {
+        self._servers.is_empty()
     }
 
     pub fn kubeconfig(&self) -> &std::path::Path {

@@ -1,4 +1,4 @@
-//! The manager process: probes, metrics, leader election, watch filter.
+//! The manager process: probes, metrics (plain and secure), leader election, watch filter.
 
 use std::time::Duration;
 
@@ -98,6 +98,8 @@ async fn probes_metrics_leader_election_and_watch_filter() {
         .unwrap_or_else(|| panic!("no queue delay series: {body}"));
     assert!(delays.split_whitespace().last().unwrap().parse::<u64>().unwrap() >= 1, "{delays}");
     assert!(!body.contains("queue_delay_seconds_count{controller=\"AWSWindowsMachine\""), "{body}");
+    // Nor the families of controllers it does not run.
+    assert!(!body.contains("capwin_aws_") && !body.contains("capwin_azure_"), "{body}");
 
     // A second manager waits for the lease instead of running controllers.
     let second_log = std::env::temp_dir().join(format!("capwin-second-{}.log", std::process::id()));
@@ -160,7 +162,7 @@ async fn a_standby_takes_over_after_the_leader_is_killed_and_never_reconciles_al
         .args(["manager", "--kubeconfig"])
         .arg(env.kubeconfig())
         .args(["--namespace", "e2e-failover", "--leader-elect", "--leader-election-namespace", "e2e-failover"])
-        .args(["--metrics-bind-address", &metrics, "--health-probe-bind-address", "0"])
+        .args(["--metrics-bind-address", &metrics, "--metrics-secure=false", "--health-probe-bind-address", "0"])
         .stderr(std::process::Stdio::from(std::fs::File::create(&log_path).unwrap()))
         .kill_on_drop(true)
         .spawn()
@@ -214,4 +216,148 @@ async fn a_standby_takes_over_after_the_leader_is_killed_and_never_reconciles_al
     assert!(body.contains("capwin_reconciles_total{"), "{body}");
     standby.kill().await.unwrap();
     let _ = std::fs::remove_file(&log_path);
+}
+
+/// An HTTPS client that accepts the manager's self-signed certificate (test only).
+fn https() -> reqwest::Client {
+    reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .timeout(Duration::from_secs(20))
+        .build()
+        .expect("an HTTPS client")
+}
+
+/// GET https://ADDR/metrics, with a bearer token when given: (status, body); 0 when no answer.
+async fn scrape_https(client: &reqwest::Client, addr: &str, token: Option<&str>) -> (u16, String) {
+    let mut req = client.get(format!("https://{addr}/metrics"));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    match req.send().await {
+        Ok(resp) => (resp.status().as_u16(), resp.text().await.unwrap_or_default()),
+        Err(_) => (0, String::new()),
+    }
+}
+
+/// Secure metrics, the manager's default: HTTPS with a self-signed certificate (none mounted);
+/// a scrape is authenticated with a TokenReview and authorised with a SubjectAccessReview for
+/// GET /metrics. A ServiceAccount bound to a metrics-reader ClusterRole (as Prometheus would be)
+/// gets the series, no token or an unknown one gets 401, a known token without the binding 403.
+/// Runs unchanged against a real cluster (ServiceAccount tokens from TokenRequests); only the
+/// kit's fixed user token is skipped there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secure_metrics_need_a_token_that_may_get_metrics() {
+    use k8s_openapi::api::authentication::v1::TokenRequest;
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+    use kube::api::{DeleteParams, PostParams};
+
+    let addr = format!("127.0.0.1:{}", free_port());
+    let env = Env::start("secmetrics", &["--metrics-bind-address", &addr, "--metrics-secure", "true"]).await.unwrap();
+    let ns = env.namespace.clone();
+    let pp = PostParams::default();
+
+    // The RBAC a Prometheus install has: the components' metrics-reader rule, bound to its
+    // ServiceAccount (and, in the kit, to the group of the kit's user token).
+    let name = format!("capwin-e2e-metrics-reader-{}", std::process::id());
+    let roles: Api<ClusterRole> = Api::all(env.mgmt.clone());
+    let bindings: Api<ClusterRoleBinding> = Api::all(env.mgmt.clone());
+    let role: ClusterRole = serde_json::from_value(json!({"metadata": {"name": name},
+        "rules": [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]}))
+    .unwrap();
+    roles.create(&pp, &role).await.unwrap();
+    let binding: ClusterRoleBinding = serde_json::from_value(json!({"metadata": {"name": name},
+    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": name},
+    "subjects": [
+        {"kind": "ServiceAccount", "name": "prometheus", "namespace": ns},
+        {"kind": "Group", "apiGroup": "rbac.authorization.k8s.io", "name": capwin_e2e::KIT_GROUP},
+    ]}))
+    .unwrap();
+    bindings.create(&pp, &binding).await.unwrap();
+
+    let sas: Api<ServiceAccount> = Api::namespaced(env.mgmt.clone(), &ns);
+    let mut tokens = Vec::new();
+    for sa in ["prometheus", "stranger"] {
+        let body: ServiceAccount = serde_json::from_value(json!({"metadata": {"name": sa}})).unwrap();
+        match sas.create(&pp, &body).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {} // a real cluster's namespace from an earlier run
+            Err(e) => panic!("creating ServiceAccount {sa}: {e}"),
+        }
+        let request = TokenRequest::default();
+        let answer = sas.create_token_request(sa, &pp, &request).await.unwrap();
+        tokens.push(answer.status.unwrap().token);
+    }
+    let (prometheus, stranger) = (tokens[0].clone(), tokens[1].clone());
+
+    // Something to count: one reconciled config.
+    env.create(
+        "bootstrap.cluster.x-k8s.io",
+        "v1alpha1",
+        "WindowsKubeadmConfig",
+        json!({"metadata": {"name": "counted"}, "spec": {}}),
+    )
+    .await
+    .unwrap();
+    let client = https();
+    let body = env
+        .wait("a scrape with the ServiceAccount token", Duration::from_secs(30), || async {
+            let (code, body) = scrape_https(&client, &addr, Some(&prometheus)).await;
+            Ok((code == 200 && body.contains("capwin_reconciles_total{controller=\"bootstrap\"")).then_some(body))
+        })
+        .await
+        .unwrap();
+    assert!(body.contains("capwin_reconcile_duration_seconds_bucket"), "{body}");
+    assert!(!body.contains("capwin_aws_") && !body.contains("capwin_azure_"), "{body}");
+
+    // No token, a malformed header, an unknown token: 401.
+    assert_eq!(scrape_https(&client, &addr, None).await.0, 401);
+    assert_eq!(scrape_https(&client, &addr, Some("not-a-token")).await.0, 401);
+    let basic = client.get(format!("https://{addr}/metrics")).basic_auth("u", Some("p")).send().await.unwrap();
+    assert_eq!(basic.status().as_u16(), 401);
+    // A token the API server authenticates, without the binding: 403 naming the user.
+    let (code, body) = scrape_https(&client, &addr, Some(&stranger)).await;
+    assert_eq!(code, 403, "{body}");
+    assert!(body.contains(&format!("system:serviceaccount:{ns}:stranger")), "{body}");
+    // Plain HTTP on the secure port gets nothing.
+    let plain = reqwest::Client::new().get(format!("http://{addr}/metrics")).send().await;
+    assert!(plain.map(|r| r.status().as_u16() != 200).unwrap_or(true));
+
+    if env.is_real() {
+        println!("skipped in real mode: the kit's fixed user token (a real cluster knows no such token)");
+    } else {
+        let (code, body) = scrape_https(&client, &addr, Some(capwin_e2e::KIT_USER_TOKEN)).await;
+        assert_eq!(code, 200, "a user allowed through its group: {body}");
+    }
+    let log = env.manager_log();
+    assert!(log.contains("serving /metrics over HTTPS"), "{log}");
+    for t in [&prometheus, &stranger] {
+        assert!(!log.contains(t.as_str()), "a token in the manager's log");
+    }
+
+    // Cluster-scoped objects do not go with the scenario's namespace.
+    let _ = bindings.delete(&name, &DeleteParams::default()).await;
+    let _ = roles.delete(&name, &DeleteParams::default()).await;
+}
+
+/// Each manager registers only the series of the controllers it runs: an azure-only manager
+/// exports no bootstrap or aws families (the bootstrap controller's used to show with zeros).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manager_exports_only_its_controllers_series() {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let env = Env::start("onlyown", &["--controllers", "azure", "--metrics-bind-address", &addr]).await.unwrap();
+    let body = env
+        .wait("metrics", Duration::from_secs(20), || async {
+            if tokio::net::TcpStream::connect(&addr).await.is_err() {
+                return Ok(None);
+            }
+            let (code, body) = get(&format!("http://{addr}/metrics")).await;
+            Ok((code == 200).then_some(body))
+        })
+        .await
+        .unwrap();
+    assert!(body.contains("capwin_azure_"), "{body}");
+    for other in ["capwin_aws_", "capwin_bootstrap_tokens", "capwin_payload_bytes", "capwin_reconciles_total"] {
+        assert!(!body.contains(other), "{other} in an azure-only manager's metrics: {body}");
+    }
 }

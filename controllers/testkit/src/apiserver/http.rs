@@ -27,6 +27,7 @@ pub struct Shared {
     pub server_version: (u32, u32),
     /// Every request answered, by client, verb and resource.
     pub requests: super::audit::Requests,
+    pub tokens: super::auth::Tokens,
 }
 
 impl Shared {
@@ -116,6 +117,11 @@ async fn route(shared: Arc<Shared>, req: Request<Incoming>) -> ApiResult<Respons
     let path = req.uri().path().trim_end_matches('/').to_string();
     let segs: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(decode).collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    if let Some(endpoint) = super::auth::Endpoint::of(req.method(), &segs) {
+        let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+        return super::auth::handle(&shared.store, &shared.tokens, endpoint, &body)
+            .map(|v| full(StatusCode::CREATED, v));
+    }
     match segs.as_slice() {
         [] | ["healthz"] | ["readyz"] | ["livez"] => {
             return Ok(Response::new(Full::new(Bytes::from_static(b"ok")).boxed()));

@@ -3,7 +3,8 @@
 //! It serves discovery, the REST verbs (create with `generateName`, get, list, watch, replace,
 //! delete, deletecollection, merge/JSON/apply patch), status subresources, finalizers,
 //! owner-reference garbage collection, namespaces, label and field selectors, watch resume,
-//! bookmarks and 410 Gone, and validates custom resources against their CRD schema. What it does
+//! bookmarks and 410 Gone, validates custom resources against their CRD schema, and answers
+//! TokenReviews, TokenRequests and SubjectAccessReviews (RBAC over its stored roles). What it does
 //! not do is in `APISERVER-GAPS.md` next to this crate.
 //!
 //! ```no_run
@@ -15,6 +16,7 @@
 //! ```
 
 pub mod audit;
+pub mod auth;
 mod clock;
 pub mod errors;
 mod http;
@@ -24,6 +26,7 @@ pub mod selector;
 pub mod store;
 pub mod types;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -35,6 +38,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub use auth::UserInfo;
 pub use clock::format_unix;
 pub use store::Store;
 
@@ -53,6 +57,9 @@ pub struct Config {
     pub history: usize,
     /// `major.minor` reported by `/version`.
     pub server_version: (u32, u32),
+    /// Bearer tokens a TokenReview authenticates, and as whom (TokenRequests for stored
+    /// ServiceAccounts mint more at run time). The server itself does not check tokens.
+    pub tokens: BTreeMap<String, UserInfo>,
 }
 
 impl Default for Config {
@@ -64,6 +71,7 @@ impl Default for Config {
             bookmark_interval: Duration::from_secs(1),
             history: 10_000,
             server_version: (1, 34),
+            tokens: BTreeMap::new(),
         }
     }
 }
@@ -89,6 +97,7 @@ impl ApiServer {
             bookmark_interval: config.bookmark_interval,
             server_version: config.server_version,
             requests: Default::default(),
+            tokens: auth::Tokens::new(config.tokens.clone()),
         });
         let listener = TcpListener::bind(("127.0.0.1", config.port)).await.context("binding the API server port")?;
         let url = format!("http://{}", listener.local_addr()?);

@@ -160,8 +160,16 @@ pub fn builtins() -> Vec<ResourceType> {
     node.short_names = vec!["no".into()];
     let mut ev2 = ResourceType::builtin("events.k8s.io", "v1", "Event", "events", true, false);
     ev2.short_names = vec!["ev".into()];
+    let mut sa = ResourceType::builtin("", "v1", "ServiceAccount", "serviceaccounts", true, false);
+    sa.short_names = vec!["sa".into()];
+    const RBAC: &str = "rbac.authorization.k8s.io";
     vec![
         ns,
+        sa,
+        ResourceType::builtin(RBAC, "v1", "ClusterRole", "clusterroles", false, false),
+        ResourceType::builtin(RBAC, "v1", "ClusterRoleBinding", "clusterrolebindings", false, false),
+        ResourceType::builtin(RBAC, "v1", "Role", "roles", true, false),
+        ResourceType::builtin(RBAC, "v1", "RoleBinding", "rolebindings", true, false),
         ResourceType::builtin("", "v1", "Secret", "secrets", true, false),
         cm,
         ev,
