@@ -12,6 +12,9 @@
 //! Idempotency stays as strong as before: each caller gets exactly what its own call would have
 //! returned (the same filters, narrowed to its machine), from a read made after its request.
 //! Every other call passes through.
+//!
+//! Every call, batched or not, also goes through one [`EndpointGate`]: when EC2 throttles or
+//! does not answer, the machines of this client wait together and go on together.
 
 use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
@@ -19,6 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
+
+use capwin_infra::EndpointGate;
 
 use crate::ec2::{Ec2, Ec2Error, LaunchSpec};
 use crate::model::{Image, Instance, TAG_PREFIX};
@@ -108,16 +113,34 @@ pub struct Batched<E> {
     window: Duration,
     by_tags: Coalescer,
     by_id: Coalescer,
+    gate: EndpointGate,
 }
 
 impl<E: Ec2> Batched<E> {
     /// Callers within `window` of the first share one call.
     pub fn new(inner: E, window: Duration) -> Self {
-        Self { inner, window, by_tags: Coalescer::default(), by_id: Coalescer::default() }
+        Self {
+            inner,
+            window,
+            by_tags: Coalescer::default(),
+            by_id: Coalescer::default(),
+            gate: EndpointGate::default(),
+        }
     }
 
     pub fn inner(&self) -> &E {
         &self.inner
+    }
+
+    /// `call` once the gate is open; its outcome opens or closes the gate.
+    async fn gated<T>(&self, call: impl Future<Output = Result<T, Ec2Error>>) -> Result<T, Ec2Error> {
+        self.gate.wait().await;
+        let r = call.await;
+        match &r {
+            Err(e) if e.throttled() || e.code == "Transport" => self.gate.trouble(None),
+            _ => self.gate.answered(),
+        }
+        r
     }
 }
 
@@ -125,63 +148,62 @@ impl<E: Ec2> Ec2 for Batched<E> {
     async fn find_by_tags(&self, tags: &[(String, String)]) -> Result<Vec<Instance>, Ec2Error> {
         let key = machine_tag_key();
         let Some((_, machine)) = tags.iter().find(|(k, _)| *k == key) else {
-            return self.inner.find_by_tags(tags).await;
+            return self.gated(self.inner.find_by_tags(tags)).await;
         };
         let mut fixed: Vec<(String, String)> = tags.iter().filter(|(k, _)| *k != key).cloned().collect();
         fixed.sort();
         let group = format!("{fixed:?}");
-        let inner = &self.inner;
         self.by_tags
             .get(self.window, group, machine.clone(), |values| async move {
-                inner.find_by_tag_values(&fixed, &key, &values).await
+                self.gated(self.inner.find_by_tag_values(&fixed, &key, &values)).await
             })
             .await
     }
 
     async fn describe(&self, id: &str) -> Result<Option<Instance>, Ec2Error> {
-        let inner = &self.inner;
         let found = self
             .by_id
             .get(self.window, String::new(), id.to_string(), |ids| async move {
-                Ok(inner.describe_ids(&ids).await?.into_iter().map(|i| (i.id.clone(), i)).collect())
+                let found = self.gated(self.inner.describe_ids(&ids)).await?;
+                Ok(found.into_iter().map(|i| (i.id.clone(), i)).collect())
             })
             .await?;
         Ok(found.into_iter().next())
     }
 
     async fn run(&self, spec: &LaunchSpec) -> Result<Instance, Ec2Error> {
-        self.inner.run(spec).await
+        self.gated(self.inner.run(spec)).await
     }
     async fn terminate(&self, id: &str) -> Result<(), Ec2Error> {
-        self.inner.terminate(id).await
+        self.gated(self.inner.terminate(id)).await
     }
     async fn find_images(&self, owner: &str, pattern: &str) -> Result<Vec<Image>, Ec2Error> {
-        self.inner.find_images(owner, pattern).await
+        self.gated(self.inner.find_images(owner, pattern)).await
     }
     async fn image(&self, id: &str) -> Result<Option<Image>, Ec2Error> {
-        self.inner.image(id).await
+        self.gated(self.inner.image(id)).await
     }
     async fn subnets(
         &self,
         ids: &[String],
         filters: &[(String, Vec<String>)],
     ) -> Result<Vec<(String, String)>, Ec2Error> {
-        self.inner.subnets(ids, filters).await
+        self.gated(self.inner.subnets(ids, filters)).await
     }
     async fn instance_type(&self, name: &str) -> Result<Option<(i32, i64)>, Ec2Error> {
-        self.inner.instance_type(name).await
+        self.gated(self.inner.instance_type(name)).await
     }
     async fn security_groups(&self, filters: &[(String, Vec<String>)]) -> Result<Vec<String>, Ec2Error> {
-        self.inner.security_groups(filters).await
+        self.gated(self.inner.security_groups(filters)).await
     }
     async fn console_output(&self, id: &str) -> Result<Option<String>, Ec2Error> {
-        self.inner.console_output(id).await
+        self.gated(self.inner.console_output(id)).await
     }
     async fn require_imds_tokens(&self, id: &str) -> Result<(), Ec2Error> {
-        self.inner.require_imds_tokens(id).await
+        self.gated(self.inner.require_imds_tokens(id)).await
     }
     async fn describe_ids(&self, ids: &[String]) -> Result<Vec<Instance>, Ec2Error> {
-        self.inner.describe_ids(ids).await
+        self.gated(self.inner.describe_ids(ids)).await
     }
     async fn find_by_tag_values(
         &self,
@@ -189,7 +211,7 @@ impl<E: Ec2> Ec2 for Batched<E> {
         key: &str,
         values: &[String],
     ) -> Result<Vec<(String, Instance)>, Ec2Error> {
-        self.inner.find_by_tag_values(fixed, key, values).await
+        self.gated(self.inner.find_by_tag_values(fixed, key, values)).await
     }
 }
 

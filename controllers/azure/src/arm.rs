@@ -121,6 +121,9 @@ pub struct Counting<A> {
     inner: A,
     counts: Mutex<BTreeMap<String, u64>>,
     metrics: Option<Arc<Metrics>>,
+    /// One back-off for every machine of this client when ARM throttles or does not answer
+    /// (after the pipeline's own retries): they wait together and go on together.
+    gate: capwin_infra::EndpointGate,
 }
 
 fn outcome<T>(r: &Result<T, ArmError>) -> &'static str {
@@ -134,10 +137,10 @@ fn outcome<T>(r: &Result<T, ArmError>) -> &'static str {
 
 impl<A> Counting<A> {
     pub fn new(inner: A) -> Self {
-        Self { inner, counts: Mutex::default(), metrics: None }
+        Self { inner, counts: Mutex::default(), metrics: None, gate: Default::default() }
     }
     pub fn with_metrics(inner: A, metrics: Arc<Metrics>) -> Self {
-        Self { inner, counts: Mutex::default(), metrics: Some(metrics) }
+        Self { inner, counts: Mutex::default(), metrics: Some(metrics), gate: Default::default() }
     }
     pub fn counts(&self) -> BTreeMap<String, u64> {
         self.counts.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -159,8 +162,13 @@ impl<A: Arm> Arm for Counting<A> {
         create_only: bool,
     ) -> Result<Reply, ArmError> {
         let key = operation_key(method, target);
+        self.gate.wait().await;
         self.bump(key.clone());
         let r = self.inner.call(method, target, body, create_only).await;
+        match &r {
+            Err(e) if e.throttled() || e.status == 0 || e.status >= 500 => self.gate.trouble(None),
+            _ => self.gate.answered(),
+        }
         if let Some(m) = &self.metrics {
             m.call(&key, outcome(&r));
         }

@@ -204,12 +204,15 @@ async fn retire_legacy_finalizer(cfg: &WindowsKubeadmConfig, ctx: &Context) -> R
     Ok(true)
 }
 
-/// Doubles the wait on each consecutive failure of the same object, from `base` up to 5 minutes.
+/// Doubles the wait on each consecutive failure of the same object, from `base` up to four
+/// times `base`: each reason's base fits what it waits for (CAPI writes a Cluster's Secrets
+/// seconds after its infrastructure, an identity is fixed by a person), and the watches wake the
+/// config as soon as the input appears; the requeue is only the safety net.
 fn backoff(ctx: &Context, key: &ObjectRef<WindowsKubeadmConfig>, base: Duration) -> Duration {
     let mut f = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
     let n = f.entry(key.clone()).or_insert(0);
     *n = (*n + 1).min(16);
-    base.saturating_mul(1 << (*n - 1).min(8)).min(Duration::from_secs(300))
+    base.saturating_mul(1 << (*n - 1).min(2))
 }
 
 /// Requeue policy for errors that were not a recorded blocking condition.

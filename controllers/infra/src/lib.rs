@@ -34,4 +34,5 @@ pub enum Error {
 pub fn blocked(reason: &'static str, message: impl Into<String>, retry: Option<Duration>) -> Error {
     Error::Blocked { reason, message: message.into(), retry }
 }
+pub use capwin_runtime::gate::EndpointGate;
 pub use capwin_runtime::{QueueMetrics, WriteMemo};

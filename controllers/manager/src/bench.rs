@@ -76,6 +76,14 @@ pub struct ScaleArgs {
     /// Reconciles at once per controller (`capwin manager --concurrency`).
     #[arg(long, default_value_t = 10)]
     concurrency: u16,
+    /// AWS: the EC2 endpoint answers every call with `RequestLimitExceeded` for this long from
+    /// the moment the machines are created (the kit's fault proxy), then recovers.
+    #[arg(long, value_parser = crate::manager::parse_duration)]
+    throttle_for: Option<Duration>,
+    /// AWS: this many `RunInstances` take effect but their answers are lost (the kit's fault
+    /// proxy, `when: after`), as on an endpoint that ignores `ClientToken`.
+    #[arg(long, default_value_t = 0)]
+    lose_run_instances_answers: u32,
     /// Fail when API writes per machine (both managers and the workload cluster, events aside)
     /// exceed this.
     #[arg(long)]
@@ -145,6 +153,18 @@ impl Proxy {
         anyhow::ensure!(out.status.success(), "moto.sh proxy-start: {}", String::from_utf8_lossy(&out.stderr));
         let url = String::from_utf8(out.stdout)?.lines().last().unwrap_or_default().trim().to_string();
         Ok(Self { state: state.to_path_buf(), url })
+    }
+}
+
+impl Proxy {
+    fn control(&self, call: &str, body: Value) -> anyhow::Result<Value> {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--fail-with-body", "--max-time", "10", "-X", "POST", "-H", "content-type: application/json"])
+            .args(["-d", &body.to_string(), &format!("{}/_capwin/{call}", self.url)])
+            .output()
+            .context("running curl")?;
+        anyhow::ensure!(out.status.success(), "proxy {call}: {}", String::from_utf8_lossy(&out.stdout));
+        Ok(serde_json::from_slice(&out.stdout)?)
     }
 }
 
@@ -262,6 +282,27 @@ impl Cloud {
             .filter(|(k, _)| !k.contains("oauth2/"))
             .map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0)))
             .collect())
+    }
+
+    /// Arms the faults asked for; `Some(proxy)` when any was armed.
+    fn arm_faults(&self, args: &ScaleArgs) -> anyhow::Result<Option<&Proxy>> {
+        let wanted = args.throttle_for.is_some() || args.lose_run_instances_answers > 0;
+        match self {
+            _ if !wanted => Ok(None),
+            Cloud::Azure { .. } => anyhow::bail!("--throttle-for and --lose-run-instances-answers are AWS faults"),
+            Cloud::Aws { proxy, .. } => {
+                if args.lose_run_instances_answers > 0 {
+                    proxy.control(
+                        "arm",
+                        json!({"action": "RunInstances", "times": args.lose_run_instances_answers, "when": "after", "drop": true}),
+                    )?;
+                }
+                if args.throttle_for.is_some() {
+                    proxy.control("arm", json!({"action": "*", "times": -1, "code": "RequestLimitExceeded"}))?;
+                }
+                Ok(Some(proxy))
+            }
+        }
     }
 
     /// Instances/VMs of the cluster that still exist.
@@ -464,6 +505,8 @@ struct Report {
     steady_cloud_calls: BTreeMap<String, u64>,
     delete_api: ApiCounts,
     delete_cloud_calls: BTreeMap<String, u64>,
+    /// Instances/VMs alive beyond one per machine once every machine joined.
+    duplicates: usize,
     left_after_delete: usize,
     cpu_ms_per_machine: BTreeMap<&'static str, f64>,
     peak_rss_mib: BTreeMap<&'static str, f64>,
@@ -547,6 +590,17 @@ async fn scale(args: ScaleArgs) -> anyhow::Result<()> {
     let followers = follow(&mgmt, &cloud, progress.clone());
     let (mgmt0, workload0, cloud0) = (mgmt_server.requests(), workload_server.requests(), cloud.calls().await?);
     let cpu0: Vec<u64> = managers.iter().map(|m| m.usage().map(|u| u.0)).collect::<Result<_, _>>()?;
+    let mut recovered_at = None;
+    let disarm = match cloud.arm_faults(&args)? {
+        Some(proxy) => {
+            say(format!(
+                "faults armed: {} lost RunInstances answers, throttling for {:?}",
+                args.lose_run_instances_answers, args.throttle_for
+            ));
+            args.throttle_for.map(|d| (Instant::now() + d, proxy.url.clone()))
+        }
+        None => None,
+    };
     let t0 = Instant::now();
     for v in &objects {
         let ar =
@@ -560,6 +614,20 @@ async fn scale(args: ScaleArgs) -> anyhow::Result<()> {
     // Create → joined.
     let mut last_note = Instant::now();
     let joined_at = loop {
+        if let Some((at, url)) = &disarm
+            && recovered_at.is_none()
+            && Instant::now() >= *at
+        {
+            // Only the throttling rule ("*"); unused lost-answer rules stay armed.
+            let body = json!({"action": "*"}).to_string();
+            let ok = std::process::Command::new("curl")
+                .args(["-sS", "--fail", "-X", "POST", "-H", "content-type: application/json", "-d", &body])
+                .arg(format!("{url}/_capwin/disarm"))
+                .output()?;
+            anyhow::ensure!(ok.status.success(), "could not end the throttling");
+            recovered_at = Some(Instant::now());
+            say("throttling ended".into());
+        }
         cloud.step(&mgmt, &quiet).await?;
         sim.step().await?;
         let (data, provisioned, joined) = {
@@ -612,6 +680,9 @@ async fn scale(args: ScaleArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let (mgmt2, workload2, cloud2) = (mgmt_server.requests(), workload_server.requests(), cloud.calls().await?);
+
+    // Duplicates: instances/VMs alive beyond one per machine.
+    let live_before_delete = cloud.live().await?;
 
     // Delete: the MachineDeployment to 0 replicas; the simulator deletes the Machines and the
     // API server's garbage collector their configs and infrastructure machines.
@@ -671,6 +742,9 @@ async fn scale(args: ScaleArgs) -> anyhow::Result<()> {
     seconds.insert("created_to_all_joined", max_of(&p.joined).unwrap_or(-1.0));
     seconds.insert("config_to_data_max", (first_data.iter().cloned().fold(0.0, f64::max) * 100.0).round() / 100.0);
     seconds.insert("delete", delete_secs);
+    if let Some(r) = recovered_at {
+        seconds.insert("recovery_to_all_joined", secs(joined_at.saturating_duration_since(r)));
+    }
     let names = ["bootstrap", "infrastructure"];
     let report = Report {
         cloud: args.cloud,
@@ -690,6 +764,7 @@ async fn scale(args: ScaleArgs) -> anyhow::Result<()> {
         steady_cloud_calls: calls_between(&cloud1, &cloud2),
         delete_api: delete,
         delete_cloud_calls: calls_between(&cloud2, &cloud3),
+        duplicates: live_before_delete.saturating_sub(n),
         left_after_delete: left,
         cpu_ms_per_machine: names
             .iter()
@@ -733,7 +808,10 @@ fn print_report(r: &Report) {
         "  steady window: API writes {}, GETs {}, lists {}, cloud calls {:?}",
         r.steady_api.writes, r.steady_api.gets, r.steady_api.lists, r.steady_cloud_calls
     );
-    println!("  delete: left {}, cloud calls {:?}", r.left_after_delete, r.delete_cloud_calls);
+    println!(
+        "  duplicates {}; delete: left {}, cloud calls {:?}",
+        r.duplicates, r.left_after_delete, r.delete_cloud_calls
+    );
     println!("  API requests create → joined (client verb resource):");
     for (k, v) in &r.api.detail {
         println!("    {v:>7}  {k}");
@@ -763,6 +841,9 @@ fn verdict(r: &Report, args: &ScaleArgs) -> Vec<String> {
             "steady window: {} API writes, {} GETs, {} cloud calls (want none): {:?} {:?}",
             r.steady_api.writes, r.steady_api.gets, steady_calls, r.steady_api.detail, r.steady_cloud_calls
         ));
+    }
+    if r.duplicates > 0 {
+        out.push(format!("{} duplicate instances or VMs", r.duplicates));
     }
     if r.left_after_delete > 0 {
         out.push(format!("{} machines or instances left after delete", r.left_after_delete));

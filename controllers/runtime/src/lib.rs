@@ -13,6 +13,7 @@
 //!   `capwin_reconcile_queue_delay_seconds{controller}`, so an operator can see a stall.
 
 pub mod cache;
+pub mod gate;
 
 use std::collections::HashMap;
 use std::fmt::Debug;
