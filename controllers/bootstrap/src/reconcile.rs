@@ -890,13 +890,15 @@ async fn ensure_owner(cfg: &WindowsKubeadmConfig, secrets: &Api<Secret>, s: &Sec
     Ok(())
 }
 
-/// On deletion: remove the join token from the workload cluster (the data Secret goes with the
-/// config through its owner reference).
-async fn cleanup(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<Action, Error> {
-    let ns = cfg.namespace().unwrap_or_default();
-    let Some(data) = cached_secret(ctx, &ns, &cfg.name_any()).await? else { return Ok(Action::await_change()) };
-    let Some(tok) = stored_token(&data) else { return Ok(Action::await_change()) };
+/// A data Secret that still held a join token is gone (its config was deleted before the Node
+/// joined, and the Secret with it through its owner reference, or someone deleted it): delete the
+/// token from the workload cluster too, best effort (it expires on its own otherwise). This is
+/// what the old finalizer did, without a write on every config.
+async fn forget_token(ctx: &Context, data: &Secret) {
+    let Some(tok) = stored_token(data) else { return };
+    let ns = data.namespace().unwrap_or_default();
     let cluster = data.labels().get(views::CLUSTER_NAME_LABEL).cloned().unwrap_or_default();
+    ctx.set_expiry(&tok.id, None);
     match workload_client(ctx, &ns, &cluster).await {
         Ok(w) => {
             let tokens: Api<Secret> = Api::namespaced(w, "kube-system");
@@ -905,13 +907,22 @@ async fn cleanup(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<Action, Er
                 Err(kube::Error::Api(s)) if s.code == 404 => {}
                 // The cluster may be going away too; the token expires on its own.
                 Err(e) => {
-                    tracing::info!(config = %cfg.name_any(), error = %e, "could not delete the join token; it will expire")
+                    tracing::info!(secret = %data.name_any(), error = %e, "could not delete the join token; it will expire")
                 }
             }
         }
         Err(e) => {
-            tracing::info!(config = %cfg.name_any(), error = %e, "workload cluster unavailable during cleanup; the token will expire")
+            tracing::info!(secret = %data.name_any(), error = %e, "workload cluster unavailable; the join token will expire")
         }
+    }
+}
+
+/// On deletion of a config that still carries the old finalizer: its token goes as with any
+/// other config ([`forget_token`]), here before the finalizer is removed.
+async fn cleanup(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<Action, Error> {
+    let ns = cfg.namespace().unwrap_or_default();
+    if let Some(data) = cached_secret(ctx, &ns, &cfg.name_any()).await? {
+        forget_token(ctx, &data).await;
     }
     Ok(Action::await_change())
 }
@@ -976,11 +987,18 @@ pub async fn run(ctx: Arc<Context>) {
             .map(|cfg| ObjectRef::from_obj(cfg.as_ref()))
             .collect::<Vec<_>>()
     };
-    let owned = capwin_runtime::watch_into(
+    let forget = ctx.clone();
+    let owned = capwin_runtime::watch_into_with_deletes(
         owned,
         watcher::Config::default().labels(views::CLUSTER_NAME_LABEL),
         secret_writer,
         "Secret",
+        move |s: &Secret| {
+            if s.annotations().contains_key(TOKEN_ID_ANNOTATION) {
+                let (ctx, s) = (forget.clone(), s.clone());
+                tokio::spawn(async move { forget_token(&ctx, &s).await });
+            }
+        },
     );
     let output = controller
         .owns_stream(owned)

@@ -97,11 +97,34 @@ where
     without_errors(what, reflector(writer, watcher(api, config).default_backoff()).touched_objects())
 }
 
+/// Like [`watch_into`], and `on_delete` is told of every object the watch saw deleted (a
+/// delete event, not an object missing from a relist).
+pub fn watch_into_with_deletes<K, F>(
+    api: Api<K>,
+    config: watcher::Config,
+    writer: Writer<K>,
+    what: &'static str,
+    on_delete: F,
+) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Eq + Hash + Clone,
+    F: Fn(&K) + Send + 'static,
+{
+    let events = reflector(writer, watcher(api, config).default_backoff()).inspect(move |e| {
+        if let Ok(watcher::Event::Delete(o)) = e {
+            on_delete(o);
+        }
+    });
+    without_errors(what, events.touched_objects())
+}
+
 /// What of an object's own changes warrants a reconcile: a new object (UID), a spec change
 /// (`metadata.generation`), the deletion, the finalizers (kube's finalizer helper continues on
-/// the event of its own finalizer write) and the `cluster.x-k8s.io/paused` annotation. A
-/// controller's own status writes and annotations are none of these, so they do not wake it
-/// again (controller-runtime's `GenerationChangedPredicate`, plus deletion, finalizers, pause).
+/// the event of its own finalizer write), the labels and the annotations (the pause annotation,
+/// an operator's `kubectl annotate` to nudge it). A controller's own status writes are none of
+/// these, so they do not wake it again (controller-runtime's `GenerationChangedPredicate`, or'd
+/// with its annotation and label predicates).
 pub fn own_fingerprint<K: Resource>(o: &K) -> OwnFingerprint {
     let m = o.meta();
     (
@@ -109,12 +132,12 @@ pub fn own_fingerprint<K: Resource>(o: &K) -> OwnFingerprint {
         m.generation,
         m.deletion_timestamp.is_some(),
         m.finalizers.clone().unwrap_or_default(),
-        m.annotations.as_ref().is_some_and(|a| a.contains_key("cluster.x-k8s.io/paused")),
+        format!("{:?}{:?}", m.labels, m.annotations),
     )
 }
 
 /// See [`own_fingerprint`].
-pub type OwnFingerprint = (Option<String>, Option<i64>, bool, Vec<String>, bool);
+pub type OwnFingerprint = (Option<String>, Option<i64>, bool, Vec<String>, String);
 
 /// Passes on only the objects whose [`own_fingerprint`] changed since the stream last passed
 /// them. The store behind the stream is updated either way (filter after the reflector).
