@@ -567,7 +567,12 @@ impl Identities {
         let Some(cluster) = cluster else { return Ok(default) };
         let Some(top) = self.cluster_identity_ref(namespace, cluster).await? else { return Ok(default) };
         let objects = self.read_chain(&top).await?;
-        let labels = self.namespace_labels(namespace).await?;
+        // The namespace's labels matter only to a selector with requirements.
+        let selects = objects.values().any(|o| {
+            let sel = &o["spec"]["allowedNamespaces"]["selector"];
+            !sel["matchLabels"].is_null() || !sel["matchExpressions"].is_null()
+        });
+        let labels = if selects { self.namespace_labels(namespace).await? } else { BTreeMap::new() };
         let plan = plan(Some(&top), &objects, namespace, &labels)?;
         if plan.is_controller() {
             return Ok(default);

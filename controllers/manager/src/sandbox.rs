@@ -46,7 +46,7 @@ const CAPWIN_CRDS: [&str; 6] = [
     include_str!("../../../crds/infrastructure/infrastructure.cluster.x-k8s.io_azurewindowsmachinetemplates.yaml"),
 ];
 /// Every Cluster API kind the templates hold (see `test/kit/capi-crds/README.md`).
-const CAPI_CRDS: [&str; 14] = [
+const CAPI_CRDS: [&str; 17] = [
     include_str!("../../../test/kit/capi-crds/cluster.x-k8s.io_clusters.yaml"),
     include_str!("../../../test/kit/capi-crds/cluster.x-k8s.io_machines.yaml"),
     include_str!("../../../test/kit/capi-crds/cluster.x-k8s.io_machinedeployments.yaml"),
@@ -58,6 +58,9 @@ const CAPI_CRDS: [&str; 14] = [
     include_str!("../../../test/kit/capi-crds/bootstrap.cluster.x-k8s.io_kubeadmconfigtemplates.yaml"),
     include_str!("../../../test/kit/capi-crds/infrastructure.cluster.x-k8s.io_awsclusters.yaml"),
     include_str!("../../../test/kit/capi-crds/infrastructure.cluster.x-k8s.io_awsmachinetemplates.yaml"),
+    include_str!("../../../test/kit/capi-crds/infrastructure.cluster.x-k8s.io_awsclustercontrolleridentities.yaml"),
+    include_str!("../../../test/kit/capi-crds/infrastructure.cluster.x-k8s.io_awsclusterroleidentities.yaml"),
+    include_str!("../../../test/kit/capi-crds/infrastructure.cluster.x-k8s.io_awsclusterstaticidentities.yaml"),
     include_str!("../../../test/kit/capi-crds/infrastructure.cluster.x-k8s.io_azureclusters.yaml"),
     include_str!("../../../test/kit/capi-crds/infrastructure.cluster.x-k8s.io_azureclusteridentities.yaml"),
     include_str!("../../../test/kit/capi-crds/infrastructure.cluster.x-k8s.io_azuremachinetemplates.yaml"),
