@@ -21,6 +21,16 @@
 //!   capwin passes them to AssumeRole, as the field documents.
 //! - `session.go` again: credentials are retrieved once when the client is built, so a source that
 //!   may not assume the role shows up as a condition rather than as failing EC2 calls.
+//! - `controllers/awsmachinetemplate_controller.go`: a template's cluster is its owner `Cluster`
+//!   ([`template_cluster`]; capwin also accepts the `cluster.x-k8s.io/cluster-name` label). CAPA
+//!   looks capacity up with its own credentials; capwin uses the cluster's identity (issue 15),
+//!   and the manager's own for a template no cluster claims (instance type sizes are public).
+//!
+//! Deliberate differences: a static identity's `allowedNamespaces` is checked before its Secret is
+//! read (CAPA reads the Secret first, so a missing Secret shows even to a namespace that may not
+//! use the identity); capwin does not add the identity as an owner of the Secret (CAPA does, for
+//! `clusterctl move`; capwin only reads); a `sourceIdentityRef` chain longer than [`MAX_CHAIN`]
+//! (a cycle) is refused instead of recursing.
 //!
 //! The core ([`plan`]) is pure: identity objects in, a [`Plan`] or a [`Blocked`] reason naming the
 //! field out. [`Identities`] is the I/O edge: it reads the objects, builds and caches EC2 clients

@@ -115,9 +115,18 @@ impl Context {
     /// names in `spec.identityRef` (the cluster from the `cluster.x-k8s.io/cluster-name` label,
     /// as CAPA's `AWSMachine` controller finds it), else the manager's own. See
     /// [`identity`] for the rules.
+    /// Without the label (CAPI sets it with the owner reference) nothing is done with any
+    /// credentials, as CAPA does nothing, except deleting a machine that never had an instance.
     pub async fn ec2_for(&self, m: &AWSWindowsMachine) -> Result<Ec2Client, Error> {
         let default = self.default_ec2()?;
         let cluster = m.labels().get("cluster.x-k8s.io/cluster-name").map(String::as_str);
+        if cluster.is_none() && (m.metadata.deletion_timestamp.is_none() || m.spec.instance_id.is_some()) {
+            return Err(blocked(
+                "ClusterNotFound",
+                "metadata.labels: no cluster.x-k8s.io/cluster-name (CAPI sets it): the cluster's AWSCluster names the AWS identity",
+                Some(Duration::from_secs(30)),
+            ));
+        }
         self.identities.ec2(default, &m.namespace().unwrap_or_default(), cluster).await
     }
 

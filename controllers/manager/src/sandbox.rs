@@ -14,8 +14,8 @@
 //! One run applies one template (one cluster, as `clusterctl generate cluster` makes one); the
 //! default is the AWS flavour, `--template azure-windows-calico` the Azure one.
 //!
-//! Played, and labelled so in the output: CAPA's `AWSCluster` controller `(simulated CAPA)`,
-//! CAPZ's `AzureCluster` controller `(simulated CAPZ)`, CAPI core (the simulator, and
+//! Played, and labelled so in the output: CAPA's `AWSCluster` controller and its creation of the
+//! `default` `AWSClusterControllerIdentity` `(simulated CAPA)`, CAPZ's `AzureCluster` controller `(simulated CAPZ)`, CAPI core (the simulator, and
 //! `(simulated CAPI core)` for the endpoint it copies), and the Windows VM booting and joining
 //! (the Node appears once the Machine has a providerID).
 

@@ -1,6 +1,8 @@
 //! AWS Windows machines against moto: creation to running to a joined Node to termination, a
-//! manager that died mid-create, bad input, EC2 throttling and 5xx injected by the kit's proxy,
-//! and the EC2 call budget of one machine's lifecycle.
+//! manager that died mid-create, bad input, CAPA identities (controller, static, role, a role
+//! chained from a static source, a namespace not allowed; moto's STS, one EC2 world per account),
+//! EC2 throttling and 5xx injected by the kit's proxy, and the EC2 call budget of one machine's
+//! lifecycle.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
