@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{InfraMachineStatus, InfraMachineTemplateStatus, TemplateObjectMeta};
 
-/// Desired state of one EC2 Windows instance.
+/// Desired state of one EC2 Windows instance. Its AWS credentials are, as for CAPA's
+/// `AWSMachine`, those of the identity its cluster's `AWSCluster` names in `spec.identityRef`
+/// (`AWSClusterControllerIdentity`, `AWSClusterRoleIdentity` or `AWSClusterStaticIdentity`);
+/// a machine cannot name its own.
 #[derive(CustomResource, JsonSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "infrastructure.cluster.x-k8s.io",
@@ -67,9 +70,6 @@ pub struct AWSWindowsMachineSpec {
     pub ssh_key_name: Option<String>,
     #[serde(default)]
     pub instance_metadata_options: InstanceMetadataOptions,
-    /// Credentials. Default: the manager's AWS credential chain.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub identity_ref: Option<AwsIdentityRef>,
     /// Extra tags on the instance and its volumes (capwin's ownership tags are always added).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub additional_tags: BTreeMap<String, String>,
@@ -190,16 +190,6 @@ pub enum HttpTokens {
     #[default]
     Optional,
     Required,
-}
-
-/// A per-cluster AWS identity: a Secret with `AccessKeyID`/`SecretAccessKey` (and optional
-/// `SessionToken`) in the manager's namespace, usable only from the namespaces its
-/// `capwin.cluster.x-k8s.io/allowed-namespaces` annotation lists.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct AwsIdentityRef {
-    #[schemars(length(min = 1, max = 253))]
-    pub secret_name: String,
 }
 
 /// A template MachineDeployments clone into one `AWSWindowsMachine` per Machine.

@@ -166,32 +166,57 @@ impl SdkEc2 {
     /// The default credential chain (environment, profile, IRSA/web identity, instance role) or
     /// static credentials; `AWS_ENDPOINT_URL` (or `endpoint`) points it at another endpoint.
     pub async fn new(region: &str, endpoint: Option<&str>, credentials: Option<StaticCredentials>) -> Self {
-        let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(region.to_string()))
-            .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5))
-            // Generous connect and per-attempt limits: a loaded endpoint is slow, not gone.
-            .timeout_config(
-                aws_config::timeout::TimeoutConfig::builder()
-                    .connect_timeout(std::time::Duration::from_secs(10))
-                    .operation_attempt_timeout(std::time::Duration::from_secs(60))
-                    .build(),
-            );
-        // The standard override, read explicitly so it works whatever the SDK's config sources.
-        let from_env = std::env::var("AWS_ENDPOINT_URL").ok().filter(|e| !e.is_empty());
-        if let Some(e) = endpoint.map(String::from).or(from_env) {
-            loader = loader.endpoint_url(e);
-        }
-        if let Some(c) = credentials {
-            loader = loader.credentials_provider(aws_credential_types::Credentials::new(
+        let provider = credentials.map(|c| {
+            aws_credential_types::provider::SharedCredentialsProvider::new(aws_credential_types::Credentials::new(
                 c.access_key_id,
                 c.secret_access_key,
                 c.session_token,
                 None,
                 "capwin-identity",
-            ));
+            ))
+        });
+        Self::with_provider(region, endpoint, provider).await
+    }
+
+    /// Like [`SdkEc2::new`] with any credentials provider (`None`: the default chain), e.g. an
+    /// assumed role's ([`crate::identity`]).
+    pub async fn with_provider(
+        region: &str,
+        endpoint: Option<&str>,
+        provider: Option<aws_credential_types::provider::SharedCredentialsProvider>,
+    ) -> Self {
+        let mut loader = sdk_loader(region, endpoint);
+        if let Some(p) = provider {
+            loader = loader.credentials_provider(p);
         }
         Self { client: aws_sdk_ec2::Client::new(&loader.load().await) }
     }
+}
+
+/// The SDK configuration every capwin AWS client shares: region, standard retries, generous
+/// timeouts, credentials cached until 5 minutes before they expire (so assumed-role
+/// credentials are renewed ahead of time), and the endpoint (`endpoint`, else
+/// `AWS_ENDPOINT_URL`).
+pub fn sdk_loader(region: &str, endpoint: Option<&str>) -> aws_config::ConfigLoader {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(region.to_string()))
+        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(5))
+        // Generous connect and per-attempt limits: a loaded endpoint is slow, not gone.
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(std::time::Duration::from_secs(10))
+                .operation_attempt_timeout(std::time::Duration::from_secs(60))
+                .build(),
+        )
+        .identity_cache(
+            aws_config::identity::IdentityCache::lazy().buffer_time(std::time::Duration::from_secs(300)).build(),
+        );
+    // The standard override, read explicitly so it works whatever the SDK's config sources.
+    let from_env = std::env::var("AWS_ENDPOINT_URL").ok().filter(|e| !e.is_empty());
+    if let Some(e) = endpoint.map(String::from).or(from_env) {
+        loader = loader.endpoint_url(e);
+    }
+    loader
 }
 
 fn instance(i: &aws_sdk_ec2::types::Instance) -> Instance {

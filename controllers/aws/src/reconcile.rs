@@ -3,8 +3,7 @@
 //! addresses and `status.initialization.provisioned`, mirrors the instance state in `Ready`, and
 //! on deletion terminates the instance and waits until it is gone.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use capwin_api::aws::{AWSWindowsMachine, AWSWindowsMachineTemplate};
@@ -14,7 +13,6 @@ use capwin_infra::diagnostics::{self, Slots};
 use capwin_infra::status::Writer;
 pub use capwin_infra::{Error, blocked};
 use capwin_infra::{contract, watch};
-use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::controller::Action;
@@ -25,6 +23,7 @@ use serde_json::json;
 
 use crate::batch::Batched;
 use crate::ec2::{Counting, Ec2, SdkEc2};
+use crate::identity;
 use crate::launch::{self, LaunchError, MachineContext};
 use crate::metrics::Metrics;
 use crate::model::{self, StateReading};
@@ -44,11 +43,11 @@ pub struct Context {
     /// `None` when neither `--aws-region` nor `AWS_REGION` names one: the controller still runs
     /// (a crash loop would hide the reason) and every machine says `RegionNotSet`.
     pub region: Option<String>,
-    /// Where per-cluster identity Secrets live (the manager's namespace).
+    /// Where `AWSClusterStaticIdentity` Secrets live (the manager's namespace).
     pub identity_namespace: String,
     pub metrics: Arc<Metrics>,
-    /// EC2 clients per identity Secret, rebuilt when the Secret changes.
-    identities: Mutex<HashMap<String, (String, Ec2Client)>>,
+    /// EC2 clients per cluster identity (CAPA's identity kinds), rebuilt when one changes.
+    identities: identity::Identities,
     /// When each machine's console was last read (by machine UID), for the rate limit.
     console_reads: Slots,
     /// AMI look-up answers, reused for a few minutes.
@@ -65,13 +64,9 @@ pub type Ec2Client = Arc<Batched<Counting<SdkEc2>>>;
 const BATCH_WINDOW: Duration = Duration::from_millis(200);
 
 /// The EC2 client the reconciler uses for `sdk`.
-fn ec2_client(sdk: SdkEc2, metrics: Arc<Metrics>) -> Ec2Client {
+pub(crate) fn ec2_client(sdk: SdkEc2, metrics: Arc<Metrics>) -> Ec2Client {
     Arc::new(Batched::new(Counting::with_metrics(sdk, metrics), BATCH_WINDOW))
 }
-
-/// Annotation on an identity Secret listing the namespaces (comma-separated, or `*`) whose
-/// machines may use it. Without it, no namespace may.
-pub const ALLOWED_NAMESPACES_ANNOTATION: &str = "capwin.cluster.x-k8s.io/allowed-namespaces";
 
 impl Context {
     /// The default-chain EC2 client is built here (`AWS_ENDPOINT_URL` is honoured); an empty
@@ -92,6 +87,12 @@ impl Context {
             Some(r) => Some(ec2_client(SdkEc2::new(r, None, None).await, metrics.clone())),
             None => None,
         };
+        let identities = identity::Identities::new(
+            client.clone(),
+            identity_namespace.clone(),
+            region.clone().unwrap_or_default(),
+            metrics.clone(),
+        );
         Arc::new(Self {
             client,
             recorder,
@@ -99,9 +100,9 @@ impl Context {
             ec2,
             namespace,
             region,
+            identities,
             identity_namespace,
             metrics,
-            identities: Mutex::default(),
             console_reads: Slots::default(),
             amis: launch::AmiCache::default(),
             written: Default::default(),
@@ -127,64 +128,30 @@ impl Context {
         }
     }
 
-    /// The EC2 client for a machine: its identity Secret's credentials when it names one (and
-    /// its namespace is allowed to), else the manager's own.
+    /// The EC2 client for a machine: the credentials of the identity its cluster's `AWSCluster`
+    /// names in `spec.identityRef` (the cluster from the `cluster.x-k8s.io/cluster-name` label,
+    /// as CAPA's `AWSMachine` controller finds it), else the manager's own. See
+    /// [`identity`] for the rules.
+    /// Without the label (CAPI sets it with the owner reference) nothing is done with any
+    /// credentials, as CAPA does nothing, except deleting a machine that never had an instance.
     pub async fn ec2_for(&self, m: &AWSWindowsMachine) -> Result<Ec2Client, Error> {
         let default = self.default_ec2()?;
-        let Some(r) = &m.spec.identity_ref else { return Ok(default) };
-        let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.identity_namespace);
-        let name = &r.secret_name;
-        let Some(s) = secrets.get_opt(name).await? else {
+        let cluster = m.labels().get("cluster.x-k8s.io/cluster-name").map(String::as_str);
+        if cluster.is_none() && (m.metadata.deletion_timestamp.is_none() || m.spec.instance_id.is_some()) {
             return Err(blocked(
-                "IdentityNotFound",
-                format!("spec.identityRef: Secret {}/{name} does not exist", self.identity_namespace),
-                Some(Duration::from_secs(60)),
-            ));
-        };
-        let ns = m.namespace().unwrap_or_default();
-        let allowed = s
-            .annotations()
-            .get(ALLOWED_NAMESPACES_ANNOTATION)
-            .map(|a| a.split(',').map(str::trim).any(|n| n == "*" || n == ns))
-            .unwrap_or(false);
-        if !allowed {
-            return Err(blocked(
-                "IdentityNotAllowed",
-                format!(
-                    "spec.identityRef: namespace {ns} may not use identity {name} (see its {ALLOWED_NAMESPACES_ANNOTATION} annotation)"
-                ),
-                Some(Duration::from_secs(20)),
+                "ClusterNotFound",
+                "metadata.labels: no cluster.x-k8s.io/cluster-name (CAPI sets it): the cluster's AWSCluster names the AWS identity",
+                Some(Duration::from_secs(30)),
             ));
         }
-        let version = s.resource_version().unwrap_or_default();
-        if let Some((v, c)) = self.identities.lock().unwrap_or_else(|p| p.into_inner()).get(name)
-            && *v == version
-        {
-            return Ok(c.clone());
-        }
-        let key = |k: &str| {
-            s.data
-                .as_ref()
-                .and_then(|d| d.get(k))
-                .and_then(|v| String::from_utf8(v.0.clone()).ok())
-                .filter(|v| !v.is_empty())
-        };
-        let (Some(id), Some(secret)) = (key("AccessKeyID"), key("SecretAccessKey")) else {
-            return Err(blocked(
-                "InvalidIdentity",
-                format!("spec.identityRef: Secret {name} needs the keys AccessKeyID and SecretAccessKey"),
-                Some(Duration::from_secs(60)),
-            ));
-        };
-        let creds = crate::ec2::StaticCredentials {
-            access_key_id: id,
-            secret_access_key: secret,
-            session_token: key("SessionToken"),
-        };
-        let region = self.region.as_deref().unwrap_or_default();
-        let client = ec2_client(SdkEc2::new(region, None, Some(creds)).await, self.metrics.clone());
-        self.identities.lock().unwrap_or_else(|p| p.into_inner()).insert(name.clone(), (version, client.clone()));
-        Ok(client)
+        self.identities.ec2(&self.cache, default, &m.namespace().unwrap_or_default(), cluster).await
+    }
+
+    /// The EC2 client for a template's look-ups: its cluster's identity, as for its machines.
+    async fn ec2_for_template(&self, t: &AWSWindowsMachineTemplate) -> Result<Ec2Client, Error> {
+        let default = self.default_ec2()?;
+        let cluster = identity::template_cluster(t.owner_references(), t.labels());
+        self.identities.ec2(&self.cache, default, &t.namespace().unwrap_or_default(), cluster.as_deref()).await
     }
 }
 
@@ -236,7 +203,7 @@ async fn apply(m: &AWSWindowsMachine, ctx: &Context) -> Result<Action, Error> {
     let mctx = machine_context(ctx, m, &machine, &cluster, &cluster_name, &data).await?;
     let image = match launch::ami_lookup(&m.spec, &mctx) {
         Some((owner, pattern)) => {
-            let who = m.spec.identity_ref.as_ref().map(|r| r.secret_name.clone()).unwrap_or_default();
+            let who = ctx.identities.key_of(&ec2);
             let key = (who, owner, pattern);
             match ctx.amis.get(&key, std::time::Instant::now()) {
                 Some(i) => i,
@@ -558,13 +525,14 @@ pub async fn reconcile_template(t: Arc<AWSWindowsMachineTemplate>, ctx: Arc<Cont
     let instance_type = &t.spec.template.spec.instance_type;
     let mut status = t.status.clone().unwrap_or_default();
     status.node_info = Some(NodeInfo { operating_system: Some("windows".into()), architecture: Some("amd64".into()) });
-    let looked_up = match &ctx.ec2 {
-        Some(ec2) => ec2.instance_type(instance_type).await,
-        None => Err(crate::ec2::Ec2Error {
-            operation: "DescribeInstanceTypes",
-            code: "RegionNotSet".into(),
-            message: "the manager has no AWS region: set --aws-region or AWS_REGION".into(),
-        }),
+    let mut requeue = Duration::from_secs(3600);
+    let looked_up = match ctx.ec2_for_template(&t).await {
+        Ok(ec2) => ec2.instance_type(instance_type).await,
+        Err(Error::Blocked { reason, message, retry }) => {
+            requeue = retry.unwrap_or(requeue);
+            Err(crate::ec2::Ec2Error { operation: "DescribeInstanceTypes", code: reason.into(), message })
+        }
+        Err(e) => return Err(e),
     };
     match looked_up {
         Ok(Some((cpus, mib))) => {
@@ -593,10 +561,15 @@ pub async fn reconcile_template(t: Arc<AWSWindowsMachineTemplate>, ctx: Arc<Cont
                 false,
                 match e.code.as_str() {
                     "RegionNotSet" => "RegionNotSet",
+                    c if identity::REASONS.contains(&c) => c,
                     _ if e.throttled() => "Throttled",
                     _ => "EC2Error",
                 },
-                &e.to_string(),
+                &if e.code == "RegionNotSet" || identity::REASONS.contains(&e.code.as_str()) {
+                    e.message.clone()
+                } else {
+                    e.to_string()
+                },
                 t.metadata.generation,
                 &now(),
             );
@@ -605,7 +578,7 @@ pub async fn reconcile_template(t: Arc<AWSWindowsMachineTemplate>, ctx: Arc<Cont
     if t.status.as_ref() != Some(&status) {
         api.patch_status(&t.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await?;
     }
-    Ok(Action::requeue(Duration::from_secs(3600)))
+    Ok(Action::requeue(requeue))
 }
 
 /// Runs the controllers for machines and their templates; `queue` receives their reconcile
@@ -621,8 +594,16 @@ fn aws_cluster_resource() -> ApiResource {
 pub async fn run(ctx: Arc<Context>, queue: capwin_infra::QueueMetrics, settings: watch::RunSettings) {
     let client = ctx.client.clone();
     let shared = ctx.clone();
-    // The AWSClusters (subnets, node security group) are read from a cache too.
+    // The AWSClusters (subnets, node security group, identityRef), CAPA's identities and the
+    // Namespaces (their labels decide `allowedNamespaces` selectors) are read from caches too.
     shared.cache.reflect_kind(client.clone(), &aws_cluster_resource(), true, settings.namespace.as_deref());
+    for kind in [identity::CONTROLLER_KIND, identity::STATIC_KIND, identity::ROLE_KIND] {
+        if let Some(ar) = identity::resource(kind) {
+            shared.cache.reflect_kind(client.clone(), &ar, false, None);
+        }
+    }
+    let namespaces = ApiResource::erase::<k8s_openapi::api::core::v1::Namespace>(&());
+    shared.cache.reflect_kind(client.clone(), &namespaces, false, None);
     watch::run_controllers::<AWSWindowsMachine, AWSWindowsMachineTemplate, _, _, _, _, _, _>(
         client,
         &shared.cache,

@@ -14,8 +14,8 @@
 //! One run applies one template (one cluster, as `clusterctl generate cluster` makes one); the
 //! default is the AWS flavour, `--template azure-windows-calico` the Azure one.
 //!
-//! Played, and labelled so in the output: CAPA's `AWSCluster` controller `(simulated CAPA)`,
-//! CAPZ's `AzureCluster` controller `(simulated CAPZ)`, CAPI core (the simulator, and
+//! Played, and labelled so in the output: CAPA's `AWSCluster` controller and its creation of the
+//! `default` `AWSClusterControllerIdentity` `(simulated CAPA)`, CAPZ's `AzureCluster` controller `(simulated CAPZ)`, CAPI core (the simulator, and
 //! `(simulated CAPI core)` for the endpoint it copies), and the Windows VM booting and joining
 //! (the Node appears once the Machine has a providerID).
 
@@ -46,7 +46,7 @@ pub(crate) const CAPWIN_CRDS: [&str; 6] = [
     include_str!("../../../crds/infrastructure/infrastructure.cluster.x-k8s.io_azurewindowsmachinetemplates.yaml"),
 ];
 /// Every Cluster API kind the templates hold (see `test/kit/capi-crds/README.md`).
-pub(crate) const CAPI_CRDS: [&str; 14] = [
+pub(crate) const CAPI_CRDS: [&str; 17] = [
     include_str!("../../../test/kit/capi-crds/cluster.x-k8s.io_clusters.yaml"),
     include_str!("../../../test/kit/capi-crds/cluster.x-k8s.io_machines.yaml"),
     include_str!("../../../test/kit/capi-crds/cluster.x-k8s.io_machinedeployments.yaml"),
@@ -58,6 +58,9 @@ pub(crate) const CAPI_CRDS: [&str; 14] = [
     include_str!("../../../test/kit/capi-crds/bootstrap.cluster.x-k8s.io_kubeadmconfigtemplates.yaml"),
     include_str!("../../../test/kit/capi-crds/infrastructure.cluster.x-k8s.io_awsclusters.yaml"),
     include_str!("../../../test/kit/capi-crds/infrastructure.cluster.x-k8s.io_awsmachinetemplates.yaml"),
+    include_str!("../../../test/kit/capi-crds/infrastructure.cluster.x-k8s.io_awsclustercontrolleridentities.yaml"),
+    include_str!("../../../test/kit/capi-crds/infrastructure.cluster.x-k8s.io_awsclusterroleidentities.yaml"),
+    include_str!("../../../test/kit/capi-crds/infrastructure.cluster.x-k8s.io_awsclusterstaticidentities.yaml"),
     include_str!("../../../test/kit/capi-crds/infrastructure.cluster.x-k8s.io_azureclusters.yaml"),
     include_str!("../../../test/kit/capi-crds/infrastructure.cluster.x-k8s.io_azureclusteridentities.yaml"),
     include_str!("../../../test/kit/capi-crds/infrastructure.cluster.x-k8s.io_azuremachinetemplates.yaml"),

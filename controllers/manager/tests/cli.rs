@@ -160,6 +160,8 @@ fn sandbox_runs_the_aws_template_to_joined_machines() {
     assert!(o.status.success(), "{stdout}\n{}", stderr(&o));
     assert!(stdout.contains("applying templates/cluster-template-aws-windows-calico.yaml"), "{stdout}");
     assert!(stdout.contains("(simulated CAPA) AWSCluster demo: made in moto VPC vpc-"), "{stdout}");
+    // The template's AWSCluster names CAPA's controller identity; the machines run with it.
+    assert!(stdout.contains("(simulated CAPA) AWSClusterControllerIdentity default: created"), "{stdout}");
     assert!(stdout.contains("all 2 Windows machines joined; join tokens left in the workload cluster: 0"), "{stdout}");
     for m in ["demo-md-win-0", "demo-md-win-1"] {
         // The instance is moto's, and the providerID names it.

@@ -1,6 +1,8 @@
 //! AWS Windows machines against moto: creation to running to a joined Node to termination, a
-//! manager that died mid-create, bad input, EC2 throttling and 5xx injected by the kit's proxy,
-//! and the EC2 call budget of one machine's lifecycle.
+//! manager that died mid-create, bad input, CAPA identities (controller, static, role, a role
+//! chained from a static source, a namespace not allowed; moto's STS, one EC2 world per account),
+//! EC2 throttling and 5xx injected by the kit's proxy, and the EC2 call budget of one machine's
+//! lifecycle.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -172,8 +174,97 @@ async fn bad_input_gives_a_named_condition_and_no_instance() {
     let _ = m.name_any();
 }
 
+/// A cluster as the CAPA templates make one: a `Cluster` whose infrastructure is an `AWSCluster`
+/// naming `identity`, and a Windows pool whose template carries the cluster-name label (CAPA's
+/// template controller finds the cluster through it or an owner reference).
+async fn capa_cluster(env: &Env, name: &str, identity: Option<Value>) {
+    let mut spec = json!({"region": "us-east-1"});
+    if let Some(i) = identity {
+        spec["identityRef"] = i;
+    }
+    env.create(I, "v1beta2", "AWSCluster", json!({"metadata": {"name": name}, "spec": spec})).await.unwrap();
+    env.create(
+        "cluster.x-k8s.io",
+        "v1beta2",
+        "Cluster",
+        json!({"metadata": {"name": name},
+        "spec": {"controlPlaneEndpoint": {"host": "10.0.0.4", "port": 6443},
+            "infrastructureRef": {"apiGroup": I, "kind": "AWSCluster", "name": name}}}),
+    )
+    .await
+    .unwrap();
+    let label = json!({"cluster.x-k8s.io/cluster-name": name});
+    env.create(
+        "bootstrap.cluster.x-k8s.io",
+        "v1alpha1",
+        "WindowsKubeadmConfigTemplate",
+        json!({"metadata": {"name": name}, "spec": {"template": {"spec": {}}}}),
+    )
+    .await
+    .unwrap();
+    env.create(
+        I,
+        "v1alpha1",
+        "AWSWindowsMachineTemplate",
+        json!({"metadata": {"name": name, "labels": label}, "spec": {"template": {"spec": shared_ami_spec()}}}),
+    )
+    .await
+    .unwrap();
+    let pool = Pool {
+        templates: name,
+        md: name,
+        cluster: name,
+        replicas: 1,
+        version: "v1.34.13",
+        failure_domain: Some("us-east-1c"),
+        infra_kind: "AWSWindowsMachine",
+        infra_spec: json!({}),
+        config: json!({}),
+    };
+    env.machine_deployment(&pool).await.unwrap();
+}
+
+/// The machine spec with the AMIs shared from the kit's image account (123456789012), so that
+/// machines whose credentials live in other accounts find them.
+fn shared_ami_spec() -> Value {
+    let mut spec = machine_spec();
+    spec["ami"] = json!({"lookup": {"owner": "123456789012",
+        "namePattern": "capa-ami-windows-{{.WindowsVersion}}-?{{.K8sVersion}}-*"}});
+    spec
+}
+
+/// Creates a cluster-scoped CAPA identity (replacing a leftover `e2e-*` of an earlier run; on a
+/// real cluster an existing `default` controller identity is left as it is).
+async fn capa_identity(env: &Env, kind: &str, name: &str, spec: Value) {
+    let ar = capwin_aws::identity::resource(kind).unwrap();
+    let api: kube::Api<kube::api::DynamicObject> = kube::Api::all_with(env.mgmt.clone(), &ar);
+    if name == "default" && api.get_opt(name).await.unwrap().is_some() {
+        return;
+    }
+    let _ = api.delete(name, &Default::default()).await;
+    let body = json!({"apiVersion": format!("{I}/v1beta2"), "kind": kind, "metadata": {"name": name}, "spec": spec});
+    api.create(&Default::default(), &serde_json::from_value(body).unwrap()).await.unwrap();
+}
+
+/// EC2 in the account of `arn:aws:iam::<account>:role/...`: moto keeps one EC2 world per account
+/// and puts the callers with an assumed role's keys in the role's account.
+async fn ec2_in(env: &Env, account: &str) -> SdkEc2 {
+    let url = env.kit_url(CloudKit::Aws).unwrap();
+    let testing =
+        StaticCredentials { access_key_id: "testing".into(), secret_access_key: "testing".into(), session_token: None };
+    let role = format!("arn:aws:iam::{account}:role/capwin-e2e-check");
+    let keys = capwin_aws::identity::assume_role_keys("us-east-1", Some(url), Some(testing), &role).await.unwrap();
+    SdkEc2::new("us-east-1", Some(url), Some(keys)).await
+}
+
+/// The live instances with a machine's ownership tags, as `ec2` sees them.
+async fn tagged(env: &Env, ec2: &SdkEc2, cluster: &str) -> Vec<String> {
+    let tags = model::ownership_tags(cluster, &env.namespace, &format!("{cluster}-0"));
+    ec2.find_by_tags(&tags).await.unwrap().into_iter().filter(|i| i.state != "terminated").map(|i| i.id).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn identity_secrets_only_for_the_namespaces_they_name() {
+async fn capa_identities_controller_static_role_chained_and_a_namespace_not_allowed() {
     let _serial = SERIAL.lock().await;
     let env = Env::start_with(
         "awsid",
@@ -182,25 +273,137 @@ async fn identity_secrets_only_for_the_namespaces_they_name() {
     )
     .await
     .unwrap();
-    let secret_value = "s3cr3t-capwin-identity-value";
-    let identity = json!({"metadata": {"name": "team-aws", "annotations": {"capwin.cluster.x-k8s.io/allowed-namespaces": "someone-else"}},
-        "stringData": {"AccessKeyID": "AKIACAPWINTEST", "SecretAccessKey": secret_value}});
-    env.secrets().create(&Default::default(), &serde_json::from_value(identity).unwrap()).await.unwrap();
-    let mut spec = machine_spec();
-    spec["identityRef"] = json!({"secretName": "team-aws"});
-    aws_cluster(&env, "awsid", spec).await;
-    let machines = env.api(I, "v1alpha1", "AWSWindowsMachine");
-    env.wait_ready_reason(&machines, "awsid-0", "IdentityNotAllowed", None).await;
-    let ec2 = ec2(&env).await;
-    let tags = model::ownership_tags("awsid", &env.namespace, "awsid-0");
-    assert!(ec2.find_by_tags(&tags).await.unwrap().is_empty(), "no instance with a disallowed identity");
+    let ns = env.namespace.clone();
+    let only_here = json!({"list": [ns]});
+    let url = env.kit_url(CloudKit::Aws).unwrap().to_string();
 
-    // Allowed now: the machine is created with the identity's credentials.
-    let allow =
-        json!({"metadata": {"annotations": {"capwin.cluster.x-k8s.io/allowed-namespaces": "someone-else, e2e-awsid"}}});
-    env.secrets().patch("team-aws", &PatchParams::default(), &Patch::Merge(allow)).await.unwrap();
-    env.wait_ready_reason(&machines, "awsid-0", "InstanceRunning", Some(true)).await;
-    assert!(!env.manager_log().contains(secret_value), "the identity's secret never reaches the log");
+    // Static keys that moto places in account 222222222222 (an assumed role's temporary keys,
+    // with their session token), in a Secret in the manager's namespace.
+    let testing =
+        StaticCredentials { access_key_id: "testing".into(), secret_access_key: "testing".into(), session_token: None };
+    let keys = capwin_aws::identity::assume_role_keys(
+        "us-east-1",
+        Some(&url),
+        Some(testing),
+        "arn:aws:iam::222222222222:role/static-keys",
+    )
+    .await
+    .unwrap();
+    let secret_value = keys.secret_access_key.clone();
+
+    capa_identity(&env, "AWSClusterControllerIdentity", "default", json!({"allowedNamespaces": {}})).await;
+    capa_identity(
+        &env,
+        "AWSClusterStaticIdentity",
+        "e2e-static",
+        json!({"secretRef": "e2e-static-keys", "allowedNamespaces": only_here}),
+    )
+    .await;
+    capa_identity(
+        &env,
+        "AWSClusterRoleIdentity",
+        "e2e-role",
+        json!({"roleARN": "arn:aws:iam::333333333333:role/capwin", "sessionName": "capwin-e2e", "durationSeconds": 900,
+            "externalID": "e2e", "allowedNamespaces": {"selector": {"matchLabels": {"kubernetes.io/metadata.name": ns}}}}),
+    )
+    .await;
+    capa_identity(
+        &env,
+        "AWSClusterRoleIdentity",
+        "e2e-chained",
+        json!({"roleARN": "arn:aws:iam::444444444444:role/capwin", "allowedNamespaces": only_here,
+            "sourceIdentityRef": {"kind": "AWSClusterStaticIdentity", "name": "e2e-static"}}),
+    )
+    .await;
+    capa_identity(
+        &env,
+        "AWSClusterRoleIdentity",
+        "e2e-elsewhere",
+        json!({"roleARN": "arn:aws:iam::555555555555:role/capwin", "allowedNamespaces": {"list": ["someone-else"]}}),
+    )
+    .await;
+    // The namespace label the role identity's selector matches (a real API server sets it).
+    let nss: kube::Api<k8s_openapi::api::core::v1::Namespace> = kube::Api::all(env.mgmt.clone());
+    let label = json!({"metadata": {"labels": {"kubernetes.io/metadata.name": ns}}});
+    nss.patch(&ns, &PatchParams::default(), &Patch::Merge(label)).await.unwrap();
+
+    let cases = [
+        ("idctl", Some(json!({"kind": "AWSClusterControllerIdentity", "name": "default"})), "123456789012"),
+        ("idstatic", Some(json!({"kind": "AWSClusterStaticIdentity", "name": "e2e-static"})), "222222222222"),
+        ("idrole", Some(json!({"kind": "AWSClusterRoleIdentity", "name": "e2e-role"})), "333333333333"),
+        ("idchain", Some(json!({"kind": "AWSClusterRoleIdentity", "name": "e2e-chained"})), "444444444444"),
+    ];
+    for (name, identity, _) in &cases {
+        capa_cluster(&env, name, identity.clone()).await;
+    }
+    capa_cluster(&env, "idno", Some(json!({"kind": "AWSClusterRoleIdentity", "name": "e2e-elsewhere"}))).await;
+
+    let machines = env.api(I, "v1alpha1", "AWSWindowsMachine");
+    // The static identity's Secret is missing at first: its machine (and the chained one) say so.
+    let m = env.wait_ready_reason(&machines, "idstatic-0", "IdentitySecretNotFound", Some(false)).await;
+    let msg = capwin_e2e::condition(&m, "Ready").unwrap().2;
+    assert!(msg.contains("AWSClusterStaticIdentity e2e-static") && msg.contains("e2e-static-keys"), "{msg}");
+    let mut data = json!({"AccessKeyID": keys.access_key_id, "SecretAccessKey": keys.secret_access_key});
+    data["SessionToken"] = json!(keys.session_token.clone().unwrap());
+    let secret = json!({"metadata": {"name": "e2e-static-keys"}, "stringData": data});
+    env.secrets().create(&Default::default(), &serde_json::from_value(secret).unwrap()).await.unwrap();
+    poke(&machines, "idstatic-0", 1).await;
+    poke(&machines, "idchain-0", 1).await;
+
+    // Every allowed kind runs its machine, in the account its credentials belong to.
+    let default_account = ec2(&env).await;
+    for (name, _, account) in &cases {
+        let m = env.wait_ready_reason(&machines, &format!("{name}-0"), "InstanceRunning", Some(true)).await;
+        let id = m.data["spec"]["instanceID"].as_str().unwrap().to_string();
+        let there = ec2_in(&env, account).await;
+        assert_eq!(tagged(&env, &there, name).await, vec![id.clone()], "{name}: its instance in account {account}");
+        if *account != "123456789012" {
+            assert!(tagged(&env, &default_account, name).await.is_empty(), "{name}: nothing in the manager's account");
+        }
+    }
+
+    // Not allowed: Ready=False naming the identity and the namespace, and no instance anywhere.
+    let m = env.wait_ready_reason(&machines, "idno-0", "IdentityNotAllowed", Some(false)).await;
+    let msg = capwin_e2e::condition(&m, "Ready").unwrap().2;
+    assert!(msg.contains("AWSClusterRoleIdentity e2e-elsewhere") && msg.contains(&format!("namespace {ns}")), "{msg}");
+    assert!(m.data["spec"]["instanceID"].is_null());
+    assert!(tagged(&env, &default_account, "idno").await.is_empty());
+    assert!(tagged(&env, &ec2_in(&env, "555555555555").await, "idno").await.is_empty());
+
+    // Templates look capacity up with their cluster's identity: the role's works, the
+    // disallowed one is named.
+    let templates = env.api(I, "v1alpha1", "AWSWindowsMachineTemplate");
+    let t = env.wait_ready_reason(&templates, "idrole", "CapacityKnown", Some(true)).await;
+    assert_eq!(t.data["status"]["capacity"], json!({"cpu": "4", "memory": "16384Mi"}));
+    let t = env.wait_ready_reason(&templates, "idno", "IdentityNotAllowed", Some(false)).await;
+    assert!(t.data["status"]["capacity"].is_null());
+
+    // Allowing the namespace lets the blocked machine go on.
+    let ar = capwin_aws::identity::resource("AWSClusterRoleIdentity").unwrap();
+    let roles: kube::Api<kube::api::DynamicObject> = kube::Api::all_with(env.mgmt.clone(), &ar);
+    let allow = json!({"spec": {"allowedNamespaces": {"list": ["someone-else", ns]}}});
+    roles.patch("e2e-elsewhere", &PatchParams::default(), &Patch::Merge(allow)).await.unwrap();
+    poke(&machines, "idno-0", 1).await;
+    env.wait_ready_reason(&machines, "idno-0", "InstanceRunning", Some(true)).await;
+    assert_eq!(tagged(&env, &ec2_in(&env, "555555555555").await, "idno").await.len(), 1);
+
+    assert!(!env.manager_log().contains(&secret_value), "the static identity's secret never reaches the log");
+    for kind in ["AWSClusterStaticIdentity", "AWSClusterRoleIdentity"] {
+        let api: kube::Api<kube::api::DynamicObject> =
+            kube::Api::all_with(env.mgmt.clone(), &capwin_aws::identity::resource(kind).unwrap());
+        for o in api.list(&Default::default()).await.unwrap() {
+            if o.name_any().starts_with("e2e-") {
+                let _ = api.delete(&o.name_any(), &Default::default()).await;
+            }
+        }
+    }
+}
+
+/// Makes the controller look at a machine now (identities are not watched; blocked machines
+/// look again on their own within 20–30 s).
+async fn poke(machines: &kube::Api<kube::api::DynamicObject>, name: &str, n: u32) {
+    let p = json!({"metadata": {"annotations": {"e2e-poke": n.to_string()}}});
+    machines.patch(name, &PatchParams::default(), &Patch::Merge(p)).await.unwrap();
 }
 
 /// Per-Action counts of one proxy stats section (`requests`, `injected`, `forwarded`).

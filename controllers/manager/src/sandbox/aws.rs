@@ -185,6 +185,23 @@ pub struct AwsCloud {
     networks: BTreeMap<String, Network>,
 }
 
+/// (simulated CAPA) What CAPA's `AutoControllerIdentityCreator` (on by default) does: the
+/// `default` `AWSClusterControllerIdentity`, usable from every namespace, once an `AWSCluster`
+/// names it. capwin then uses its own credentials (moto's test keys) for those clusters.
+async fn ensure_controller_identity(mgmt: &Client, say: &dyn Fn(String)) -> anyhow::Result<()> {
+    use capwin_aws::identity::{CONTROLLER_KIND, CONTROLLER_NAME, resource};
+    let ar = resource(CONTROLLER_KIND).context("the controller identity kind")?;
+    let api: Api<DynamicObject> = Api::all_with(mgmt.clone(), &ar);
+    if api.get_opt(CONTROLLER_NAME).await?.is_some() {
+        return Ok(());
+    }
+    let body = json!({"apiVersion": ar.api_version, "kind": CONTROLLER_KIND,
+        "metadata": {"name": CONTROLLER_NAME}, "spec": {"allowedNamespaces": {}}});
+    api.create(&Default::default(), &serde_json::from_value(body)?).await?;
+    say(format!("(simulated CAPA) {CONTROLLER_KIND} {CONTROLLER_NAME}: created, usable from every namespace"));
+    Ok(())
+}
+
 impl AwsCloud {
     /// Starts moto and points this process's AWS SDK configuration at it, before anything else
     /// runs, so the controller is built exactly as `capwin manager` builds it (the standard
@@ -252,7 +269,11 @@ impl AwsCloud {
     /// would; (simulated CAPI core) copies the endpoint into the `Cluster`s that use it.
     pub async fn step(&mut self, mgmt: &Client, ns: &str, say: &dyn Fn(String)) -> anyhow::Result<()> {
         let api: Api<DynamicObject> = Api::namespaced_with(mgmt.clone(), ns, &aws_cluster_resource());
-        for ac in api.list(&ListParams::default()).await? {
+        let clusters = api.list(&ListParams::default()).await?;
+        if clusters.iter().any(|ac| ac.data["spec"]["identityRef"]["kind"] == capwin_aws::identity::CONTROLLER_KIND) {
+            ensure_controller_identity(mgmt, say).await?;
+        }
+        for ac in clusters {
             let name = ac.name_any();
             if ac.data["status"]["ready"] == true || self.networks.contains_key(&name) {
                 continue;
