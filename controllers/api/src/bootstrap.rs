@@ -610,15 +610,26 @@ pub enum CloudProviderMode {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeSettings {
-    /// Labels the kubelet registers the Node with. Only labels the kubelet may set itself
-    /// (NodeRestriction) are accepted; `node-role.kubernetes.io/*` is rejected.
+    /// Labels the kubelet registers the Node with (at most 64). Only labels the kubelet may set
+    /// itself (NodeRestriction) are accepted; `node-role.kubernetes.io/*` is rejected.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend(
         "additionalProperties" = {"type": "string", "maxLength": 63, "pattern": patterns::LABEL_VALUE},
-        "x-kubernetes-validations" = [{
-            "rule": "!('capwin.cluster.x-k8s.io/hyperv-isolation' in self)",
-            "message": "capwin.cluster.x-k8s.io/hyperv-isolation is set by capwin from windows.hyperV.enabled"
-        }]
+        "maxProperties" = 64,
+        "x-kubernetes-validations" = [
+            {
+                "rule": "self.all(k, size(k) <= 317 && k.matches('^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))",
+                "message": "label keys must be qualified names (optional DNS prefix, '/', and 1-63 of [A-Za-z0-9_.-], starting and ending alphanumeric)"
+            },
+            {
+                "rule": "self.all(k, !k.matches('^([^/]*\\\\.)?(kubernetes\\\\.io|k8s\\\\.io)/') || k in ['kubernetes.io/hostname', 'kubernetes.io/arch', 'kubernetes.io/os', 'beta.kubernetes.io/instance-type', 'node.kubernetes.io/instance-type', 'failure-domain.beta.kubernetes.io/region', 'failure-domain.beta.kubernetes.io/zone', 'topology.kubernetes.io/region', 'topology.kubernetes.io/zone'] || k.matches('^([^/]*\\\\.)?(kubelet|node)\\\\.kubernetes\\\\.io/.'))",
+                "message": "the kubelet may not set this kubernetes.io/k8s.io label on its own Node (NodeRestriction; allowed: the well-known topology, os, arch, instance-type and hostname labels, *.kubelet.kubernetes.io/*, *.node.kubernetes.io/*); apply it from outside after the join"
+            },
+            {
+                "rule": "!('capwin.cluster.x-k8s.io/hyperv-isolation' in self)",
+                "message": "capwin.cluster.x-k8s.io/hyperv-isolation is set by capwin from windows.hyperV.enabled"
+            }
+        ]
     ))]
     pub labels: BTreeMap<String, String>,
     /// Add the `os=windows:NoSchedule` taint so Linux-only workloads stay off Windows nodes.
