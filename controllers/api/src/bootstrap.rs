@@ -19,6 +19,49 @@ use serde::{Deserialize, Serialize};
 
 use crate::common::{Condition, SecretKeyRef, TemplateObjectMeta};
 
+/// The regular expressions of the schema's `pattern`s. kube-apiserver compiles `pattern` with Go's
+/// `regexp` (RE2) and the test kit with Rust's `regex`; these use only what both read alike: no
+/// look-around, no `\s`/`\d`/`\w` (Unicode in Rust, ASCII in Go), code points only as `\xHH`.
+/// Each mirrors a check of `capwin_payload::validate`, which stays as the second line (a few
+/// Unicode corner cases, e.g. U+2000 spaces, are left to it).
+pub mod patterns {
+    /// A Kubernetes label value (may be empty); the length (63) is a `maxLength`.
+    pub const LABEL_VALUE: &str = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$";
+    /// A qualified name (`[dns-prefix/]name`, name 1-63 characters), as label and taint keys.
+    pub const QUALIFIED_NAME: &str = r"^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$";
+    /// An absolute Windows path, `X:\a\b` or `/a/b` (either slash): components non-empty, not
+    /// `.`/`..`, without `<>:"|?*` or control characters, not ending with a space or a dot.
+    pub const WINDOWS_PATH: &str = r#"^([A-Za-z]:)?[\\/][^\\/<>:"|?*\x00-\x1f\x7f-\x9f]*[^\\/<>:"|?*\x00-\x1f\x7f-\x9f .]([\\/][^\\/<>:"|?*\x00-\x1f\x7f-\x9f]*[^\\/<>:"|?*\x00-\x1f\x7f-\x9f .])*$"#;
+    /// A local Windows user name: none of `"/\[]:;|=,+*?<>@` or control characters, no space at
+    /// either end, not ending with a dot (the length, 20, is a `maxLength`).
+    pub const USER_NAME: &str = r#"^([^"/\\\[\]:;|=,+*?<>@\x00-\x1f\x7f-\x9f \xa0.]|[^"/\\\[\]:;|=,+*?<>@\x00-\x1f\x7f-\x9f \xa0][^"/\\\[\]:;|=,+*?<>@\x00-\x1f\x7f-\x9f]*[^"/\\\[\]:;|=,+*?<>@\x00-\x1f\x7f-\x9f \xa0.])$"#;
+    /// A local group name: as a user name, but it may end with a dot.
+    pub const GROUP_NAME: &str = r#"^([^"/\\\[\]:;|=,+*?<>@\x00-\x1f\x7f-\x9f \xa0]|[^"/\\\[\]:;|=,+*?<>@\x00-\x1f\x7f-\x9f \xa0][^"/\\\[\]:;|=,+*?<>@\x00-\x1f\x7f-\x9f]*[^"/\\\[\]:;|=,+*?<>@\x00-\x1f\x7f-\x9f \xa0])$"#;
+    /// One OpenSSH public key line of a type Windows OpenSSH accepts, without line breaks.
+    pub const SSH_KEY_LINE: &str = r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp256|ecdsa-sha2-nistp384|ecdsa-sha2-nistp521|sk-ssh-ed25519@openssh\.com|sk-ecdsa-sha2-nistp256@openssh\.com) [^\x00-\x1f\x7f-\x9f]*$";
+    /// Text without control characters.
+    pub const NO_CONTROL: &str = r"^[^\x00-\x1f\x7f-\x9f]*$";
+    /// A kubelet flag value kubeadm-flags.env can carry: no whitespace, quotes or control characters.
+    pub const FLAG_VALUE: &str = r#"^[^\x00-\x20\x7f-\x9f\xa0"']*$"#;
+    /// A kubeadm preflight check name, or `all`.
+    pub const PREFLIGHT_CHECK: &str = r"^[A-Za-z0-9.-]{1,64}$";
+    /// A command: not blank, no NUL.
+    pub const COMMAND: &str = r"^[^\x00]*[^\x00\x09-\x0d\x20\x85\xa0][^\x00]*$";
+    /// `host:port`: a DNS name or an IP address (IPv6 optionally in brackets), port 1-65535.
+    pub const HOST_PORT: &str = r"^(\[[0-9A-Fa-f:.]+\]|[0-9A-Fa-f:.]+|[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*):\+?0*([1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$";
+    /// A host name or an IP address.
+    pub const HOST: &str =
+        r"^([0-9A-Fa-f:.]+|[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*)$";
+    /// An `https://` URL without whitespace, quotes, backticks or control characters.
+    pub const HTTPS_URL: &str = r#"^https://[^\x00-\x20\x7f-\x9f\xa0"'`/][^\x00-\x20\x7f-\x9f\xa0"'`]*$"#;
+    /// An `http://` or `https://` URL without whitespace, quotes or control characters.
+    pub const PROXY_URL: &str = r#"^https?://[^\x00-\x20\x7f-\x9f\xa0"']+$"#;
+    /// A `noProxy` entry: a host, domain or CIDR without commas, quotes or whitespace.
+    pub const NO_PROXY_ENTRY: &str = r#"^[^\x00-\x20\x7f-\x9f\xa0,"']+$"#;
+    /// The DNS name of an Active Directory domain (at least two labels).
+    pub const DOMAIN: &str = r"^[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)+$";
+}
+
 /// Desired state of a Windows worker's bootstrap configuration.
 #[derive(CustomResource, JsonSchema, Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[kube(
@@ -50,15 +93,19 @@ pub struct WindowsKubeadmConfigSpec {
     /// PowerShell commands run, in order, before `kubeadm join`. Each entry is one script
     /// block; the first that fails stops the bootstrap with a failure report.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 100))]
+    #[schemars(length(max = 100), inner(regex(pattern = patterns::COMMAND)))]
     pub pre_kubeadm_commands: Vec<String>,
     /// PowerShell commands run, in order, after a successful `kubeadm join`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 100))]
+    #[schemars(length(max = 100), inner(regex(pattern = patterns::COMMAND)))]
     pub post_kubeadm_commands: Vec<String>,
     /// Local users to create, with SSH keys and groups.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.all(u, self.exists_one(v, v.name.lowerAscii() == u.name.lowerAscii()))",
+        "message": "user names must be unique (Windows user names ignore case)"
+    }]))]
     pub users: Vec<User>,
     /// Time synchronisation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -94,27 +141,40 @@ pub struct NodeRegistration {
     /// Extra kubelet flags (without the leading `--`), in the v1beta2 list form.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
     pub kubelet_extra_args: Vec<Arg>,
     /// Taints the Node registers with, in addition to CAPI's
     /// `node.cluster.x-k8s.io/uninitialized:NoSchedule` which capwin always adds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 100))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.all(t, self.exists_one(u, u.key == t.key && u.effect == t.effect))",
+        "message": "a taint key may appear only once per effect"
+    }]))]
     pub taints: Vec<Taint>,
     /// kubeadm preflight errors to ignore (e.g. `SystemVerification`), or `all`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 50))]
+    #[schemars(length(max = 50), inner(regex(pattern = patterns::PREFLIGHT_CHECK)))]
     pub ignore_preflight_errors: Vec<String>,
 }
 
 /// A command-line argument `--name=value`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "!(self.name in ['register-with-taints', 'hostname-override', 'container-runtime-endpoint', 'windows-service'])",
+        "message": "is set by capwin (taints: joinConfiguration.nodeRegistration.taints or windows.node.osTaint; node name: joinConfiguration.nodeRegistration.name)",
+        "fieldPath": ".name"
+    },
+    {"rule": "!self.value.contains('@@CAPWIN_')", "message": "must not contain @@CAPWIN_", "fieldPath": ".value"}
+]))]
 pub struct Arg {
     /// Flag name without leading dashes, e.g. `node-ip`.
     #[schemars(length(min = 1, max = 256), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
     pub name: String,
-    /// Flag value.
-    #[schemars(length(max = 4096))]
+    /// Flag value: no whitespace, quotes or control characters (kubeadm-flags.env cannot carry them).
+    #[schemars(length(max = 4096), regex(pattern = patterns::FLAG_VALUE))]
     pub value: String,
 }
 
@@ -122,10 +182,10 @@ pub struct Arg {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Taint {
-    #[schemars(length(min = 1, max = 316))]
+    #[schemars(length(min = 1, max = 316), regex(pattern = patterns::QUALIFIED_NAME))]
     pub key: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 63))]
+    #[schemars(length(max = 63), regex(pattern = patterns::LABEL_VALUE))]
     pub value: Option<String>,
     pub effect: TaintEffect,
 }
@@ -153,7 +213,7 @@ pub struct Discovery {
 pub struct BootstrapTokenDiscovery {
     /// `host:port` of the API server. Defaults to `Cluster.spec.controlPlaneEndpoint`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 512))]
+    #[schemars(length(min = 1, max = 512), regex(pattern = patterns::HOST_PORT))]
     pub api_server_endpoint: Option<String>,
     /// `sha256:<hex>` hashes of the CA's public key. Default: computed from `<cluster>-ca`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -173,10 +233,14 @@ pub struct CaCertHash(#[schemars(regex(pattern = r"^sha256:[0-9a-f]{64}$"))] pub
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("has(self.content) != has(self.contentFrom)").message("exactly one of content and contentFrom must be set"))]
+#[x_kube(validation = Rule::new(r"!self.path.matches('(?i)(^|[\\\\/])(con|prn|aux|nul|com[0-9]|lpt[0-9])(\\.[^\\\\/]*)?([\\\\/]|$)')").message("must not name a reserved Windows device (CON, PRN, AUX, NUL, COM0-9, LPT0-9)").field_path(".path"))]
+#[x_kube(validation = Rule::new(r"size(self.path) <= (self.path.startsWith('/') || self.path.startsWith('\\') ? 257 : 259)").message(r"must be at most 259 characters as C:\... (Windows MAX_PATH)").field_path(".path"))]
+#[x_kube(validation = Rule::new(r"!self.path.matches('(?i)^(c:)?[\\\\/]run[\\\\/](capwin[\\\\/]|cluster-api[\\\\/]|kubeadm[\\\\/]kubeadm-join-config\\.yaml$)')").message("is reserved for capwin's own bootstrap files").field_path(".path"))]
+#[x_kube(validation = Rule::new("!has(self.append) || !self.append || !has(self.permissions) || self.permissions.matches('^0?[0-7][2367][0-7]$')").message("a read-only file cannot be appended to").field_path(".permissions"))]
 pub struct File {
     /// Absolute Windows path, e.g. `C:\k\extra.conf` (forward slashes are accepted; `/x` means
     /// `C:\x`, as CABPK's Linux paths resolve on Windows).
-    #[schemars(length(min = 1, max = 260))]
+    #[schemars(length(min = 1, max = 260), regex(pattern = patterns::WINDOWS_PATH))]
     pub path: String,
     /// Octal mode as for Linux. On Windows only two things follow from it: without the owner
     /// write bit the file is read-only, and without any group/other read bit the file's ACL is
@@ -222,21 +286,21 @@ pub struct FileSource {
 #[serde(rename_all = "camelCase")]
 pub struct User {
     /// Windows user name (no `"/\[]:;|=,+*?<>@` and at most 20 characters).
-    #[schemars(length(min = 1, max = 20), regex(pattern = r#"^[^"/\\\[\]:;|=,+*?<>@]+$"#))]
+    #[schemars(length(min = 1, max = 20), regex(pattern = patterns::USER_NAME))]
     pub name: String,
     /// Full name / description.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = 256), regex(pattern = patterns::NO_CONTROL))]
     pub gecos: Option<String>,
     /// Local groups to add the user to, e.g. `Administrators`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 256), regex(pattern = patterns::GROUP_NAME)))]
     pub groups: Vec<String>,
     /// OpenSSH public keys. For members of `Administrators` they are also written to
     /// `C:\ProgramData\ssh\administrators_authorized_keys`, which is the file Windows OpenSSH
     /// reads for administrators.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
+    #[schemars(length(max = 32), inner(regex(pattern = patterns::SSH_KEY_LINE)))]
     pub ssh_authorized_keys: Vec<String>,
 }
 
@@ -248,7 +312,7 @@ pub struct Ntp {
     pub enabled: Option<bool>,
     /// NTP servers (host names or IPs).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 16))]
+    #[schemars(length(max = 16), inner(length(min = 1, max = 253), regex(pattern = patterns::HOST)))]
     pub servers: Vec<String>,
 }
 
@@ -303,6 +367,11 @@ impl WindowsServerVersion {
 /// Typed Windows node settings.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "!has(self.kubeProxy) || !has(self.kubeProxy.mode) || self.kubeProxy.mode != 'none' || (has(self.cni) && has(self.cni.flavour) && self.cni.flavour != 'calico-vxlan')",
+    "message": "calico-vxlan on Windows needs kube-proxy (mode daemonset)",
+    "fieldPath": ".kubeProxy.mode"
+}]))]
 pub struct WindowsSettings {
     /// Windows Server release of the image (2025 by default; 2019 is best effort).
     #[serde(default)]
@@ -312,6 +381,10 @@ pub struct WindowsSettings {
     /// Replacement Kubernetes binaries, downloaded with retries and checked before use.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 4))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.all(b, self.exists_one(c, c.name == b.name))",
+        "message": "each binary may be replaced once"
+    }]))]
     pub binaries: Vec<BinaryOverride>,
     #[serde(default)]
     pub cni: Cni,
@@ -354,6 +427,10 @@ pub struct Containerd {
     /// config imports that folder): registry mirrors, sandbox image, runtime handlers.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
+    #[schemars(extend("x-kubernetes-validations" = [{
+        "rule": "self.all(d, self.exists_one(e, e.name.lowerAscii() == d.name.lowerAscii()))",
+        "message": "drop-in names must be unique (file names ignore case)"
+    }]))]
     pub config_drop_ins: Vec<ContainerdDropIn>,
     /// HTTP(S) proxy for the containerd service only (not machine-wide).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -376,7 +453,7 @@ pub struct ContainerdDownload {
     #[schemars(regex(pattern = r"^[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.]+)?$"))]
     pub version: String,
     /// HTTPS URL of the Windows amd64 release tarball.
-    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https://[^\s]+$"))]
+    #[schemars(length(min = 1, max = 2048), regex(pattern = patterns::HTTPS_URL))]
     pub url: String,
     /// SHA-256 of the tarball, lower-case hex.
     #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
@@ -386,6 +463,11 @@ pub struct ContainerdDownload {
 /// A containerd config drop-in.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "self.name != 'capwin-hyperv'",
+    "message": "capwin-hyperv is reserved for the Hyper-V handler",
+    "fieldPath": ".name"
+}]))]
 pub struct ContainerdDropIn {
     /// File name without `.toml`.
     #[schemars(length(min = 1, max = 64), regex(pattern = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"))]
@@ -398,17 +480,21 @@ pub struct ContainerdDropIn {
 /// Proxy settings scoped to one service.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [{
+    "rule": "has(self.httpProxy) || has(self.httpsProxy)",
+    "message": "needs httpProxy or httpsProxy"
+}]))]
 pub struct Proxy {
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
+    #[schemars(length(max = 2048), regex(pattern = patterns::PROXY_URL))]
     pub http_proxy: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 2048), regex(pattern = r"^https?://[^\s]+$"))]
+    #[schemars(length(max = 2048), regex(pattern = patterns::PROXY_URL))]
     pub https_proxy: Option<String>,
     /// Hosts, domains and CIDRs that bypass the proxy. capwin always adds the API server host,
     /// the cluster's pod and service CIDRs, `localhost`, `127.0.0.1` and `169.254.169.254`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), inner(regex(pattern = patterns::NO_PROXY_ENTRY)))]
     pub no_proxy: Vec<String>,
 }
 
@@ -418,7 +504,7 @@ pub struct Proxy {
 pub struct BinaryOverride {
     pub name: KubeBinary,
     /// HTTPS URL of the `.exe`.
-    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https://[^\s]+$"))]
+    #[schemars(length(min = 1, max = 2048), regex(pattern = patterns::HTTPS_URL))]
     pub url: String,
     /// SHA-256 of the file, lower-case hex.
     #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
@@ -524,9 +610,27 @@ pub enum CloudProviderMode {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct NodeSettings {
-    /// Labels the kubelet registers the Node with. Only labels the kubelet may set itself
-    /// (NodeRestriction) are accepted; `node-role.kubernetes.io/*` is rejected.
+    /// Labels the kubelet registers the Node with (at most 64). Only labels the kubelet may set
+    /// itself (NodeRestriction) are accepted; `node-role.kubernetes.io/*` is rejected.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "additionalProperties" = {"type": "string", "maxLength": 63, "pattern": patterns::LABEL_VALUE},
+        "maxProperties" = 64,
+        "x-kubernetes-validations" = [
+            {
+                "rule": "self.all(k, size(k) <= 317 && k.matches('^([a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?(\\\\.[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$'))",
+                "message": "label keys must be qualified names (optional DNS prefix, '/', and 1-63 of [A-Za-z0-9_.-], starting and ending alphanumeric)"
+            },
+            {
+                "rule": "self.all(k, !k.matches('^([^/]*\\\\.)?(kubernetes\\\\.io|k8s\\\\.io)/') || k in ['kubernetes.io/hostname', 'kubernetes.io/arch', 'kubernetes.io/os', 'beta.kubernetes.io/instance-type', 'node.kubernetes.io/instance-type', 'failure-domain.beta.kubernetes.io/region', 'failure-domain.beta.kubernetes.io/zone', 'topology.kubernetes.io/region', 'topology.kubernetes.io/zone'] || k.matches('^([^/]*\\\\.)?(kubelet|node)\\\\.kubernetes\\\\.io/.'))",
+                "message": "the kubelet may not set this kubernetes.io/k8s.io label on its own Node (NodeRestriction; allowed: the well-known topology, os, arch, instance-type and hostname labels, *.kubelet.kubernetes.io/*, *.node.kubernetes.io/*); apply it from outside after the join"
+            },
+            {
+                "rule": "!('capwin.cluster.x-k8s.io/hyperv-isolation' in self)",
+                "message": "capwin.cluster.x-k8s.io/hyperv-isolation is set by capwin from windows.hyperV.enabled"
+            }
+        ]
+    ))]
     pub labels: BTreeMap<String, String>,
     /// Add the `os=windows:NoSchedule` taint so Linux-only workloads stay off Windows nodes.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -543,11 +647,31 @@ pub struct Defender {
     pub default_exclusions: Option<bool>,
     /// Extra excluded processes (full paths).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 259), regex(pattern = patterns::WINDOWS_PATH)))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "self.all(p, !p.matches('(?i)(^|[\\\\\\\\/])(con|prn|aux|nul|com[0-9]|lpt[0-9])(\\\\.[^\\\\\\\\/]*)?([\\\\\\\\/]|$)'))",
+            "message": "a path must not name a reserved Windows device (CON, PRN, AUX, NUL, COM0-9, LPT0-9)"
+        },
+        {
+            "rule": "self.all(p, size(p) <= (p.startsWith('/') || p.startsWith('\\\\') ? 257 : 259))",
+            "message": "a path must be at most 259 characters as C:\\... (Windows MAX_PATH)"
+        }
+    ]))]
     pub exclude_processes: Vec<String>,
     /// Extra excluded paths.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 259), regex(pattern = patterns::WINDOWS_PATH)))]
+    #[schemars(extend("x-kubernetes-validations" = [
+        {
+            "rule": "self.all(p, !p.matches('(?i)(^|[\\\\\\\\/])(con|prn|aux|nul|com[0-9]|lpt[0-9])(\\\\.[^\\\\\\\\/]*)?([\\\\\\\\/]|$)'))",
+            "message": "a path must not name a reserved Windows device (CON, PRN, AUX, NUL, COM0-9, LPT0-9)"
+        },
+        {
+            "rule": "self.all(p, size(p) <= (p.startsWith('/') || p.startsWith('\\\\') ? 257 : 259))",
+            "message": "a path must be at most 259 characters as C:\\... (Windows MAX_PATH)"
+        }
+    ]))]
     pub exclude_paths: Vec<String>,
 }
 
@@ -596,7 +720,7 @@ pub struct Gmsa {
 #[serde(rename_all = "camelCase")]
 pub struct CcgPlugin {
     /// HTTPS URL of the plugin DLL.
-    #[schemars(length(min = 1, max = 2048), regex(pattern = r"^https://[^\s]+$"))]
+    #[schemars(length(min = 1, max = 2048), regex(pattern = patterns::HTTPS_URL))]
     pub url: String,
     /// SHA-256 of the DLL, lower-case hex.
     #[schemars(regex(pattern = r"^[0-9a-f]{64}$"))]
@@ -617,15 +741,12 @@ pub struct CcgPlugin {
 pub struct DomainJoin {
     /// DNS name of the domain, e.g. `corp.example.com`. The node's DNS servers (VNet or VPC
     /// settings) must resolve it.
-    #[schemars(
-        length(min = 1, max = 253),
-        regex(pattern = r"^[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]*[A-Za-z0-9])?)*$")
-    )]
+    #[schemars(length(min = 1, max = 253), regex(pattern = patterns::DOMAIN))]
     pub domain: String,
     /// Distinguished name of the OU to create the computer account in, e.g.
     /// `OU=Kubernetes,DC=corp,DC=example,DC=com`. Default: the domain's Computers container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 1024))]
+    #[schemars(length(min = 1, max = 1024), regex(pattern = patterns::NO_CONTROL))]
     pub organizational_unit: Option<String>,
     /// The Secret (in the config's namespace) holding the join account. The controller reads it
     /// when it renders the payload; the values travel only in the bootstrap data Secret and the

@@ -120,6 +120,38 @@ spec:
     assert_fails_naming(secret_file, &[], "spec.files[0].contentFrom: Secret my-secret/ca.pem needs --secret-dir");
 }
 
+/// Issue 15 item 7, second line of defence: the same hostile table the admission test uses
+/// (`test/hostile/windowskubeadmconfigs.yaml`) fails `capwin render`, i.e. the controller's own
+/// checks, each naming its field; the valid config renders.
+#[test]
+fn hostile_configs_fail_to_render() {
+    let dir = std::env::temp_dir().join(format!("capwin-cli-hostile-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("join")).unwrap();
+    std::fs::write(dir.join("join/username"), r"CORP\joiner").unwrap();
+    std::fs::write(dir.join("join/password"), "p4ss").unwrap();
+    let secret_dir = dir.to_str().unwrap();
+    let render = |spec: &serde_json::Value| {
+        let config = capwin_testkit::hostile::object("w", spec).to_string();
+        capwin(&["render", "--config", "-", "--secret-dir", secret_dir], Some(&config))
+    };
+    let (valid, cases) = capwin_testkit::hostile::windows_kubeadm_configs();
+    let o = render(&valid);
+    assert!(o.status.success(), "the valid config renders: {}", stderr(&o));
+    assert!(cases.len() >= 40);
+    let mut failures = Vec::new();
+    for c in &cases {
+        let o = render(&c.spec);
+        let err = stderr(&o);
+        if o.status.success() || !o.stdout.is_empty() {
+            failures.push(format!("{}: rendered", c.name));
+        } else if !err.contains(&format!("{}: ", c.render)) && !err.contains(&format!("{} (", c.render)) {
+            failures.push(format!("{}: expected an error naming {}, got: {err}", c.name, c.render));
+        }
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+    assert!(failures.is_empty(), "{} of {} cases:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}
+
 #[test]
 fn content_from_reads_a_secret_folder() {
     let dir = std::env::temp_dir().join(format!("capwin-cli-{}", std::process::id()));

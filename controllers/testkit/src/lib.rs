@@ -6,6 +6,8 @@
 
 //! - [`capi`]: a CAPI-core simulator playing Cluster, MachineDeployment and Machine controllers
 //!   against those servers.
+//! - [`hostile`]: the table of hostile `WindowsKubeadmConfig`s both lines of defence are tested with.
 
 pub mod apiserver;
 pub mod capi;
+pub mod hostile;

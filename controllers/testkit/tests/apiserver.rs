@@ -631,4 +631,119 @@ async fn token_and_subject_access_reviews() {
     assert!(!check(sa_name, prom_groups, Some(("/metrics", "get")), None).await);
     sas.delete("prometheus", &DeleteParams::default()).await.unwrap();
     assert_ne!(review(&sa_token).await.authenticated, Some(true));
+
+/// Issue 15 item 7, first line of defence: every hostile config of the shared table is refused at
+/// admission with a 422 naming its field, and the valid one is admitted.
+#[tokio::test]
+async fn hostile_configs_are_refused_at_admission() {
+    use kube::api::{ApiResource, DynamicObject};
+    let (_s, client) = server().await;
+    let ar = ApiResource::erase::<WindowsKubeadmConfig>(&());
+    let api: Api<DynamicObject> = Api::default_namespaced_with(client, &ar);
+    let create = |name: &str, spec: &serde_json::Value| {
+        let obj: DynamicObject = serde_json::from_value(capwin_testkit::hostile::object(name, spec)).unwrap();
+        let api = api.clone();
+        async move { api.create(&PostParams::default(), &obj).await }
+    };
+    let (valid, cases) = capwin_testkit::hostile::windows_kubeadm_configs();
+    let admitted = create("valid", &valid).await.unwrap();
+    assert_eq!(admitted.data["spec"]["users"][0]["name"], "capi");
+    assert!(cases.len() >= 40, "the table covers every rule moved into the schema");
+    let mut failures = Vec::new();
+    for (i, c) in cases.iter().enumerate() {
+        match create(&format!("hostile-{i}"), &c.spec).await {
+            Ok(_) => failures.push(format!("{}: admitted", c.name)),
+            Err(e) => {
+                let (code, reason, message) = api_err(e);
+                if (code, reason.as_str()) != (422, "Invalid") || !message.contains(&format!("{}: ", c.field)) {
+                    failures
+                        .push(format!("{}: expected 422 naming {}, got {code} {reason}: {message}", c.name, c.field));
+                }
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}
+
+/// The kit checks capwin's CEL rules for real: every rule in capwin's CRDs compiles with kube-cel
+/// (a rule it could not compile would be skipped, see `schema::validate_cel`).
+#[test]
+fn cel_rules_of_capwin_crds_compile() {
+    let mut rules = 0;
+    for dir in ["crds/bootstrap", "crds/infrastructure"] {
+        for entry in std::fs::read_dir(repo().join(dir)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.file_name().unwrap().to_str().unwrap() == "kustomization.yaml" {
+                continue;
+            }
+            let crd: serde_json::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+            for v in crd["spec"]["versions"].as_array().unwrap() {
+                let schema = &v["schema"]["openAPIV3Schema"];
+                rules += serde_json::to_string(schema).unwrap().matches("\"rule\":").count();
+                let mut texts = Vec::new();
+                rule_texts(schema, &mut texts);
+                for r in &texts {
+                    assert!(
+                        cel_escapes_ok(r),
+                        "{}: a string literal with an escape CEL does not have: {r}",
+                        path.display()
+                    );
+                }
+                let compiled = kube_cel::compile_schema(schema);
+                let errors: Vec<String> = compiled.compilation_errors().iter().map(|e| e.to_string()).collect();
+                assert!(errors.is_empty(), "{}: {errors:?}", path.display());
+                // kube-cel's cost estimate is coarse (per call, not multiplied by enclosing lists);
+                // it still catches a rule over an unbounded string or list.
+                let mut over = Vec::new();
+                over_budget(&compiled, &mut over);
+                assert!(over.is_empty(), "{}: {over:?}", path.display());
+            }
+        }
+    }
+    assert!(rules >= 20, "capwin's CRDs carry their CEL rules ({rules})");
+}
+
+fn over_budget(node: &kube_cel::CompiledSchema, out: &mut Vec<String>) {
+    for cr in node.validations.iter().flatten() {
+        for w in kube_cel::estimate_rule_cost(&cr.rule.rule, node) {
+            if w.kind == kube_cel::WarningKind::CostExceeded {
+                out.push(format!("{}: {}", cr.rule.rule, w.message));
+            }
+        }
+    }
+    let children = node.properties.values().chain(node.items.as_deref()).chain(node.additional_properties.as_deref());
+    for child in children {
+        over_budget(child, out);
+    }
+}
+
+fn rule_texts(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(m) => {
+            if let Some(rules) = m.get("x-kubernetes-validations").and_then(|r| r.as_array()) {
+                out.extend(rules.iter().filter_map(|r| r["rule"].as_str().map(String::from)));
+            }
+            m.values().for_each(|c| rule_texts(c, out));
+        }
+        serde_json::Value::Array(a) => a.iter().for_each(|c| rule_texts(c, out)),
+        _ => {}
+    }
+}
+
+/// CEL string literals know only these escapes (cel-spec); kube-cel also reads others such as
+/// `\.`, which kube-apiserver refuses, so the kit checks them itself.
+fn cel_escapes_ok(rule: &str) -> bool {
+    let mut quote = None;
+    let mut chars = rule.chars();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), '\\') if !chars.next().is_some_and(|e| "\\'\"?`abfnrtvxuU01234567".contains(e)) => {
+                return false;
+            }
+            _ => {}
+        }
+    }
+    true
 }

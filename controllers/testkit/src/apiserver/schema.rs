@@ -6,8 +6,9 @@
 //! `pattern`, `minimum`/`maximum` (and exclusive), `minLength`/`maxLength`,
 //! `minItems`/`maxItems`, `minProperties`/`maxProperties`, `nullable`, `default`,
 //! `x-kubernetes-int-or-string`, `x-kubernetes-preserve-unknown-fields`,
-//! `x-kubernetes-embedded-resource`. Not covered: CEL (`x-kubernetes-validations`), `format`,
-//! `oneOf`/`anyOf`/`allOf`/`not`, list-type/map-type uniqueness.
+//! `x-kubernetes-embedded-resource`, `x-kubernetes-list-type` `set`/`map` uniqueness, and CEL
+//! (`x-kubernetes-validations`, see [`validate_cel`]). Not covered: `format`,
+//! `oneOf`/`anyOf`/`allOf`/`not`.
 
 use serde_json::{Map, Value};
 
@@ -162,6 +163,7 @@ pub fn validate(value: &Value, schema: &Value, path: &str, out: &mut Vec<(String
                     validate(item, s, &format!("{path}[{i}]"), out);
                 }
             }
+            list_uniqueness(items, schema, path, out);
         }
         Value::Object(map) => {
             if let Some(req) = schema.get("required").and_then(Value::as_array) {
@@ -181,13 +183,84 @@ pub fn validate(value: &Value, schema: &Value, path: &str, out: &mut Vec<(String
             let props = schema.get("properties").and_then(Value::as_object);
             let additional = schema.get("additionalProperties").filter(|a| a.is_object());
             for (k, v) in map {
-                if let Some(s) = props.and_then(|p| p.get(k)).or(additional) {
+                // A map entry is `path[key]`, a property `path.key`, as the API server writes them.
+                if let Some(s) = props.and_then(|p| p.get(k)) {
                     validate(v, s, &join(path, k), out);
+                } else if let Some(s) = additional {
+                    validate(v, s, &format!("{path}[{k}]"), out);
                 }
             }
         }
         _ => {}
     }
+}
+
+/// `x-kubernetes-list-type: set` (items unique) and `map` (the `x-kubernetes-list-map-keys`
+/// tuple unique), as the API server checks them: `Duplicate value: …` at the repeated item.
+fn list_uniqueness(items: &[Value], schema: &Value, path: &str, out: &mut Vec<(String, String)>) {
+    match schema.get("x-kubernetes-list-type").and_then(Value::as_str) {
+        Some("set") => {
+            for (i, item) in items.iter().enumerate() {
+                if items[..i].contains(item) {
+                    out.push((format!("{path}[{i}]"), format!("Duplicate value: {item}")));
+                }
+            }
+        }
+        Some("map") => {
+            let keys: Vec<&str> = schema
+                .get("x-kubernetes-list-map-keys")
+                .and_then(Value::as_array)
+                .map(|k| k.iter().filter_map(Value::as_str).collect())
+                .unwrap_or_default();
+            let key_of = |item: &Value| -> Map<String, Value> {
+                keys.iter().filter_map(|k| item.get(*k).map(|v| (k.to_string(), v.clone()))).collect()
+            };
+            for (i, item) in items.iter().enumerate() {
+                let key = key_of(item);
+                if items[..i].iter().any(|o| key_of(o) == key) {
+                    out.push((format!("{path}[{i}]"), format!("Duplicate value: {}", Value::Object(key))));
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Evaluates the schema's CEL rules (`x-kubernetes-validations`) with kube-cel, a CEL
+/// implementation with Kubernetes' extension libraries, as the API server does after the
+/// structural checks; `old` (an update's previous object) enables transition rules. A rule that
+/// is false, does not give a bool or fails to evaluate is a cause `Invalid value: "<type>":
+/// <message>` at the rule's node (or its `fieldPath`), as kube-apiserver writes it. A rule
+/// kube-cel cannot compile or evaluate (a macro or function it lacks) is skipped, as before CEL
+/// support: capwin's own CRDs are checked to have none (`cel_rules_of_capwin_crds_compile`).
+pub fn validate_cel(value: &Value, schema: &Value, old: Option<&Value>, out: &mut Vec<(String, String)>) {
+    let Err(errors) = kube_cel::validate(schema, value, old) else { return };
+    for e in errors.iter() {
+        match e.kind {
+            kube_cel::ErrorKind::ValidationFailure
+            | kube_cel::ErrorKind::InvalidResult
+            | kube_cel::ErrorKind::EvaluationError => {
+                let at = lookup(value, &e.field_path).map_or("object", json_type);
+                out.push((e.field_path.clone(), format!("Invalid value: \"{at}\": {}", e.message)));
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The value at a `spec.a[1].b` path, if there is one.
+fn lookup<'a>(value: &'a Value, path: &str) -> Option<&'a Value> {
+    let mut cur = value;
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let (name, rest) = part.split_once('[').unwrap_or((part, ""));
+        if !name.is_empty() {
+            cur = cur.get(name)?;
+        }
+        for index in rest.split('[').filter(|i| !i.is_empty()) {
+            cur = cur.get(index.trim_end_matches(']').parse::<usize>().ok()?)?;
+        }
+    }
+    Some(cur)
 }
 
 fn join(path: &str, key: &str) -> String {
@@ -288,5 +361,46 @@ mod tests {
         let mut errs = Vec::new();
         validate(&json!({"spec": {}}), &schema(), "", &mut errs);
         assert_eq!(errs, vec![("spec.size".to_string(), "Required value".to_string())]);
+    }
+
+    #[test]
+    fn list_types_and_map_entries() {
+        let schema = json!({"type": "object", "properties": {
+            "args": {"type": "array", "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"],
+                "items": {"type": "object", "properties": {"name": {"type": "string"}, "value": {"type": "string"}}}},
+            "tags": {"type": "array", "x-kubernetes-list-type": "set", "items": {"type": "string"}},
+            "labels": {"type": "object", "additionalProperties": {"type": "string", "pattern": "^[a-z]*$"}}
+        }});
+        let obj = json!({"args": [{"name": "a", "value": "1"}, {"name": "b"}, {"name": "a", "value": "2"}],
+            "tags": ["x", "y", "x"], "labels": {"k": "UPPER"}});
+        let mut errs = Vec::new();
+        validate(&obj, &schema, "spec", &mut errs);
+        let fields: Vec<&str> = errs.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(fields, ["spec.args[2]", "spec.labels[k]", "spec.tags[2]"], "{errs:?}");
+        assert!(errs[0].1.starts_with("Duplicate value: {\"name\":\"a\"}"), "{errs:?}");
+    }
+
+    #[test]
+    fn cel_rules_are_evaluated() {
+        let schema = json!({"type": "object", "properties": {
+            "file": {"type": "object", "properties": {"path": {"type": "string"}, "mode": {"type": "string"}},
+                "x-kubernetes-validations": [
+                    {"rule": "!self.path.matches('(?i)nul')", "message": "no devices", "fieldPath": ".path"},
+                    {"rule": "has(self.mode)", "message": "mode is required"}
+                ]},
+            "weird": {"type": "object", "x-kubernetes-validations": [{"rule": "self.noSuchMacro(x, 1)"}]}
+        }});
+        let mut errs = Vec::new();
+        validate_cel(&json!({"file": {"path": "C:\\NUL"}, "weird": {}}), &schema, None, &mut errs);
+        assert_eq!(
+            errs,
+            [
+                ("file.path".to_string(), "Invalid value: \"string\": no devices".to_string()),
+                ("file".to_string(), "Invalid value: \"object\": mode is required".to_string())
+            ]
+        );
+        let mut errs = Vec::new();
+        validate_cel(&json!({"file": {"path": "C:\\x", "mode": "1"}}), &schema, None, &mut errs);
+        assert!(errs.is_empty(), "{errs:?}");
     }
 }

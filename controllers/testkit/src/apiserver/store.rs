@@ -210,8 +210,16 @@ impl Store {
             .and_then(|m| m.get(&(String::new(), ns.to_string())))
     }
 
-    /// Prunes, defaults and validates a custom resource; 422 with every bad field.
-    fn admit(&self, t: &ResourceType, version: &str, obj: &mut Value, name: &str) -> ApiResult<()> {
+    /// Prunes, defaults and validates a custom resource; 422 with every bad field. `old` is the
+    /// stored object of an update (CEL transition rules see it as `oldSelf`).
+    fn admit(
+        &self,
+        t: &ResourceType,
+        version: &str,
+        obj: &mut Value,
+        name: &str,
+        old: Option<&Value>,
+    ) -> ApiResult<()> {
         let mut causes = Vec::new();
         schema::validate_metadata(obj, &mut causes);
         if t.custom
@@ -224,12 +232,16 @@ impl Store {
             }
             obj["apiVersion"] = Value::String(t.api_version(version));
             obj["kind"] = Value::String(t.kind.clone());
-            let mut body = obj.clone();
-            if let Some(m) = body.as_object_mut() {
-                m.remove("metadata");
-                m.remove("apiVersion");
-                m.remove("kind");
-            }
+            let strip = |o: &Value| {
+                let mut body = o.clone();
+                if let Some(m) = body.as_object_mut() {
+                    m.remove("metadata");
+                    m.remove("apiVersion");
+                    m.remove("kind");
+                }
+                body
+            };
+            let body = strip(obj);
             let mut s2 = s.clone();
             if let Some(props) = s2.get_mut("properties").and_then(Value::as_object_mut) {
                 props.remove("metadata");
@@ -237,6 +249,7 @@ impl Store {
                 props.remove("kind");
             }
             schema::validate(&body, &s2, "", &mut causes);
+            schema::validate_cel(&body, &s2, old.map(strip).as_ref(), &mut causes);
         }
         if t.group.is_empty() && t.plural == "secrets" {
             secret_admission(obj, &mut causes);
@@ -318,7 +331,7 @@ impl Store {
         {
             m.remove("status");
         }
-        self.admit(t, version, &mut obj, &name)?;
+        self.admit(t, version, &mut obj, &name, None)?;
         if t.group.is_empty() && t.plural == "namespaces" {
             obj["spec"] = json!({"finalizers": ["kubernetes"]});
             obj["status"] = json!({"phase": "Active"});
@@ -607,7 +620,7 @@ impl Store {
                 ));
             }
         }
-        self.admit(t, version, &mut new, name)?;
+        self.admit(t, version, &mut new, name, Some(&old))?;
         new["apiVersion"] = Value::String(t.api_version(&t.versions[0]));
         new["kind"] = Value::String(t.kind.clone());
         new["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"].clone();
