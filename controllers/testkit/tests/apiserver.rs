@@ -631,6 +631,7 @@ async fn token_and_subject_access_reviews() {
     assert!(!check(sa_name, prom_groups, Some(("/metrics", "get")), None).await);
     sas.delete("prometheus", &DeleteParams::default()).await.unwrap();
     assert_ne!(review(&sa_token).await.authenticated, Some(true));
+}
 
 /// Issue 15 item 7, first line of defence: every hostile config of the shared table is refused at
 /// admission with a 422 naming its field, and the valid one is admitted.
