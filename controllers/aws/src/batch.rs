@@ -28,10 +28,13 @@ use capwin_infra::EndpointGate;
 use crate::ec2::{Ec2, Ec2Error, LaunchSpec};
 use crate::model::{Image, Instance, TAG_PREFIX};
 
+/// A batched read's answer: each instance with the key it was asked for.
+type Answer = Arc<Result<Vec<(String, Instance)>, Ec2Error>>;
+
 /// One window's callers of one query shape.
 struct Pending {
     keys: BTreeSet<String>,
-    done: watch::Sender<Option<Arc<Result<Vec<(String, Instance)>, Ec2Error>>>>,
+    done: watch::Sender<Option<Answer>>,
 }
 
 /// Coalesces calls of the same shape (`group`) that differ in one key.

@@ -143,7 +143,7 @@ pub async fn cached_or_get(
     name: &str,
 ) -> Result<Option<DynamicObject>, Error> {
     match cache.cached(ar, ns, name) {
-        crate::cache::Cached::Found(o) => Ok(Some(o)),
+        crate::cache::Cached::Found(o) => Ok(Some(*o)),
         crate::cache::Cached::Absent => Ok(None),
         crate::cache::Cached::NotCached => {
             let api: Api<DynamicObject> = match ns {

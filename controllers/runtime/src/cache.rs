@@ -30,7 +30,7 @@ pub struct CapiCache {
 /// A look-up in a cache of another kind.
 #[derive(Debug, PartialEq)]
 pub enum Cached {
-    Found(DynamicObject),
+    Found(Box<DynamicObject>),
     Absent,
     /// The kind is not cached (not asked for, or its watch has not listed yet: a missing CRD
     /// never lists): read it from the API server instead.
@@ -99,7 +99,7 @@ impl CapiCache {
             r = r.within(ns);
         }
         match store.get(&r) {
-            Some(o) => Cached::Found(o.as_ref().clone()),
+            Some(o) => Cached::Found(Box::new(o.as_ref().clone())),
             None => Cached::Absent,
         }
     }
