@@ -122,11 +122,7 @@ impl Env {
             }
             None => {
                 let mgmt_server = ApiServer::start(Config {
-                    crd_paths: vec![
-                        repo().join("crds/bootstrap"),
-                        repo().join("crds/infrastructure"),
-                        repo().join("../shared/capi-crds"),
-                    ],
+                    crd_paths: Self::kit_crd_paths(),
                     bookmark_interval: Duration::from_secs(1),
                     tokens: [(
                         KIT_USER_TOKEN.to_string(),
@@ -301,6 +297,19 @@ impl Env {
         );
         let method = if body.is_some() { "POST" } else { "GET" };
         control_call(&url, method, body, None)
+    }
+
+    /// Stops the kit's CAPI simulator (a paused Cluster's objects then stay as they are, as
+    /// CAPI's controllers leave them; the simulator itself does not honour `spec.paused`).
+    pub fn stop_simulator(&mut self) {
+        if let Some(s) = self.sim.take() {
+            s.abort();
+        }
+    }
+
+    /// The paths of the CRDs the kit's management API server serves (capwin's and CAPI's).
+    pub fn kit_crd_paths() -> Vec<PathBuf> {
+        vec![repo().join("crds/bootstrap"), repo().join("crds/infrastructure"), repo().join("../shared/capi-crds")]
     }
 
     /// Kills the manager at once (SIGKILL), as a crash would.
