@@ -38,7 +38,7 @@ pub const INPUTS_ANNOTATION: &str = "capwin.cluster.x-k8s.io/bootstrap-inputs";
 pub const WINDOWS_VERSION_ANNOTATION: &str = "capwin.cluster.x-k8s.io/windows-version";
 
 fn windows_version(cfg: &WindowsKubeadmConfig) -> String {
-    serde_json::to_value(&cfg.spec.windows.version).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
+    serde_json::to_value(cfg.spec.windows.version).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default()
 }
 
 /// Data Secret key holding the token (so a booted VM's token can be recreated as it was).
