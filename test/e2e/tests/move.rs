@@ -1,5 +1,6 @@
-//! `clusterctl move` of a running AWS Windows cluster (moto behind the kit's counting proxy) into
-//! a second management API server, done the way clusterctl does it
+//! `clusterctl move` of a running Windows cluster, AWS (moto behind the kit's counting proxy)
+//! and Azure (the fake ARM, which counts calls), into a second management API server, done the
+//! way clusterctl does it
 //! (`cmd/clusterctl/client/cluster/objectgraph.go` and `mover.go` of cluster-api):
 //!
 //! - discovery: the kinds of the CRDs labelled `clusterctl.cluster.x-k8s.io` (clusterctl init puts
@@ -16,8 +17,8 @@
 //!   removed and deleted, the target Cluster unpaused.
 //!
 //! The source manager is stopped before the originals go, so no finalizer or deletion reaches
-//! EC2 or the workload cluster. The moved machine must adopt its instance (0 RunInstances, 0
-//! TerminateInstances), report Ready again, and its joined config must stay Joined without a new
+//! the cloud or the workload cluster. The moved machine must adopt its instance or VM (AWS: 0
+//! RunInstances, 0 TerminateInstances; Azure: no PUT or DELETE), report Ready again, and its joined config must stay Joined without a new
 //! join token or a rewritten data Secret. Every object of the namespace must be taken: an object
 //! the move would leave behind fails the test by name.
 
@@ -246,7 +247,52 @@ fn target_object(n: &Node, new_uids: &HashMap<String, String>) -> Value {
     o
 }
 
-async fn aws_cluster(env: &Env, name: &str) {
+/// The cloud a scenario moves a cluster of.
+#[derive(Clone, Copy, PartialEq)]
+enum Cloud {
+    Aws,
+    Azure,
+}
+
+impl Cloud {
+    fn machine_kind(self) -> &'static str {
+        match self {
+            Cloud::Aws => "AWSWindowsMachine",
+            Cloud::Azure => "AzureWindowsMachine",
+        }
+    }
+
+    fn running(self) -> &'static str {
+        match self {
+            Cloud::Aws => "InstanceRunning",
+            Cloud::Azure => "VMRunning",
+        }
+    }
+
+    /// The cloud's count of calls per action or method and resource type, since its start.
+    fn calls(self, env: &Env) -> BTreeMap<String, u64> {
+        match self {
+            Cloud::Aws => section(&env.aws_proxy("stats", None).unwrap(), "requests"),
+            Cloud::Azure => section(&env.arm("GET", "counts", None).unwrap(), "counts"),
+        }
+    }
+
+    /// Calls that create or delete something in the cloud.
+    fn mutating(self, calls: &BTreeMap<String, u64>) -> BTreeMap<String, u64> {
+        calls
+            .iter()
+            .filter(|(k, _)| match self {
+                Cloud::Aws => ["RunInstances", "TerminateInstances"].contains(&k.as_str()),
+                Cloud::Azure => k.starts_with("PUT ") || k.starts_with("DELETE "),
+            })
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
+}
+
+/// A cluster with one Windows machine, its config naming a file from a Secret the user made
+/// and labelled for move (its name links it to no Cluster).
+async fn cluster(env: &Env, cloud: Cloud, name: &str) {
     env.create(
         "",
         "v1",
@@ -255,28 +301,47 @@ async fn aws_cluster(env: &Env, name: &str) {
     )
     .await
     .unwrap();
-    env.create(
-        "cluster.x-k8s.io",
-        "v1beta2",
-        "Cluster",
-        json!({"metadata": {"name": name},
-        "spec": {"controlPlaneEndpoint": {"host": "10.0.0.4", "port": 6443}}}),
-    )
-    .await
-    .unwrap();
-    let pool = Pool {
-        templates: name,
-        md: name,
-        cluster: name,
-        replicas: 1,
-        version: "v1.34.13",
-        failure_domain: Some("us-east-1c"),
-        infra_kind: "AWSWindowsMachine",
-        infra_spec: json!({"instanceType": "m6i.xlarge",
-            "subnet": {"filters": [{"name": "default-for-az", "values": ["true"]}]},
-            "securityGroups": [{"filters": [{"name": "group-name", "values": ["default"]}]}]}),
-        // A file from a Secret the user made and labelled for move (its name links it to no Cluster).
-        config: json!({"files": [{"path": "C:\\k\\motd.txt", "contentFrom": {"secret": {"name": "node-files", "key": "motd"}}}]}),
+    let mut spec = json!({"controlPlaneEndpoint": {"host": "10.0.0.4", "port": 6443}});
+    if cloud == Cloud::Azure {
+        let ac = json!({"metadata": {"name": name}, "spec": {
+            "subscriptionID": capwin_e2e::azure::SUBSCRIPTION, "resourceGroup": capwin_e2e::azure::RESOURCE_GROUP,
+            "location": "westeurope",
+            "networkSpec": {"vnet": {"name": "capwin-e2e-vnet"},
+                "subnets": [{"name": "capwin-e2e-controlplane-subnet", "role": "control-plane"},
+                    {"name": "capwin-e2e-node-subnet", "role": "node"}]}}});
+        env.create(I, "v1beta1", "AzureCluster", ac).await.unwrap();
+        spec["infrastructureRef"] = json!({"apiGroup": I, "kind": "AzureCluster", "name": name});
+    }
+    env.create("cluster.x-k8s.io", "v1beta2", "Cluster", json!({"metadata": {"name": name}, "spec": spec}))
+        .await
+        .unwrap();
+    let files = json!([{"path": "C:\\k\\motd.txt", "contentFrom": {"secret": {"name": "node-files", "key": "motd"}}}]);
+    let pool = match cloud {
+        Cloud::Aws => Pool {
+            templates: name,
+            md: name,
+            cluster: name,
+            replicas: 1,
+            version: "v1.34.13",
+            failure_domain: Some("us-east-1c"),
+            infra_kind: "AWSWindowsMachine",
+            infra_spec: json!({"instanceType": "m6i.xlarge",
+                "subnet": {"filters": [{"name": "default-for-az", "values": ["true"]}]},
+                "securityGroups": [{"filters": [{"name": "group-name", "values": ["default"]}]}]}),
+            config: json!({"files": files}),
+        },
+        Cloud::Azure => Pool {
+            templates: name,
+            md: name,
+            cluster: name,
+            replicas: 1,
+            version: "v1.35.10",
+            failure_domain: Some("2"),
+            infra_kind: "AzureWindowsMachine",
+            infra_spec: json!({"vmSize": "Standard_D4s_v5",
+                "osDisk": {"diskSizeGB": 128, "storageAccountType": "Premium_LRS"}}),
+            config: json!({"windows": {"version": "2025"}, "files": files}),
+        },
     };
     env.windows_pool(pool).await.unwrap();
 }
@@ -302,52 +367,95 @@ async fn token_secrets(workload: &Client) -> BTreeSet<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_moved_cluster_adopts_its_instance_without_creating_or_deleting() {
+/// One scenario at a time: each starts its own cloud kit, two API servers and two managers.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn skip_on_real_cluster() -> bool {
     if std::env::var_os(REAL_CLUSTER_ENV).is_some() {
         eprintln!(
             "skipped against {REAL_CLUSTER_ENV}: the move's target is a second management cluster \
              with CAPI and capwin installed, which one real cluster cannot provide"
         );
+        return true;
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_aws_cluster_adopts_its_instance_without_creating_or_deleting() {
+    if skip_on_real_cluster() {
         return;
     }
+    let _serial = SERIAL.lock().await;
+    let env =
+        Env::start_with("move-aws", &["--controllers", "bootstrap,aws"], &[CloudKit::AwsThrottled]).await.unwrap();
+    move_scenario(env, Cloud::Aws).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_moved_azure_cluster_adopts_its_vm_without_creating_or_deleting() {
+    if skip_on_real_cluster() {
+        return;
+    }
+    let _serial = SERIAL.lock().await;
+    let env = Env::start_with("move-azure", &["--controllers", "bootstrap,azure"], &[CloudKit::Azure]).await.unwrap();
+    move_scenario(env, Cloud::Azure).await;
+}
+
+async fn move_scenario(mut env: Env, cloud: Cloud) {
     let started = std::time::Instant::now();
-    let mut env =
-        Env::start_with("move", &["--controllers", "bootstrap,aws"], &[CloudKit::AwsThrottled]).await.unwrap();
     let ns = env.namespace.clone();
-    aws_cluster(&env, "mv").await;
-    // CAPI's MachineDeployment controller makes the Cluster an owner of a MachineDeployment, and
-    // its MachineSet controller of the templates a MachineSet uses
-    // (`reconcileExternalTemplateReference`); the kit's simulator does neither, so the test does.
+    let kind = cloud.machine_kind();
+    cluster(&env, cloud, "mv").await;
+    // CAPI's controllers make the Cluster an owner of its infrastructure cluster (Cluster
+    // controller) and of a MachineDeployment (MachineDeployment controller), and its MachineSet
+    // controller of the templates a MachineSet uses (`reconcileExternalTemplateReference`); the
+    // kit's simulator does none of it, so the test does.
     let cluster = env.capi("Cluster").get("mv").await.unwrap();
     let cluster_ref = json!([{"apiVersion": "cluster.x-k8s.io/v1beta2", "kind": "Cluster", "name": "mv",
         "uid": cluster.uid().unwrap()}]);
-    for api in [
+    let mut owned = vec![
         env.capi("MachineDeployment"),
-        env.api(I, "v1alpha1", "AWSWindowsMachineTemplate"),
+        env.api(I, "v1alpha1", &format!("{kind}Template")),
         env.api("bootstrap.cluster.x-k8s.io", "v1alpha1", "WindowsKubeadmConfigTemplate"),
-    ] {
+    ];
+    if cloud == Cloud::Azure {
+        owned.push(env.api(I, "v1beta1", "AzureCluster"));
+    }
+    for api in owned {
         let patch = json!({"metadata": {"ownerReferences": cluster_ref.clone()}});
         api.patch("mv", &PatchParams::default(), &Patch::Merge(patch)).await.unwrap();
     }
 
     // Running and joined.
-    let machines = env.api(I, "v1alpha1", "AWSWindowsMachine");
-    let m = env.wait_ready_reason(&machines, "mv-0", "InstanceRunning", Some(true)).await;
-    let instance = m.data["spec"]["instanceID"].as_str().unwrap().to_string();
-    let provider_id = format!("aws:///us-east-1c/{instance}");
+    let machines = env.api(I, "v1alpha1", kind);
+    let m = env.wait_ready_reason(&machines, "mv-0", cloud.running(), Some(true)).await;
+    let provider_id = env
+        .wait("the machine's providerID", T, || async {
+            let m = machines.get("mv-0").await?;
+            Ok(m.data["spec"]["providerID"].as_str().map(String::from))
+        })
+        .await
+        .unwrap();
     env.wait("Machine.spec.providerID", T, || async {
         let mm = env.capi("Machine").get("mv-0").await?;
         Ok((mm.data["spec"]["providerID"] == provider_id.as_str()).then_some(()))
     })
     .await
     .unwrap();
-    let dns = m.data["status"]["addresses"].as_array().unwrap().iter().find(|a| a["type"] == "InternalDNS").unwrap()
-        ["address"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    env.join_node("mv", &dns, &provider_id).await.unwrap();
+    let node = match cloud {
+        Cloud::Aws => m.data["status"]["addresses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["type"] == "InternalDNS")
+            .unwrap()["address"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        Cloud::Azure => provider_id.rsplit('/').next().unwrap().to_string(),
+    };
+    env.join_node("mv", &node, &provider_id).await.unwrap();
     let configs = env.configs();
     env.wait_ready_reason(&configs, "mv-0", "Joined", Some(true)).await;
     // The data Secret scrubbed after the join (no token key left): what the move must keep.
@@ -358,6 +466,7 @@ async fn a_moved_cluster_adopts_its_instance_without_creating_or_deleting() {
         })
         .await
         .unwrap();
+    let source_machine = machines.get("mv-0").await.unwrap();
     let workload = env.workload("mv").await.unwrap();
     let workload_url = {
         let s = env.secrets().get("mv-kubeconfig").await.unwrap();
@@ -378,10 +487,10 @@ async fn a_moved_cluster_adopts_its_instance_without_creating_or_deleting() {
         .unwrap();
     env.stop_simulator();
     env.kill_manager().await;
-    let stats_before = section(&env.aws_proxy("stats", None).unwrap(), "requests");
+    let calls_before = cloud.calls(&env);
 
-    // The target: a second management API server with its own CAPI simulator and manager (the
-    // same moto, through the same counting proxy).
+    // The target: a second management API server (the same CRDs) with its own manager and,
+    // later, its own CAPI simulator; the same cloud.
     let target_server = ApiServer::start(Config {
         crd_paths: Env::kit_crd_paths(),
         bookmark_interval: Duration::from_secs(1),
@@ -431,28 +540,12 @@ async fn a_moved_cluster_adopts_its_instance_without_creating_or_deleting() {
     // capwin on the target first; CAPI (the simulator) only later, so capwin meets the moved
     // Machine as it is until CAPI's Machine controller has found the Node again: no status, no
     // nodeRef.
-    let dir = std::env::temp_dir().join(format!("capwin-e2e-move-target-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("capwin-e2e-move-target-{}-{}", kind, std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let kubeconfig = dir.join("mgmt.kubeconfig");
     std::fs::write(&kubeconfig, capwin_testkit::capi::workload_kubeconfig("management", target_server.url())).unwrap();
     let log_path = dir.join("manager.log");
-    let log = std::fs::File::create(&log_path).unwrap();
-    let mut manager = tokio::process::Command::new(capwin_e2e::capwin_bin())
-        .args(["manager", "--kubeconfig"])
-        .arg(&kubeconfig)
-        .args(["--namespace", &ns, "--controllers", "bootstrap,aws", "--metrics-bind-address", "0"])
-        .args(["--metrics-secure", "false", "--health-probe-bind-address", "0", "--log-format", "json"])
-        .env("RUST_LOG", "info,capwin_bootstrap=debug,capwin_aws=debug")
-        .envs(
-            ["AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION"]
-                .into_iter()
-                .map(|k| (k, env.manager_env(k).unwrap().to_string())),
-        )
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut manager = env.spawn_manager_against(&kubeconfig, &log_path).unwrap();
     let tapi = |g: &str, k: &str| {
         let ar = ApiResource::from_gvk_with_plural(
             &GroupVersionKind::gvk(g, "v1alpha1", k),
@@ -460,7 +553,7 @@ async fn a_moved_cluster_adopts_its_instance_without_creating_or_deleting() {
         );
         Api::<DynamicObject>::namespaced_with(target.clone(), &ns, &ar)
     };
-    let t_machines = tapi(I, "AWSWindowsMachine");
+    let t_machines = tapi(I, kind);
     let t_configs = tapi("bootstrap.cluster.x-k8s.io", "WindowsKubeadmConfig");
     let t_clusters: Api<DynamicObject> =
         Api::namespaced_with(target.clone(), &ns, &capwin_testkit::capi::capi("Cluster"));
@@ -472,9 +565,9 @@ async fn a_moved_cluster_adopts_its_instance_without_creating_or_deleting() {
 
     let result = async {
         let m = env
-            .wait("the moved machine Ready (InstanceRunning)", T, || async {
+            .wait("the moved machine Ready (running)", T, || async {
                 let m = t_machines.get("mv-0").await?;
-                Ok((ready(&m) == Some(("True".into(), "InstanceRunning".into()))).then_some(m))
+                Ok((ready(&m) == Some(("True".into(), cloud.running().into()))).then_some(m))
             })
             .await?;
         let c = env
@@ -520,7 +613,7 @@ async fn a_moved_cluster_adopts_its_instance_without_creating_or_deleting() {
             let log = std::fs::read_to_string(&log_path).unwrap_or_default();
             let lines: Vec<&str> = log.lines().collect();
             eprintln!("---- target manager log ----\n{}", lines[lines.len().saturating_sub(60)..].join("\n"));
-            for (what, api) in [("AWSWindowsMachine", &t_machines), ("WindowsKubeadmConfig", &t_configs)] {
+            for (what, api) in [(kind, &t_machines), ("WindowsKubeadmConfig", &t_configs)] {
                 if let Ok(o) = api.get("mv-0").await {
                     eprintln!("---- target {what} status: {}", o.data["status"]);
                 }
@@ -528,7 +621,14 @@ async fn a_moved_cluster_adopts_its_instance_without_creating_or_deleting() {
             panic!("{e:#}");
         }
     };
-    assert_eq!(m.data["spec"]["instanceID"], instance.as_str(), "the same instance");
+    // The same instance / VM.
+    assert_eq!(m.data["spec"], source_machine.data["spec"], "the machine's spec (instance, providerID) is kept");
+    if cloud == Cloud::Azure {
+        assert_eq!(
+            m.annotations().get("capwin.cluster.x-k8s.io/vm-id"),
+            source_machine.annotations().get("capwin.cluster.x-k8s.io/vm-id")
+        );
+    }
     assert_eq!(m.data["spec"]["providerID"], provider_id.as_str());
     assert_eq!(m.data["status"]["initialization"]["provisioned"], true);
     assert_eq!(c.data["status"]["dataSecretName"], "mv-0");
@@ -537,11 +637,9 @@ async fn a_moved_cluster_adopts_its_instance_without_creating_or_deleting() {
     assert_eq!(moved_data.data, data.data, "the data Secret is not rewritten");
     assert_eq!(moved_data.annotations(), data.annotations());
     assert_eq!(token_secrets(&workload).await, tokens_before, "no join token minted (or deleted) by the move");
-    let during = minus(&section(&env.aws_proxy("stats", None).unwrap(), "requests"), &stats_before);
-    eprintln!("move: EC2 calls after the source stopped: {during:?}; {:?} in all", started.elapsed());
-    for action in ["RunInstances", "TerminateInstances"] {
-        assert_eq!(during.get(action).copied().unwrap_or(0), 0, "{action} during the move: {during:?}");
-    }
+    let during = minus(&cloud.calls(&env), &calls_before);
+    eprintln!("move: {kind}: cloud calls after the source stopped: {during:?}; {:?} in all", started.elapsed());
+    assert!(cloud.mutating(&during).is_empty(), "created or deleted during the move: {during:?}");
     // Nothing of the cluster is left in the source.
     let left = discover(&env.mgmt, &ns).await.unwrap();
     assert!(left.is_empty(), "left in the source: {:?}", left.values().map(Node::id).collect::<Vec<_>>());
