@@ -27,6 +27,9 @@ use crate::common::{InfraMachineStatus, InfraMachineTemplateStatus, TemplateObje
     category = "cluster-api",
     shortname = "awswm",
     label("cluster.x-k8s.io/v1beta2", "v1alpha1"),
+    // `clusterctl move` discovers the kinds of CRDs with this label (clusterctl init adds it;
+    // kustomize, Tilt or Helm installs get it from here).
+    label("clusterctl.cluster.x-k8s.io", ""),
     printcolumn = r#"{"name":"Cluster","type":"string","jsonPath":".metadata.labels['cluster\\.x-k8s\\.io/cluster-name']"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type=='Ready')].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type=='Ready')].reason"}"#,
@@ -204,6 +207,9 @@ pub enum HttpTokens {
     category = "cluster-api",
     shortname = "awswmt",
     label("cluster.x-k8s.io/v1beta2", "v1alpha1"),
+    // `clusterctl move` discovers the kinds of CRDs with this label (clusterctl init adds it;
+    // kustomize, Tilt or Helm installs get it from here).
+    label("clusterctl.cluster.x-k8s.io", ""),
     printcolumn = r#"{"name":"Type","type":"string","jsonPath":".spec.template.spec.instanceType"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]

@@ -25,6 +25,9 @@ use crate::common::{InfraMachineStatus, InfraMachineTemplateStatus, TemplateObje
     category = "cluster-api",
     shortname = "awinm",
     label("cluster.x-k8s.io/v1beta2", "v1alpha1"),
+    // `clusterctl move` discovers the kinds of CRDs with this label (clusterctl init adds it;
+    // kustomize, Tilt or Helm installs get it from here).
+    label("clusterctl.cluster.x-k8s.io", ""),
     printcolumn = r#"{"name":"Cluster","type":"string","jsonPath":".metadata.labels['cluster\\.x-k8s\\.io/cluster-name']"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type=='Ready')].status"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type=='Ready')].reason"}"#,
@@ -195,6 +198,9 @@ pub struct AzureIdentityRef {
     category = "cluster-api",
     shortname = "awinmt",
     label("cluster.x-k8s.io/v1beta2", "v1alpha1"),
+    // `clusterctl move` discovers the kinds of CRDs with this label (clusterctl init adds it;
+    // kustomize, Tilt or Helm installs get it from here).
+    label("clusterctl.cluster.x-k8s.io", ""),
     printcolumn = r#"{"name":"Size","type":"string","jsonPath":".spec.template.spec.vmSize"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]

@@ -74,6 +74,9 @@ pub mod patterns {
     category = "cluster-api",
     shortname = "wkc",
     label("cluster.x-k8s.io/v1beta2", "v1alpha1"),
+    // `clusterctl move` discovers the kinds of CRDs with this label (clusterctl init adds it;
+    // kustomize, Tilt or Helm installs get it from here).
+    label("clusterctl.cluster.x-k8s.io", ""),
     printcolumn = r#"{"name":"Cluster","type":"string","jsonPath":".metadata.labels['cluster\\.x-k8s\\.io/cluster-name']","description":"Cluster this config belongs to"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type=='Ready')].status","description":"Bootstrap data is ready"}"#,
     printcolumn = r#"{"name":"Reason","type":"string","jsonPath":".status.conditions[?(@.type=='Ready')].reason","description":"Why the config is (not) ready"}"#,
@@ -835,6 +838,9 @@ pub struct BootstrapInitialization {
     category = "cluster-api",
     shortname = "wkct",
     label("cluster.x-k8s.io/v1beta2", "v1alpha1"),
+    // `clusterctl move` discovers the kinds of CRDs with this label (clusterctl init adds it;
+    // kustomize, Tilt or Helm installs get it from here).
+    label("clusterctl.cluster.x-k8s.io", ""),
     printcolumn = r#"{"name":"CNI","type":"string","jsonPath":".spec.template.spec.windows.cni.flavour"}"#,
     printcolumn = r#"{"name":"Windows","type":"string","jsonPath":".spec.template.spec.windows.version"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#

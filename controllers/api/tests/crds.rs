@@ -97,6 +97,19 @@ fn every_crd_carries_the_v1beta2_contract_label() {
     }
 }
 
+/// `clusterctl move` lists only the kinds of CRDs labelled `clusterctl.cluster.x-k8s.io`
+/// (`getDiscoveryTypes`); clusterctl init adds it, other installs get it from `crds/`. No kind is
+/// force-moved: every object is reached from its Cluster through owner references.
+#[test]
+fn every_crd_is_discovered_by_clusterctl_move() {
+    for c in crds::all() {
+        let labels = c.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(labels.get("clusterctl.cluster.x-k8s.io").map(String::as_str), Some(""), "{}", c.spec.names.kind);
+        assert!(!labels.contains_key("clusterctl.cluster.x-k8s.io/move"), "{}", c.spec.names.kind);
+        assert!(!labels.contains_key("clusterctl.cluster.x-k8s.io/move-hierarchy"), "{}", c.spec.names.kind);
+    }
+}
+
 fn schema(
     c: &k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
 ) -> serde_json::Value {

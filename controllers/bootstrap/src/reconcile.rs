@@ -418,6 +418,15 @@ async fn produce(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<Action, Er
     {
         return after_join(cfg, ctx, &machine, &cluster, &secrets, existing, &tokens, current, ca_hashes, ready).await;
     }
+    // Only `after_join` removes the token key: a data Secret without it belongs to a Node that
+    // joined. After `clusterctl move` the Machine's status (its nodeRef) is empty until CAPI finds
+    // the Node again; the config stays Joined and neither mints a token nor rewrites the Secret.
+    if let Some(s) = &existing
+        && s.data.as_ref().is_some_and(|d| d.contains_key("value") && !d.contains_key(TOKEN_KEY))
+    {
+        ensure_owner(cfg, &secrets, s).await?;
+        return finish(cfg, ctx, true, &name).await;
+    }
     let known_expiry = current.as_ref().and_then(|t| ctx.expiry_of(&t.id));
     let workload_expiry = match (&current, known_expiry) {
         (Some(_), Some(exp)) => Some(Some(exp)),
@@ -503,7 +512,7 @@ async fn produce(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<Action, Er
         && s.annotations().get(INPUTS_ANNOTATION) == Some(&digest)
     {
         ensure_owner(cfg, &secrets, s).await?;
-        return finish(cfg, ctx, &machine, &name).await;
+        return finish(cfg, ctx, machine.has_node(), &name).await;
     }
 
     // Inputs the payload needs from Secrets.
@@ -527,7 +536,7 @@ async fn produce(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<Action, Er
         }
         Err(_) => {
             // The VM already has its payload; a later spec change cannot reach it anyway.
-            return finish(cfg, ctx, &machine, &name).await;
+            return finish(cfg, ctx, machine.has_node(), &name).await;
         }
     };
     ctx.metrics.payload_bytes.observe(payload.bytes.len() as f64);
@@ -562,7 +571,7 @@ async fn produce(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<Action, Er
             secrets.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
         }
     }
-    finish(cfg, ctx, &machine, &name).await
+    finish(cfg, ctx, machine.has_node(), &name).await
 }
 
 /// The digest of what a payload is rendered from: the spec, the cluster's inputs, the token's
@@ -618,7 +627,7 @@ async fn after_join(
     let has_token_key = data.is_some_and(|d| d.contains_key(TOKEN_KEY));
     if !has_token_key {
         // Scrubbed on an earlier pass: no Secret reads and no render again.
-        return finish(cfg, ctx, machine, &name).await;
+        return finish(cfg, ctx, machine.has_node(), &name).await;
     }
     if let Some(t) = &current {
         match tokens.delete(&token::secret_name(&t.id), &DeleteParams::default()).await {
@@ -664,11 +673,11 @@ async fn after_join(
         }
         secrets.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await?;
     }
-    finish(cfg, ctx, machine, &name).await
+    finish(cfg, ctx, machine.has_node(), &name).await
 }
 
 /// Status for a config whose data Secret exists, and when to look again.
-async fn finish(cfg: &WindowsKubeadmConfig, ctx: &Context, machine: &Machine<'_>, name: &str) -> Result<Action, Error> {
+async fn finish(cfg: &WindowsKubeadmConfig, ctx: &Context, joined: bool, name: &str) -> Result<Action, Error> {
     let mut status = cfg.status.clone().unwrap_or_default();
     let now = now_rfc3339();
     let generation = cfg.metadata.generation;
@@ -677,7 +686,6 @@ async fn finish(cfg: &WindowsKubeadmConfig, ctx: &Context, machine: &Machine<'_>
     status.observed_generation = generation;
     conditions::set(&mut status.conditions, "DataSecretAvailable", true, "DataSecretAvailable", "", generation, &now);
     conditions::set(&mut status.conditions, "Paused", false, "NotPaused", "", generation, &now);
-    let joined = machine.has_node();
     let (reason, message) = if joined {
         ("Joined", "the Node has joined; the join token is deleted")
     } else {

@@ -122,11 +122,7 @@ impl Env {
             }
             None => {
                 let mgmt_server = ApiServer::start(Config {
-                    crd_paths: vec![
-                        repo().join("crds/bootstrap"),
-                        repo().join("crds/infrastructure"),
-                        repo().join("../shared/capi-crds"),
-                    ],
+                    crd_paths: Self::kit_crd_paths(),
                     bookmark_interval: Duration::from_secs(1),
                     tokens: [(
                         KIT_USER_TOKEN.to_string(),
@@ -248,6 +244,34 @@ impl Env {
         Ok(())
     }
 
+    /// Starts another manager with this scenario's flags and environment (cloud endpoints,
+    /// credentials) against the management cluster of `kubeconfig` (a `clusterctl move`
+    /// target), logging to `log`. The caller owns the process; it is killed when dropped.
+    pub fn spawn_manager_against(
+        &self,
+        kubeconfig: &std::path::Path,
+        log: &std::path::Path,
+    ) -> anyhow::Result<tokio::process::Child> {
+        let mut args = self.manager_args.clone();
+        if let Some(i) = args.iter().position(|a| a == "--kubeconfig") {
+            args[i + 1] = kubeconfig.display().to_string();
+        }
+        let log = std::fs::File::create(log)?;
+        tokio::process::Command::new(capwin_bin())
+            .args(&args)
+            .env(
+                "RUST_LOG",
+                std::env::var("CAPWIN_E2E_LOG")
+                    .unwrap_or_else(|_| "info,capwin_bootstrap=debug,capwin_aws=debug,capwin_azure=debug".into()),
+            )
+            .envs(self.manager_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::from(log.try_clone()?))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting a second capwin manager")
+    }
+
     /// Starts a local cloud endpoint for this scenario (its own state folder, so scenarios never
     /// share one) and returns its URL; it is stopped by PID when the scenario ends.
     pub fn start_cloud(&mut self, cloud: CloudKit) -> anyhow::Result<String> {
@@ -301,6 +325,19 @@ impl Env {
         );
         let method = if body.is_some() { "POST" } else { "GET" };
         control_call(&url, method, body, None)
+    }
+
+    /// Stops the kit's CAPI simulator (a paused Cluster's objects then stay as they are, as
+    /// CAPI's controllers leave them; the simulator itself does not honour `spec.paused`).
+    pub fn stop_simulator(&mut self) {
+        if let Some(s) = self.sim.take() {
+            s.abort();
+        }
+    }
+
+    /// The paths of the CRDs the kit's management API server serves (capwin's and CAPI's).
+    pub fn kit_crd_paths() -> Vec<PathBuf> {
+        vec![repo().join("crds/bootstrap"), repo().join("crds/infrastructure"), repo().join("../shared/capi-crds")]
     }
 
     /// Kills the manager at once (SIGKILL), as a crash would.
