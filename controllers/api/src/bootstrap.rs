@@ -25,6 +25,21 @@ use crate::common::{Condition, SecretKeyRef, TemplateObjectMeta};
 /// Each mirrors a check of `capwin_payload::validate`, which stays as the second line (a few
 /// Unicode corner cases, e.g. U+2000 spaces, are left to it).
 pub mod patterns {
+    /// The CEL rules of a list of Windows paths (Defender exclusions): no reserved device
+    /// names, at most MAX_PATH once `C:` is prefixed to a rooted path.
+    pub fn path_list_rules() -> serde_json::Value {
+        serde_json::json!([
+            {
+                "rule": "self.all(p, !p.matches('(?i)(^|[\\\\\\\\/])(con|prn|aux|nul|com[0-9]|lpt[0-9])(\\\\.[^\\\\\\\\/]*)?([\\\\\\\\/]|$)'))",
+                "message": "a path must not name a reserved Windows device (CON, PRN, AUX, NUL, COM0-9, LPT0-9)"
+            },
+            {
+                "rule": "self.all(p, size(p) <= (p.startsWith('/') || p.startsWith('\\\\') ? 257 : 259))",
+                "message": "a path must be at most 259 characters as C:\\... (Windows MAX_PATH)"
+            }
+        ])
+    }
+
     /// A Kubernetes label value (may be empty); the length (63) is a `maxLength`.
     pub const LABEL_VALUE: &str = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$";
     /// A qualified name (`[dns-prefix/]name`, name 1-63 characters), as label and taint keys.
@@ -651,30 +666,12 @@ pub struct Defender {
     /// Extra excluded processes (full paths).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(min = 1, max = 259), regex(pattern = patterns::WINDOWS_PATH)))]
-    #[schemars(extend("x-kubernetes-validations" = [
-        {
-            "rule": "self.all(p, !p.matches('(?i)(^|[\\\\\\\\/])(con|prn|aux|nul|com[0-9]|lpt[0-9])(\\\\.[^\\\\\\\\/]*)?([\\\\\\\\/]|$)'))",
-            "message": "a path must not name a reserved Windows device (CON, PRN, AUX, NUL, COM0-9, LPT0-9)"
-        },
-        {
-            "rule": "self.all(p, size(p) <= (p.startsWith('/') || p.startsWith('\\\\') ? 257 : 259))",
-            "message": "a path must be at most 259 characters as C:\\... (Windows MAX_PATH)"
-        }
-    ]))]
+    #[schemars(extend("x-kubernetes-validations" = patterns::path_list_rules()))]
     pub exclude_processes: Vec<String>,
     /// Extra excluded paths.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(length(min = 1, max = 259), regex(pattern = patterns::WINDOWS_PATH)))]
-    #[schemars(extend("x-kubernetes-validations" = [
-        {
-            "rule": "self.all(p, !p.matches('(?i)(^|[\\\\\\\\/])(con|prn|aux|nul|com[0-9]|lpt[0-9])(\\\\.[^\\\\\\\\/]*)?([\\\\\\\\/]|$)'))",
-            "message": "a path must not name a reserved Windows device (CON, PRN, AUX, NUL, COM0-9, LPT0-9)"
-        },
-        {
-            "rule": "self.all(p, size(p) <= (p.startsWith('/') || p.startsWith('\\\\') ? 257 : 259))",
-            "message": "a path must be at most 259 characters as C:\\... (Windows MAX_PATH)"
-        }
-    ]))]
+    #[schemars(extend("x-kubernetes-validations" = patterns::path_list_rules()))]
     pub exclude_paths: Vec<String>,
 }
 

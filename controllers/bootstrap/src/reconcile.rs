@@ -310,12 +310,16 @@ async fn publish(ctx: &Context, cfg: &WindowsKubeadmConfig, type_: EventType, re
 /// A Secret from the cache of labelled Secrets; one without the `cluster.x-k8s.io/cluster-name`
 /// label is outside the cache and is read by GET.
 async fn cached_secret(ctx: &Context, ns: &str, name: &str) -> Result<Option<Secret>, Error> {
-    if ctx.secrets.wait_until_ready().await.is_ok()
-        && let Some(s) = ctx.secrets.get(&ObjectRef::new(name).within(ns))
-    {
-        return Ok(Some(s.as_ref().clone()));
+    if let Some(s) = secret_in_cache(ctx, ns, name).await {
+        return Ok(Some(s));
     }
     Ok(Api::<Secret>::namespaced(ctx.client.clone(), ns).get_opt(name).await?)
+}
+
+/// A labelled Secret as the cache holds it, once the Secret watch has listed.
+async fn secret_in_cache(ctx: &Context, ns: &str, name: &str) -> Option<Secret> {
+    ctx.secrets.wait_until_ready().await.ok()?;
+    ctx.secrets.get(&ObjectRef::new(name).within(ns)).map(|s| s.as_ref().clone())
 }
 
 /// Everything up to and including the data Secret and status.
@@ -368,14 +372,8 @@ async fn produce(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<Action, Er
     // After `clusterctl move` the Machine knows the Secret but our status is empty: re-derive it.
     let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     let created = cfg.status.as_ref().and_then(|s| s.initialization.as_ref()).and_then(|i| i.data_secret_created);
-    let existing = match ctx
-        .secrets
-        .wait_until_ready()
-        .await
-        .ok()
-        .and_then(|_| ctx.secrets.get(&ObjectRef::new(&name).within(&ns)))
-    {
-        Some(s) => Some(s.as_ref().clone()),
+    let existing = match secret_in_cache(ctx, &ns, &name).await {
+        Some(s) => Some(s),
         // Status says the Secret was written but the cache has not seen it yet (it lags our
         // own write by a watch event): only a fresh read tells "not yet seen" from "gone", and
         // a wrong "gone" would mint a second token.

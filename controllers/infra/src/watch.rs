@@ -3,9 +3,8 @@
 //! read, so only what the controllers read triggers one (measured on AWS: one DescribeInstances
 //! a second per machine without this).
 
-use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use std::fmt::Debug;
 use std::time::Duration;
@@ -58,25 +57,7 @@ pub fn cluster_fingerprint(c: &DynamicObject) -> u64 {
     hash(&relevant)
 }
 
-/// The last fingerprint seen per object (by namespace/name).
-#[derive(Clone)]
-pub struct Changes {
-    seen: Arc<Mutex<HashMap<String, u64>>>,
-    fingerprint: fn(&DynamicObject) -> u64,
-}
-
-impl Changes {
-    pub fn new(fingerprint: fn(&DynamicObject) -> u64) -> Self {
-        Self { seen: Arc::default(), fingerprint }
-    }
-
-    /// Whether `o` differs, in what the controllers read, from the last time it was seen.
-    pub fn changed(&self, o: &DynamicObject) -> bool {
-        let key = format!("{}/{}", o.namespace().unwrap_or_default(), o.name_any());
-        let print = (self.fingerprint)(o);
-        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(key, print) != Some(print)
-    }
-}
+pub use capwin_runtime::Changes;
 
 /// The mapper for `Controller::watches_with`: a Machine whose `infrastructureRef` is of `kind`
 /// wakes that object, when it changed in what the controllers read.

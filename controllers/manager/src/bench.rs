@@ -157,12 +157,14 @@ impl Proxy {
 }
 
 impl Proxy {
-    fn control(&self, call: &str, body: Value) -> anyhow::Result<Value> {
-        let out = std::process::Command::new("curl")
-            .args(["-sS", "--fail-with-body", "--max-time", "10", "-X", "POST", "-H", "content-type: application/json"])
-            .args(["-d", &body.to_string(), &format!("{}/_capwin/{call}", self.url)])
-            .output()
-            .context("running curl")?;
+    /// A call to the proxy's control API (`/_capwin/<call>`): a POST with `body`, else a GET.
+    fn control(&self, call: &str, body: Option<Value>) -> anyhow::Result<Value> {
+        let mut curl = std::process::Command::new("curl");
+        curl.args(["-sS", "--fail-with-body", "--max-time", "10"]);
+        if let Some(b) = body {
+            curl.args(["-X", "POST", "-H", "content-type: application/json", "-d", &b.to_string()]);
+        }
+        let out = curl.arg(format!("{}/_capwin/{call}", self.url)).output().context("running curl")?;
         anyhow::ensure!(out.status.success(), "proxy {call}: {}", String::from_utf8_lossy(&out.stdout));
         Ok(serde_json::from_slice(&out.stdout)?)
     }
@@ -173,15 +175,6 @@ impl Drop for Proxy {
         let _ =
             std::process::Command::new(aws::moto_sh()).arg("proxy-stop").env("CAPWIN_KIT_STATE", &self.state).output();
     }
-}
-
-fn curl_json(url: &str) -> anyhow::Result<Value> {
-    let out = std::process::Command::new("curl")
-        .args(["-sS", "--fail-with-body", "--max-time", "10", url])
-        .output()
-        .context("running curl")?;
-    anyhow::ensure!(out.status.success(), "{url}: {}", String::from_utf8_lossy(&out.stderr));
-    Ok(serde_json::from_slice(&out.stdout)?)
 }
 
 impl Cloud {
@@ -272,7 +265,7 @@ impl Cloud {
     /// are per credential, not per machine).
     async fn calls(&self) -> anyhow::Result<BTreeMap<String, u64>> {
         let (counts, key) = match self {
-            Cloud::Aws { proxy, .. } => (curl_json(&format!("{}/_capwin/stats", proxy.url))?, "requests"),
+            Cloud::Aws { proxy, .. } => (proxy.control("stats", None)?, "requests"),
             Cloud::Azure { cloud, .. } => (cloud.control("counts").await?, "counts"),
         };
         Ok(counts[key]
@@ -284,25 +277,32 @@ impl Cloud {
             .collect())
     }
 
-    /// Arms the faults asked for; `Some(proxy)` when any was armed.
-    fn arm_faults(&self, args: &ScaleArgs) -> anyhow::Result<Option<&Proxy>> {
+    /// Arms the faults asked for; true when any was armed.
+    fn arm_faults(&self, args: &ScaleArgs) -> anyhow::Result<bool> {
         let wanted = args.throttle_for.is_some() || args.lose_run_instances_answers > 0;
         match self {
-            _ if !wanted => Ok(None),
+            _ if !wanted => Ok(false),
             Cloud::Azure { .. } => anyhow::bail!("--throttle-for and --lose-run-instances-answers are AWS faults"),
             Cloud::Aws { proxy, .. } => {
                 if args.lose_run_instances_answers > 0 {
-                    proxy.control(
-                        "arm",
-                        json!({"action": "RunInstances", "times": args.lose_run_instances_answers, "when": "after", "drop": true}),
-                    )?;
+                    let rule = json!({"action": "RunInstances", "times": args.lose_run_instances_answers,
+                        "when": "after", "drop": true});
+                    proxy.control("arm", Some(rule))?;
                 }
                 if args.throttle_for.is_some() {
-                    proxy.control("arm", json!({"action": "*", "times": -1, "code": "RequestLimitExceeded"}))?;
+                    proxy.control("arm", Some(json!({"action": "*", "times": -1, "code": "RequestLimitExceeded"})))?;
                 }
-                Ok(Some(proxy))
+                Ok(true)
             }
         }
+    }
+
+    /// Ends the throttling (the `*` rule); unused lost-answer rules stay armed.
+    fn end_throttling(&self) -> anyhow::Result<()> {
+        if let Cloud::Aws { proxy, .. } = self {
+            proxy.control("disarm", Some(json!({"action": "*"})))?;
+        }
+        Ok(())
     }
 
     /// Instances/VMs of the cluster that still exist.
@@ -591,16 +591,14 @@ async fn scale(args: ScaleArgs) -> anyhow::Result<()> {
     let (mgmt0, workload0, cloud0) = (mgmt_server.requests(), workload_server.requests(), cloud.calls().await?);
     let cpu0: Vec<u64> = managers.iter().map(|m| m.usage().map(|u| u.0)).collect::<Result<_, _>>()?;
     let mut recovered_at = None;
-    let disarm = match cloud.arm_faults(&args)? {
-        Some(proxy) => {
-            say(format!(
-                "faults armed: {} lost RunInstances answers, throttling for {:?}",
-                args.lose_run_instances_answers, args.throttle_for
-            ));
-            args.throttle_for.map(|d| (Instant::now() + d, proxy.url.clone()))
-        }
-        None => None,
-    };
+    let mut throttled_until = None;
+    if cloud.arm_faults(&args)? {
+        say(format!(
+            "faults armed: {} lost RunInstances answers, throttling for {:?}",
+            args.lose_run_instances_answers, args.throttle_for
+        ));
+        throttled_until = args.throttle_for.map(|d| Instant::now() + d);
+    }
     let t0 = Instant::now();
     for v in &objects {
         let ar =
@@ -614,17 +612,9 @@ async fn scale(args: ScaleArgs) -> anyhow::Result<()> {
     // Create → joined.
     let mut last_note = Instant::now();
     let joined_at = loop {
-        if let Some((at, url)) = &disarm
-            && recovered_at.is_none()
-            && Instant::now() >= *at
-        {
-            // Only the throttling rule ("*"); unused lost-answer rules stay armed.
-            let body = json!({"action": "*"}).to_string();
-            let ok = std::process::Command::new("curl")
-                .args(["-sS", "--fail", "-X", "POST", "-H", "content-type: application/json", "-d", &body])
-                .arg(format!("{url}/_capwin/disarm"))
-                .output()?;
-            anyhow::ensure!(ok.status.success(), "could not end the throttling");
+        if throttled_until.is_some_and(|at| Instant::now() >= at) {
+            cloud.end_throttling()?;
+            throttled_until = None;
             recovered_at = Some(Instant::now());
             say("throttling ended".into());
         }

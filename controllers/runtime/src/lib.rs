@@ -94,7 +94,7 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone,
 {
-    without_errors(what, reflector(writer, watcher(api, config).default_backoff()).touched_objects())
+    watch_into_with_deletes(api, config, writer, what, |_| {})
 }
 
 /// Like [`watch_into`], and `on_delete` is told of every object the watch saw deleted (a
@@ -125,19 +125,49 @@ where
 /// an operator's `kubectl annotate` to nudge it). A controller's own status writes are none of
 /// these, so they do not wake it again (controller-runtime's `GenerationChangedPredicate`, or'd
 /// with its annotation and label predicates).
-pub fn own_fingerprint<K: Resource>(o: &K) -> OwnFingerprint {
+pub fn own_fingerprint<K: Resource>(o: &K) -> u64 {
     let m = o.meta();
-    (
-        m.uid.clone(),
+    hash_of(&(
+        &m.uid,
         m.generation,
         m.deletion_timestamp.is_some(),
-        m.finalizers.clone().unwrap_or_default(),
+        &m.finalizers,
         format!("{:?}{:?}", m.labels, m.annotations),
-    )
+    ))
 }
 
-/// See [`own_fingerprint`].
-pub type OwnFingerprint = (Option<String>, Option<i64>, bool, Vec<String>, String);
+/// A hash of a value, for fingerprints.
+pub fn hash_of(v: &impl Hash) -> u64 {
+    use std::hash::Hasher;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    v.hash(&mut h);
+    h.finish()
+}
+
+/// The last fingerprint seen per object (by namespace/name): what of an object a consumer reads,
+/// so that changes to anything else pass by.
+pub struct Changes<K> {
+    seen: Arc<Mutex<HashMap<String, u64>>>,
+    fingerprint: fn(&K) -> u64,
+}
+
+impl<K> Clone for Changes<K> {
+    fn clone(&self) -> Self {
+        Self { seen: self.seen.clone(), fingerprint: self.fingerprint }
+    }
+}
+
+impl<K: Resource> Changes<K> {
+    pub fn new(fingerprint: fn(&K) -> u64) -> Self {
+        Self { seen: Arc::default(), fingerprint }
+    }
+
+    /// Whether `o` differs, in its fingerprint, from the last time it was seen.
+    pub fn changed(&self, o: &K) -> bool {
+        let print = (self.fingerprint)(o);
+        self.seen.lock().unwrap_or_else(|p| p.into_inner()).insert(obj_key(o), print) != Some(print)
+    }
+}
 
 /// Passes on only the objects whose [`own_fingerprint`] changed since the stream last passed
 /// them. The store behind the stream is updated either way (filter after the reflector).
@@ -147,17 +177,8 @@ pub fn own_changes<K>(
 where
     K: Resource + Send + 'static,
 {
-    let seen: Mutex<HashMap<String, OwnFingerprint>> = Mutex::default();
-    stream.filter(move |r| {
-        let pass = match r {
-            Ok(o) => {
-                let print = own_fingerprint(o);
-                seen.lock().unwrap_or_else(|p| p.into_inner()).insert(obj_key(o), print.clone()) != Some(print)
-            }
-            Err(_) => true,
-        };
-        future::ready(pass)
-    })
+    let seen = Changes::new(own_fingerprint::<K>);
+    stream.filter(move |r| future::ready(r.as_ref().map_or(true, |o| seen.changed(o))))
 }
 
 /// The last status each object was given by this controller (a hash, by UID, for a minute), so a
@@ -171,10 +192,7 @@ impl WriteMemo {
     const FRESH_FOR: std::time::Duration = std::time::Duration::from_secs(60);
 
     fn hash(v: &impl serde::Serialize) -> u64 {
-        use std::hash::Hasher;
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        h.write(serde_json::to_string(v).unwrap_or_default().as_bytes());
-        h.finish()
+        hash_of(&serde_json::to_string(v).unwrap_or_default())
     }
 
     /// Whether `status` is what this controller wrote for the object `uid` within the minute.

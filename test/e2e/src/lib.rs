@@ -227,8 +227,15 @@ impl Env {
     /// Starts (or restarts) the manager process; its log is appended to `manager.log`.
     pub async fn start_manager(&mut self) -> anyhow::Result<()> {
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
-        let child = tokio::process::Command::new(capwin_bin())
-            .args(&self.manager_args)
+        self.manager = Some(self.spawn_manager(&self.manager_args, log)?);
+        Ok(())
+    }
+
+    /// A `capwin manager` process with `args`, this scenario's environment (cloud endpoints,
+    /// credentials) and its output in `log`; killed when dropped.
+    fn spawn_manager(&self, args: &[String], log: std::fs::File) -> anyhow::Result<tokio::process::Child> {
+        tokio::process::Command::new(capwin_bin())
+            .args(args)
             .env(
                 "RUST_LOG",
                 std::env::var("CAPWIN_E2E_LOG")
@@ -239,9 +246,7 @@ impl Env {
             .stderr(Stdio::from(log))
             .kill_on_drop(true)
             .spawn()
-            .context("starting capwin manager")?;
-        self.manager = Some(child);
-        Ok(())
+            .context("starting capwin manager")
     }
 
     /// Starts another manager with this scenario's flags and environment (cloud endpoints,
@@ -256,20 +261,7 @@ impl Env {
         if let Some(i) = args.iter().position(|a| a == "--kubeconfig") {
             args[i + 1] = kubeconfig.display().to_string();
         }
-        let log = std::fs::File::create(log)?;
-        tokio::process::Command::new(capwin_bin())
-            .args(&args)
-            .env(
-                "RUST_LOG",
-                std::env::var("CAPWIN_E2E_LOG")
-                    .unwrap_or_else(|_| "info,capwin_bootstrap=debug,capwin_aws=debug,capwin_azure=debug".into()),
-            )
-            .envs(self.manager_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
-            .stdout(Stdio::from(log.try_clone()?))
-            .stderr(Stdio::from(log))
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting a second capwin manager")
+        self.spawn_manager(&args, std::fs::File::create(log)?)
     }
 
     /// Starts a local cloud endpoint for this scenario (its own state folder, so scenarios never
