@@ -7,17 +7,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use capwin_api::aws::{AWSWindowsMachine, AWSWindowsMachineTemplate};
+use capwin_api::common::InfraMachineStatus;
 use capwin_api::common::NodeInfo;
 use capwin_api::common::{InfraMachineInitialization, MachineAddress, MachineAddressType, set_condition};
 use capwin_infra::diagnostics::{self, Slots};
+use capwin_infra::machine::{self, Created, Deletion, MachineCloud, Note, Owners, Report};
 use capwin_infra::status::Writer;
 pub use capwin_infra::{Error, blocked};
 use capwin_infra::{contract, watch};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
-use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::api::{Api, ApiResource, GroupVersionKind, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{EventType, Recorder, Reporter};
-use kube::runtime::finalizer::Event as Finalizer;
+use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
@@ -54,6 +55,8 @@ pub struct Context {
     amis: launch::AmiCache,
     /// The status last written per machine.
     written: capwin_infra::WriteMemo,
+    /// Consecutive blocks per machine.
+    backoff: capwin_infra::Backoff,
 }
 
 /// An EC2 client: per-machine instance reads batched (`crate::batch`), every call that reaches
@@ -106,6 +109,7 @@ impl Context {
             console_reads: Slots::default(),
             amis: launch::AmiCache::default(),
             written: Default::default(),
+            backoff: Default::default(),
         })
     }
 
@@ -166,41 +170,67 @@ fn launch_error(e: LaunchError) -> Error {
 
 use capwin_api::common::now_rfc3339 as now;
 
+impl MachineCloud for Context {
+    type Machine = AWSWindowsMachine;
+    const KIND: &'static str = "AWSWindowsMachine";
+    const FINALIZER: &'static str = FINALIZER;
+
+    fn cache(&self) -> &capwin_infra::cache::CapiCache {
+        &self.cache
+    }
+    fn metrics(&self) -> &capwin_infra::metrics::Metrics {
+        &self.metrics
+    }
+    fn writer(&self) -> Writer<'_> {
+        Context::writer(self)
+    }
+    fn backoff(&self) -> &capwin_infra::Backoff {
+        &self.backoff
+    }
+    fn recorded(m: &AWSWindowsMachine) -> bool {
+        m.spec.instance_id.is_some()
+    }
+    async fn create(
+        &self,
+        m: &AWSWindowsMachine,
+        owners: &Owners,
+        data: contract::BootstrapData,
+    ) -> Result<Created, Error> {
+        create(m, self, owners, data).await
+    }
+    async fn report(
+        &self,
+        m: &AWSWindowsMachine,
+        owners: &Owners,
+        draft: &mut InfraMachineStatus,
+    ) -> Result<Report, Error> {
+        report(m, self, owners, draft).await
+    }
+    async fn delete(&self, m: &AWSWindowsMachine, _: Option<&Owners>) -> Result<Deletion, Error> {
+        cleanup(m, self).await
+    }
+}
+
 pub async fn reconcile(obj: Arc<AWSWindowsMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
-    if contract::paused(&ctx.cache, obj.as_ref()).await {
-        return ctx.writer().paused(obj.as_ref()).await;
-    }
-    ctx.writer()
-        .reconcile(FINALIZER, obj, &ctx.metrics, |ev| async {
-            match ev {
-                Finalizer::Apply(m) => apply(&m, &ctx).await,
-                Finalizer::Cleanup(m) => cleanup(&m, &ctx).await,
-            }
-        })
-        .await
+    machine::reconcile(obj, ctx).await
 }
 
-pub fn error_policy(obj: Arc<AWSWindowsMachine>, err: &Error, _: Arc<Context>) -> Action {
-    capwin_infra::status::error_policy(obj, err)
+pub fn error_policy(obj: Arc<AWSWindowsMachine>, err: &Error, ctx: Arc<Context>) -> Action {
+    machine::error_policy(obj, err, ctx)
 }
 
-async fn apply(m: &AWSWindowsMachine, ctx: &Context) -> Result<Action, Error> {
+/// Resolves the launch (image, subnet, security groups) and makes the one instance.
+async fn create(
+    m: &AWSWindowsMachine,
+    ctx: &Context,
+    owners: &Owners,
+    data: contract::BootstrapData,
+) -> Result<Created, Error> {
     let ns = m.namespace().unwrap_or_default();
-    let contract::Owners { machine, cluster, cluster_name } =
-        contract::owners(&ctx.cache, m, "AWSWindowsMachine").await?;
-
-    // An instance already belongs to this machine: only report on it, never replace it.
-    if let Some(id) = &m.spec.instance_id {
-        return report(m, ctx, id, &machine).await;
-    }
-    contract::require_cluster_infrastructure(&cluster)?;
-    let data = contract::bootstrap_data(&ctx.client, &machine).await?;
     let payload = &data.value;
     let port = diagnostics::port_annotation(payload);
-
-    tracing::info!(machine = %m.name_any(), "bootstrap data present; resolving the launch");
     let ec2 = ctx.ec2_for(m).await?;
-    let mctx = machine_context(ctx, m, &machine, &cluster, &cluster_name, &data).await?;
+    let mctx = machine_context(ctx, m, owners, &data).await?;
     let image = match launch::ami_lookup(&m.spec, &mctx) {
         Some((owner, pattern)) => {
             let who = ctx.identities.key_of(&ec2);
@@ -221,7 +251,8 @@ async fn apply(m: &AWSWindowsMachine, ctx: &Context) -> Result<Action, Error> {
     let request = launch::launch_spec(&m.spec, &mctx, &image, &subnet, groups, payload).map_err(launch_error)?;
     let (instance, created) =
         launch::ensure_instance(ec2.as_ref(), &request, &launch::identity_tags(&mctx)).await.map_err(launch_error)?;
-    // Record the instance at once: status is not restored by `clusterctl move`, spec is.
+    // The one early write (crash safety, as CAPA records the instance ID at once): spec, not
+    // status, because `clusterctl move` restores spec and not status.
     let api: Api<AWSWindowsMachine> = Api::namespaced(ctx.client.clone(), &ns);
     api.patch(
         &m.name_any(),
@@ -232,29 +263,27 @@ async fn apply(m: &AWSWindowsMachine, ctx: &Context) -> Result<Action, Error> {
         })),
     )
     .await?;
+    let mut notes = Vec::new();
     if created {
         let note = format!("created instance {} ({}, {})", instance.id, m.spec.instance_type, image.name);
-        ctx.writer().event(m, EventType::Normal, "InstanceCreated", &note, "Create").await;
+        notes.push(Note::normal("InstanceCreated", note, "Create"));
     }
-    Ok(Action::requeue(Duration::from_secs(5)))
+    Ok(Created { requeue: Duration::from_secs(5), notes })
 }
 
 async fn machine_context(
     ctx: &Context,
     m: &AWSWindowsMachine,
-    machine: &DynamicObject,
-    cluster: &DynamicObject,
-    cluster_name: &str,
+    owners: &Owners,
     data: &contract::BootstrapData,
 ) -> Result<MachineContext, Error> {
     let ns = m.namespace().unwrap_or_default();
+    let machine = &owners.machine;
     let windows_year = contract::windows_year(&ctx.client, machine, data).await?;
     // Subnets and the node security group of the cluster's AWSCluster, when it has one.
     let mut cluster_subnets = Vec::new();
     let mut node_sg = None;
-    let infra = &cluster.data["spec"]["infrastructureRef"];
-    if infra["kind"] == "AWSCluster" {
-        let name = infra["name"].as_str().unwrap_or_default();
+    if let Some(name) = owners.cluster.infrastructure_named("AWSCluster") {
         let found = contract::cached_or_get(&ctx.cache, &ctx.client, &aws_cluster_resource(), Some(&ns), name).await?;
         if let Some(a) = found {
             for s in a.data["spec"]["network"]["subnets"].as_array().cloned().unwrap_or_default() {
@@ -267,12 +296,12 @@ async fn machine_context(
         }
     }
     Ok(MachineContext {
-        cluster: cluster_name.to_string(),
+        cluster: owners.cluster.name.clone(),
         namespace: ns,
         machine: m.name_any(),
         machine_uid: m.uid().unwrap_or_default(),
-        failure_domain: machine.data["spec"]["failureDomain"].as_str().map(String::from),
-        kubernetes_version: machine.data["spec"]["version"].as_str().unwrap_or_default().to_string(),
+        failure_domain: machine.failure_domain.clone(),
+        kubernetes_version: machine.version.clone(),
         windows_year,
         cluster_subnets,
         cluster_node_security_group: node_sg,
@@ -322,7 +351,13 @@ async fn resolve_security_groups<E: Ec2>(
 
 /// Reads the instance and writes what CAPI copies to the Machine; until the Machine has a Node,
 /// also what the serial console says about bootstrap.
-async fn report(m: &AWSWindowsMachine, ctx: &Context, id: &str, machine: &DynamicObject) -> Result<Action, Error> {
+async fn report(
+    m: &AWSWindowsMachine,
+    ctx: &Context,
+    owners: &Owners,
+    status: &mut InfraMachineStatus,
+) -> Result<Report, Error> {
+    let id = m.spec.instance_id.as_deref().unwrap_or_default();
     let ec2 = ctx.ec2_for(m).await?;
     let Some(instance) = ec2.describe(id).await.map_err(|e| launch_error(e.into()))? else {
         return Err(blocked(
@@ -331,11 +366,11 @@ async fn report(m: &AWSWindowsMachine, ctx: &Context, id: &str, machine: &Dynami
             None,
         ));
     };
-    let mut status = m.status.clone().unwrap_or_default();
+    let mut notes = Vec::new();
     if status.instance_state.is_none() {
         // The first look after the create: terminate any other live instance with this
         // machine's tags (a lost RunInstances answer on an endpoint that ignores ClientToken).
-        sweep_duplicates(m, ctx, &ec2, id).await?;
+        notes = sweep_duplicates(m, &ec2, id).await?;
     }
     status.instance_state = Some(instance.state.clone());
     let (ready, reason, message, requeue) = match model::read_state(&instance.state) {
@@ -369,7 +404,6 @@ async fn report(m: &AWSWindowsMachine, ctx: &Context, id: &str, machine: &Dynami
         status.initialization = Some(InfraMachineInitialization { provisioned: Some(true) });
     }
     let mut requeue = requeue;
-    let mut failure_event = None;
     if ready {
         let uid = m.uid().unwrap_or_default();
         let read = || read_console(m, &ec2, id);
@@ -378,30 +412,22 @@ async fn report(m: &AWSWindowsMachine, ctx: &Context, id: &str, machine: &Dynami
             &ctx.metrics,
             capwin_payload::Cloud::Aws,
             m.annotations().get(diagnostics::SERIAL_PORT_ANNOTATION).map(String::as_str),
-            machine,
+            owners.machine.node_name.as_deref(),
             &uid,
-            &mut status,
+            status,
             m.metadata.generation,
             read,
         )
         .await;
         requeue = cap.map_or(requeue, |c| requeue.min(c));
-        failure_event = note;
+        notes.extend(note.map(|n| Note::warning("BootstrapFailed", n, "Diagnose")));
     }
-    let mut imds_event = None;
     if ready {
-        let (event, retry) = lock_down_metadata(m, &ec2, &instance, machine, &mut status).await;
-        imds_event = event;
+        let (event, retry) = lock_down_metadata(m, &ec2, &instance, owners.machine.joined(), status).await;
+        notes.extend(event);
         requeue = retry.map_or(requeue, |r| requeue.min(r));
     }
-    ctx.writer().record(m, ready, reason, &message, Some(status)).await?;
-    if let Some(note) = failure_event {
-        ctx.writer().event(m, EventType::Warning, "BootstrapFailed", &note, "Diagnose").await;
-    }
-    if let Some((type_, reason, note)) = imds_event {
-        ctx.writer().event(m, type_, reason, &note, "LockDown").await;
-    }
-    Ok(Action::requeue(requeue))
+    Ok(Report::Read { ready, reason, message, requeue, notes })
 }
 
 /// The ownership tags of a machine's instances, from the object alone (no Machine needed).
@@ -416,14 +442,15 @@ fn tags_of(m: &AWSWindowsMachine) -> Vec<(String, String)> {
 
 /// Terminates every live instance carrying the machine's tags except `keep`, with a Warning
 /// event for each.
-async fn sweep_duplicates(m: &AWSWindowsMachine, ctx: &Context, ec2: &Ec2Client, keep: &str) -> Result<(), Error> {
+async fn sweep_duplicates(m: &AWSWindowsMachine, ec2: &Ec2Client, keep: &str) -> Result<Vec<Note>, Error> {
+    let mut notes = Vec::new();
     let found = ec2.find_by_tags(&tags_of(m)).await.map_err(|e| launch_error(e.into()))?;
     for d in model::duplicates(&found, keep) {
         ec2.terminate(&d.id).await.map_err(|e| launch_error(e.into()))?;
         let note = format!("terminated instance {}: a duplicate of {keep} with this machine's tags", d.id);
-        ctx.writer().event(m, EventType::Warning, "DuplicateInstanceTerminated", &note, "Create").await;
+        notes.push(Note::warning("DuplicateInstanceTerminated", note, "Create"));
     }
-    Ok(())
+    Ok(notes)
 }
 
 /// Condition type reporting whether the instance's metadata service requires IMDSv2 tokens.
@@ -436,11 +463,11 @@ async fn lock_down_metadata(
     m: &AWSWindowsMachine,
     ec2: &Ec2Client,
     instance: &model::Instance,
-    machine: &DynamicObject,
-    status: &mut capwin_api::common::InfraMachineStatus,
-) -> (Option<(EventType, &'static str, String)>, Option<Duration>) {
+    joined: bool,
+    status: &mut InfraMachineStatus,
+) -> (Option<Note>, Option<Duration>) {
     let enabled = m.spec.instance_metadata_options.lock_down_after_join.unwrap_or(true);
-    let plan = model::imds_lockdown(enabled, contract::node_joined(machine), instance.http_tokens.as_deref());
+    let plan = model::imds_lockdown(enabled, joined, instance.http_tokens.as_deref());
     let was_locked = status
         .conditions
         .iter()
@@ -451,10 +478,10 @@ async fn lock_down_metadata(
     if plan.require_tokens {
         match ec2.require_imds_tokens(&instance.id).await {
             Ok(()) if was_locked => {
-                event = Some((
-                    EventType::Warning,
+                event = Some(Note::warning(
                     "InstanceMetadataReverted",
                     format!("instance {} allowed IMDSv1 again; set httpTokens required again", instance.id),
+                    "LockDown",
                 ));
             }
             // The first lock-down is what the condition says (its transition time is when);
@@ -492,7 +519,7 @@ async fn read_console(m: &AWSWindowsMachine, ec2: &Ec2Client, id: &str) -> Optio
 /// Terminates every live instance of the machine (the recorded one and any other carrying its
 /// ownership tags, e.g. one created before the ID was recorded) and waits until EC2 reports them
 /// gone.
-async fn cleanup(m: &AWSWindowsMachine, ctx: &Context) -> Result<Action, Error> {
+async fn cleanup(m: &AWSWindowsMachine, ctx: &Context) -> Result<Deletion, Error> {
     ctx.console_reads.forget(&m.uid().unwrap_or_default());
     let ec2 = ctx.ec2_for(m).await?;
     let found = ec2.find_by_tags(&tags_of(m)).await.map_err(|e| launch_error(e.into()))?;
@@ -505,17 +532,16 @@ async fn cleanup(m: &AWSWindowsMachine, ctx: &Context) -> Result<Action, Error> 
         remaining.push(i);
     }
     if remaining.is_empty() {
-        return Ok(Action::await_change());
+        return Ok(Deletion::Gone);
     }
     for i in remaining.iter().filter(|i| i.state != "shutting-down") {
         ec2.terminate(&i.id).await.map_err(|e| launch_error(e.into()))?;
     }
     let ids: Vec<&str> = remaining.iter().map(|i| i.id.as_str()).collect();
-    Err(blocked(
-        "Deleting",
-        format!("waiting for instance(s) {} to terminate", ids.join(", ")),
-        Some(Duration::from_secs(5)),
-    ))
+    Ok(Deletion::Waiting {
+        message: format!("waiting for instance(s) {} to terminate", ids.join(", ")),
+        retry: Duration::from_secs(5),
+    })
 }
 
 /// Template status for autoscaling from zero: `nodeInfo.operatingSystem: windows` and the

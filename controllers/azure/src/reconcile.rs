@@ -18,12 +18,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use capwin_api::azure::{AzureWindowsMachine, AzureWindowsMachineTemplate};
+use capwin_api::common::InfraMachineStatus;
 use capwin_api::common::{
     ConditionStatus, InfraMachineInitialization, MachineAddress, MachineAddressType, NodeInfo, capi_resource as capi,
     now_rfc3339 as now, set_condition,
 };
 use capwin_infra::diagnostics::{self, Slots};
+use capwin_infra::machine::{self, Created, Deletion, MachineCloud, Note, Owners, Report};
 use capwin_infra::status::Writer;
+use capwin_infra::views::ClusterView;
 pub use capwin_infra::{Error, blocked};
 use capwin_infra::{contract, watch};
 use capwin_payload::serial;
@@ -32,8 +35,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{EventType, Recorder, Reporter};
-use kube::runtime::finalizer::Event as Finalizer;
+use kube::runtime::events::{Recorder, Reporter};
 use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
@@ -73,6 +75,8 @@ pub struct Context {
     pub cache: capwin_infra::cache::CapiCache,
     /// The status last written per machine.
     written: capwin_infra::WriteMemo,
+    /// Consecutive blocks per machine.
+    backoff: capwin_infra::Backoff,
     pub settings: Settings,
     pub metrics: Arc<Metrics>,
     /// The manager's own ARM client, or why it could not be built.
@@ -100,6 +104,7 @@ impl Context {
             recorder,
             cache: Default::default(),
             written: Default::default(),
+            backoff: Default::default(),
             settings,
             metrics,
             own,
@@ -306,80 +311,99 @@ fn arm_error(e: ArmError) -> Error {
     blocked(reason, e.to_string(), Some(retry))
 }
 
+impl MachineCloud for Context {
+    type Machine = AzureWindowsMachine;
+    const KIND: &'static str = "AzureWindowsMachine";
+    const FINALIZER: &'static str = FINALIZER;
+
+    fn cache(&self) -> &capwin_infra::cache::CapiCache {
+        &self.cache
+    }
+    fn metrics(&self) -> &capwin_infra::metrics::Metrics {
+        &self.metrics
+    }
+    fn writer(&self) -> Writer<'_> {
+        Context::writer(self)
+    }
+    fn backoff(&self) -> &capwin_infra::Backoff {
+        &self.backoff
+    }
+    /// The VM's name is recorded and its create was accepted (`spec.providerID`).
+    fn recorded(m: &AzureWindowsMachine) -> bool {
+        m.annotations().contains_key(VM_ID_ANNOTATION) && m.spec.provider_id.is_some()
+    }
+    async fn create(
+        &self,
+        m: &AzureWindowsMachine,
+        owners: &Owners,
+        data: contract::BootstrapData,
+    ) -> Result<Created, Error> {
+        apply(m, self, owners, data).await
+    }
+    async fn report(
+        &self,
+        m: &AzureWindowsMachine,
+        owners: &Owners,
+        draft: &mut InfraMachineStatus,
+    ) -> Result<Report, Error> {
+        let azure_cluster = azure_cluster_of(self, &m.namespace().unwrap_or_default(), &owners.cluster).await?;
+        let arm = self.arm_for(m, azure_cluster.as_ref()).await?;
+        let vm_id = m.annotations().get(VM_ID_ANNOTATION).cloned().unwrap_or_default();
+        report(m, self, &arm, owners, &vm_id, draft).await
+    }
+    async fn delete(&self, m: &AzureWindowsMachine, owners: Option<&Owners>) -> Result<Deletion, Error> {
+        cleanup(m, self, owners).await
+    }
+}
+
 pub async fn reconcile(obj: Arc<AzureWindowsMachine>, ctx: Arc<Context>) -> Result<Action, Error> {
-    if contract::paused(&ctx.cache, obj.as_ref()).await {
-        return ctx.writer().paused(obj.as_ref()).await;
-    }
-    ctx.writer()
-        .reconcile(FINALIZER, obj, &ctx.metrics, |ev| async {
-            match ev {
-                Finalizer::Apply(m) => apply(&m, &ctx).await,
-                Finalizer::Cleanup(m) => cleanup(&m, &ctx).await,
-            }
-        })
-        .await
+    machine::reconcile(obj, ctx).await
 }
 
-pub fn error_policy(obj: Arc<AzureWindowsMachine>, err: &Error, _: Arc<Context>) -> Action {
-    capwin_infra::status::error_policy(obj, err)
+pub fn error_policy(obj: Arc<AzureWindowsMachine>, err: &Error, ctx: Arc<Context>) -> Action {
+    machine::error_policy(obj, err, ctx)
 }
 
-/// The CAPI objects a machine hangs off, and the cluster's `AzureCluster` when it has one.
-struct Owners {
-    machine: DynamicObject,
-    cluster: DynamicObject,
-    cluster_name: String,
-    azure_cluster: Option<Value>,
-}
-
-async fn owners(m: &AzureWindowsMachine, ctx: &Context) -> Result<Owners, Error> {
-    let o = contract::owners(&ctx.cache, m, "AzureWindowsMachine").await?;
-    let azure_cluster = azure_cluster_of(ctx, &m.namespace().unwrap_or_default(), &o.cluster).await?;
-    Ok(Owners { machine: o.machine, cluster: o.cluster, cluster_name: o.cluster_name, azure_cluster })
-}
-
-async fn azure_cluster_of(ctx: &Context, ns: &str, cluster: &DynamicObject) -> Result<Option<Value>, Error> {
-    let infra = &cluster.data["spec"]["infrastructureRef"];
-    if infra["kind"] != "AzureCluster" {
+/// The cluster's `AzureCluster`, when its infrastructure is one.
+async fn azure_cluster_of(ctx: &Context, ns: &str, cluster: &ClusterView) -> Result<Option<Value>, Error> {
+    let Some(name) = cluster.infrastructure_named("AzureCluster") else {
         return Ok(None);
-    }
-    let name = infra["name"].as_str().unwrap_or_default();
+    };
     Ok(contract::cached_or_get(&ctx.cache, &ctx.client, &azure_cluster_resource(), Some(ns), name)
         .await?
         .map(|a| serde_json::to_value(a).unwrap_or_default()))
 }
 
-async fn apply(m: &AzureWindowsMachine, ctx: &Context) -> Result<Action, Error> {
+/// Chooses and records the VM's name, then creates its NIC and the VM, idempotently.
+async fn apply(
+    m: &AzureWindowsMachine,
+    ctx: &Context,
+    o: &Owners,
+    data: contract::BootstrapData,
+) -> Result<Created, Error> {
     let ns = m.namespace().unwrap_or_default();
-    let o = owners(m, ctx).await?;
     let vm_id = m.annotations().get(VM_ID_ANNOTATION).cloned();
-    // The VM was created (or its create accepted): only report on it, never replace it.
-    if let (Some(id), Some(_)) = (&vm_id, &m.spec.provider_id) {
-        let arm = ctx.arm_for(m, o.azure_cluster.as_ref()).await?;
-        return report(m, ctx, &arm, &o.machine, id).await;
-    }
-    contract::require_cluster_infrastructure(&o.cluster)?;
-    let Some(azure_cluster) = &o.azure_cluster else {
+    let azure_cluster = azure_cluster_of(ctx, &ns, &o.cluster).await?;
+    let Some(azure_cluster) = &azure_cluster else {
         return Err(blocked(
             "UnsupportedCluster",
             format!(
                 "Cluster {} has no AzureCluster infrastructure; AzureWindowsMachines join CAPZ clusters",
-                o.cluster_name
+                o.cluster.name
             ),
             None,
         ));
     };
-    let data = contract::bootstrap_data(&ctx.client, &o.machine).await?;
     let payload = &data.value;
     // Bad input first, before anything exists in Azure.
     let custom_data = model::custom_data(payload).map_err(|e| blocked("CustomDataTooLarge", e.to_string(), None))?;
     let placement = model::placement(azure_cluster, m.spec.network.subnet_name.as_deref())
         .map_err(|e| blocked("InvalidAzureCluster", e.0, Some(Duration::from_secs(60))))?;
-    let zone = model::zone(o.machine.data["spec"]["failureDomain"].as_str())
-        .map_err(|e| blocked("InvalidFailureDomain", e, None))?;
-    let arm = ctx.arm_for(m, o.azure_cluster.as_ref()).await?;
+    let zone =
+        model::zone(o.machine.failure_domain.as_deref()).map_err(|e| blocked("InvalidFailureDomain", e, None))?;
+    let arm = ctx.arm_for(m, Some(azure_cluster)).await?;
     let windows_year = contract::windows_year(&ctx.client, &o.machine, &data).await?;
-    let k8s_version = o.machine.data["spec"]["version"].as_str().unwrap_or_default();
+    let k8s_version = o.machine.version.as_str();
     let image = model::image(m.spec.image.as_ref(), &placement, &windows_year, k8s_version);
     let found = arm::get_path(arm.as_ref(), &image.probe).await.map_err(arm_error)?;
     if found.is_none() || found.as_ref().is_some_and(|v| v.as_array().is_some_and(Vec::is_empty)) {
@@ -408,7 +432,7 @@ async fn apply(m: &AzureWindowsMachine, ctx: &Context) -> Result<Action, Error> 
         None => choose_vm_name(m, ctx, &arm, &placement, diagnostics::port_annotation(payload)).await?,
     };
     let res = model::resources(&placement, &vm_name);
-    let tags = model::tags(&o.cluster_name, &ns, &m.name_any(), &m.spec.additional_tags);
+    let tags = model::tags(&o.cluster.name, &ns, &m.name_any(), &m.spec.additional_tags);
     let mut random = [0u8; 24];
     getrandom::fill(&mut random)
         .map_err(|e| blocked("RandomUnavailable", e.to_string(), Some(Duration::from_secs(10))))?;
@@ -479,9 +503,10 @@ async fn apply(m: &AzureWindowsMachine, ctx: &Context) -> Result<Action, Error> 
         &Patch::Merge(json!({"spec": {"providerID": model::provider_id(&placement, &vm_name)}})),
     )
     .await?;
+    let mut notes = Vec::new();
     if let Some(op) = created {
         let note = format!("creating VM {vm_name} ({}, {})", m.spec.vm_size, image.describe);
-        ctx.writer().event(m, EventType::Normal, "VMCreating", &note, "Create").await;
+        notes.push(Note::normal("VMCreating", note, "Create"));
         // Follow the operation briefly; the next reconcile reads the VM either way.
         if let Err(e) = arm::wait(arm.as_ref(), &op, LRO_BUDGET).await {
             tracing::debug!(machine = %m.name_any(), error = %e, "operation poll failed; reading the VM next");
@@ -489,7 +514,7 @@ async fn apply(m: &AzureWindowsMachine, ctx: &Context) -> Result<Action, Error> 
     }
     // Soon, but not before the watch has likely delivered the providerID patch (a stale cached
     // object would walk the create path again: harmless, a 412 and an adoption, but calls).
-    Ok(Action::requeue(Duration::from_secs(1)))
+    Ok(Created { requeue: Duration::from_secs(1), notes })
 }
 
 /// Picks the first free name among the machine's deterministic candidates and records it.
@@ -543,33 +568,25 @@ async fn report(
     m: &AzureWindowsMachine,
     ctx: &Context,
     arm: &ArmClient,
-    machine: &DynamicObject,
+    owners: &Owners,
     vm_id: &str,
-) -> Result<Action, Error> {
+    status: &mut InfraMachineStatus,
+) -> Result<Report, Error> {
     let name = vm_id.rsplit('/').next().unwrap_or_default();
     let running = m.status.as_ref().is_some_and(|s| {
         s.conditions.iter().any(|c| c.r#type == "Ready" && c.status == ConditionStatus::True && c.reason == "VMRunning")
     });
-    let steady = running && contract::node_joined(machine);
+    let steady = running && owners.machine.joined();
     if !ctx.vm_reads.take(&m.uid().unwrap_or_default(), Instant::now(), |last, now| vm_read_due(last, now, steady)) {
-        return Ok(Action::requeue(STEADY_READ_INTERVAL));
+        return Ok(Report::NotRead { requeue: STEADY_READ_INTERVAL });
     }
     let target = format!("{vm_id}?api-version={}&$expand=instanceView", api::COMPUTE);
-    let mut status = m.status.clone().unwrap_or_default();
     let Some(vm) = arm::get_path(arm.as_ref(), &target).await.map_err(arm_error)? else {
         status.instance_state = Some("Deleted".into());
-        ctx.writer()
-            .record(
-                m,
-                false,
-                "VMDeleted",
-                &format!(
-                    "VM {name} no longer exists; it is not recreated (Machines are immutable): delete the Machine"
-                ),
-                Some(status),
-            )
-            .await?;
-        return Ok(Action::requeue(Duration::from_secs(600)));
+        let message =
+            format!("VM {name} no longer exists; it is not recreated (Machines are immutable): delete the Machine");
+        let requeue = Duration::from_secs(600);
+        return Ok(Report::Read { ready: false, reason: "VMDeleted", message, requeue, notes: Vec::new() });
     };
     let reading = model::read_vm(&vm);
     let (ready, reason, message, requeue) = match &reading {
@@ -588,7 +605,7 @@ async fn report(
     };
     status.instance_state = vm["properties"]["provisioningState"].as_str().map(String::from);
     let mut requeue = requeue;
-    let mut failure_note = None;
+    let mut notes = Vec::new();
     if reading == VmReading::Running {
         if status.addresses.is_empty() {
             let nic_id = vm["properties"]["networkProfile"]["networkInterfaces"][0]["id"].as_str().unwrap_or_default();
@@ -601,7 +618,7 @@ async fn report(
             addresses.push(MachineAddress { r#type: MachineAddressType::Hostname, address: computer });
             status.addresses = addresses;
         }
-        status.failure_domain = vm["zones"][0].as_str().map(String::from).or(status.failure_domain);
+        status.failure_domain = vm["zones"][0].as_str().map(String::from).or(status.failure_domain.take());
         status.initialization = Some(InfraMachineInitialization { provisioned: Some(true) });
         // Until the Node exists, the serial log is the only window into the join.
         let uid = m.uid().unwrap_or_default();
@@ -611,21 +628,17 @@ async fn report(
             &ctx.metrics,
             capwin_payload::Cloud::Azure,
             m.annotations().get(diagnostics::SERIAL_PORT_ANNOTATION).map(String::as_str),
-            machine,
+            owners.machine.node_name.as_deref(),
             &uid,
-            &mut status,
+            status,
             m.metadata.generation,
             read,
         )
         .await;
         requeue = cap.unwrap_or(requeue);
-        failure_note = note;
+        notes.extend(note.map(|n| Note::warning("BootstrapFailed", n, "Diagnose")));
     }
-    ctx.writer().record(m, ready, reason, &message, Some(status)).await?;
-    if let Some(note) = failure_note {
-        ctx.writer().event(m, EventType::Warning, "BootstrapFailed", &note, "Diagnose").await;
-    }
-    Ok(Action::requeue(requeue))
+    Ok(Report::Read { ready, reason, message, requeue, notes })
 }
 
 /// The VM's boot diagnostics serial log, or `None` when it cannot be read now (best effort). The
@@ -653,16 +666,16 @@ async fn read_serial_log(m: &AzureWindowsMachine, arm: &ArmClient, vm_id: &str) 
 }
 
 /// Deletes the VM, then the NIC and the OS disk, verifying each is gone.
-async fn cleanup(m: &AzureWindowsMachine, ctx: &Context) -> Result<Action, Error> {
+async fn cleanup(m: &AzureWindowsMachine, ctx: &Context, owners: Option<&Owners>) -> Result<Deletion, Error> {
     ctx.serial_reads.forget(&m.uid().unwrap_or_default());
     // No name chosen: nothing was ever created for this machine.
-    let Some(vm_id) = m.annotations().get(VM_ID_ANNOTATION).cloned() else { return Ok(Action::await_change()) };
-    // The Machine or Cluster may be gone already; any other failure is retried, never guessed
+    let Some(vm_id) = m.annotations().get(VM_ID_ANNOTATION).cloned() else { return Ok(Deletion::Gone) };
+    // The Machine or Cluster may be gone already (then the machine's own identityRef or the
+    // manager's credential); a failure reading the AzureCluster is retried, never guessed
     // around (another credential could see other resources).
-    let azure_cluster = match owners(m, ctx).await {
-        Ok(o) => o.azure_cluster,
-        Err(Error::Blocked { .. }) => None,
-        Err(e) => return Err(e),
+    let azure_cluster = match owners {
+        Some(o) => azure_cluster_of(ctx, &m.namespace().unwrap_or_default(), &o.cluster).await?,
+        None => None,
     };
     let arm = ctx.arm_for(m, azure_cluster.as_ref()).await?;
     let ns = m.namespace().unwrap_or_default();
@@ -691,15 +704,14 @@ async fn cleanup(m: &AzureWindowsMachine, ctx: &Context) -> Result<Action, Error
                 ));
             }
             // Verified, not assumed: the next pass finds this resource gone.
-            return Err(blocked(
-                "Deleting",
-                format!("waiting for {what} {name} to be deleted"),
-                Some(Duration::from_secs(2)),
-            ));
+            return Ok(Deletion::Waiting {
+                message: format!("waiting for {what} {name} to be deleted"),
+                retry: Duration::from_secs(2),
+            });
         }
     }
     tracing::info!(machine = %m.name_any(), vm = name, "VM, NIC and OS disk are gone");
-    Ok(Action::await_change())
+    Ok(Deletion::Gone)
 }
 
 /// Deletes a VM or NIC only when its tags say it is this machine's; `None` when there is nothing
@@ -788,7 +800,7 @@ async fn azure_json_for(
     let Some(cluster) = ctx.cache.cluster(&ns, &cluster_name).await else {
         return Ok(Err(("WaitingForCluster", format!("Cluster {cluster_name} does not exist"))));
     };
-    let Some(ac) = azure_cluster_of(ctx, &ns, &cluster).await? else {
+    let Some(ac) = azure_cluster_of(ctx, &ns, &ClusterView::of(&cluster)).await? else {
         return Ok(Err(("WaitingForCluster", format!("Cluster {cluster_name} has no AzureCluster yet"))));
     };
     let placement = match model::placement(&ac, t.spec.template.spec.network.subnet_name.as_deref()) {

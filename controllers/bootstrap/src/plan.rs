@@ -138,7 +138,8 @@ pub fn token_action(t: TokenState, now: SystemTime, ttl: Duration) -> TokenActio
 }
 
 /// Re-render only before the VM has the payload: afterwards the Secret stays as the VM saw it.
-pub fn should_write(existing: Option<&[u8]>, rendered: &[u8], vm_provisioned: bool) -> bool {
+/// Payloads are compared by digest (the Secret cache keeps no payload bytes).
+pub fn should_write(existing: Option<u64>, rendered: u64, vm_provisioned: bool) -> bool {
     match existing {
         None => true,
         Some(old) => old != rendered && !vm_provisioned,
@@ -148,7 +149,7 @@ pub fn should_write(existing: Option<&[u8]>, rendered: &[u8], vm_provisioned: bo
 /// After the join, the data Secret is rewritten while it still holds the token key or a payload
 /// that differs from the one rendered with the placeholder token (`rendered`; `None` when the
 /// spec no longer renders, then only the key goes).
-pub fn scrub_after_join(has_token_key: bool, old_value: Option<&[u8]>, rendered: Option<&[u8]>) -> bool {
+pub fn scrub_after_join(has_token_key: bool, old_value: Option<u64>, rendered: Option<u64>) -> bool {
     has_token_key || rendered.is_some_and(|r| old_value != Some(r))
 }
 
@@ -223,17 +224,18 @@ mod tests {
 
     #[test]
     fn after_the_join_the_secret_is_scrubbed_once() {
-        assert!(scrub_after_join(true, Some(b"with token"), Some(b"placeholder")), "first time");
-        assert!(scrub_after_join(true, Some(b"x"), None), "the key goes even when the spec no longer renders");
-        assert!(!scrub_after_join(false, Some(b"placeholder"), Some(b"placeholder")), "then nothing to do");
-        assert!(!scrub_after_join(false, Some(b"x"), None));
+        assert!(scrub_after_join(true, Some(1), Some(2)), "first time");
+        assert!(scrub_after_join(true, Some(1), None), "the key goes even when the spec no longer renders");
+        assert!(!scrub_after_join(false, Some(2), Some(2)), "then nothing to do");
+        assert!(scrub_after_join(false, Some(1), Some(2)), "a payload still unlike the scrubbed one");
+        assert!(!scrub_after_join(false, Some(1), None));
     }
 
     #[test]
     fn payload_is_frozen_once_the_vm_has_it() {
-        assert!(should_write(None, b"a", true));
-        assert!(should_write(Some(b"a"), b"b", false));
-        assert!(!should_write(Some(b"a"), b"b", true));
-        assert!(!should_write(Some(b"a"), b"a", false));
+        assert!(should_write(None, 1, true));
+        assert!(should_write(Some(1), 2, false));
+        assert!(!should_write(Some(1), 2, true));
+        assert!(!should_write(Some(1), 1, false));
     }
 }

@@ -95,7 +95,8 @@ pub struct Context {
     /// The expiry this controller gave each join token (by token id), so keeping a token alive
     /// does not read it back from the workload cluster on every pass.
     token_expiry: Mutex<HashMap<String, SystemTime>>,
-    failures: Mutex<HashMap<ObjectRef<WindowsKubeadmConfig>, u32>>,
+    /// Consecutive blocks per config (the one requeue rule, `capwin_runtime::Backoff`).
+    failures: capwin_runtime::Backoff,
 }
 
 impl Context {
@@ -122,7 +123,7 @@ impl Context {
             secret_writer: Mutex::new(Some(secret_writer)),
             written: Default::default(),
             token_expiry: Mutex::default(),
-            failures: Mutex::default(),
+            failures: Default::default(),
         })
     }
 }
@@ -161,7 +162,7 @@ pub async fn reconcile(cfg: Arc<WindowsKubeadmConfig>, ctx: Arc<Context>) -> Res
     let key = ObjectRef::from_obj(cfg.as_ref());
     let outcome = match result {
         Ok(action) => {
-            ctx.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+            ctx.failures.reset(&capwin_runtime::ref_key(&key));
             Ok(action)
         }
         // A blocking condition was recorded on the object: come back when asked, with backoff.
@@ -209,17 +210,14 @@ async fn retire_legacy_finalizer(cfg: &WindowsKubeadmConfig, ctx: &Context) -> R
 /// seconds after its infrastructure, an identity is fixed by a person), and the watches wake the
 /// config as soon as the input appears; the requeue is only the safety net.
 fn backoff(ctx: &Context, key: &ObjectRef<WindowsKubeadmConfig>, base: Duration) -> Duration {
-    let mut f = ctx.failures.lock().unwrap_or_else(|p| p.into_inner());
-    let n = f.entry(key.clone()).or_insert(0);
-    *n = (*n + 1).min(16);
-    base.saturating_mul(1 << (*n - 1).min(2))
+    ctx.failures.next(&capwin_runtime::ref_key(key), base)
 }
 
 /// Requeue policy for errors that were not a recorded blocking condition.
 pub fn error_policy(cfg: Arc<WindowsKubeadmConfig>, err: &Error, ctx: Arc<Context>) -> Action {
     tracing::warn!(config = %cfg.name_any(), namespace = cfg.namespace().unwrap_or_default(), error = %err, "reconcile failed");
     ctx.metrics.errors.get_or_create(&ReasonLabels { controller: "bootstrap".into(), reason: "Error".into() }).inc();
-    Action::requeue(backoff(&ctx, &ObjectRef::from_obj(cfg.as_ref()), Duration::from_secs(2)))
+    Action::requeue(backoff(&ctx, &ObjectRef::from_obj(cfg.as_ref()), capwin_runtime::Backoff::API_ERROR))
 }
 
 async fn apply(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<Action, Error> {
@@ -314,6 +312,33 @@ async fn cached_secret(ctx: &Context, ns: &str, name: &str) -> Result<Option<Sec
         return Ok(Some(s));
     }
     Ok(Api::<Secret>::namespaced(ctx.client.clone(), ns).get_opt(name).await?)
+}
+
+/// What the Secret cache keeps of a data Secret's payload: a digest, not the bytes (a thousand
+/// payloads of tens of KiB each would be most of the manager's memory). Only this controller's
+/// data Secrets are slimmed; the CA and kubeconfig Secrets are read in full.
+const CACHED_DIGEST_PREFIX: &[u8] = b"capwin-cache-digest:";
+
+fn slim_secret(s: &mut Secret) {
+    capwin_runtime::strip_managed_fields(s);
+    let ours = s.annotations().contains_key(INPUTS_ANNOTATION)
+        || s.annotations().contains_key(TOKEN_ID_ANNOTATION)
+        || s.owner_references().iter().any(|o| o.kind == "WindowsKubeadmConfig");
+    if let Some(v) = s.data.as_mut().and_then(|d| d.get_mut("value"))
+        && ours
+    {
+        let digest = capwin_runtime::hash_of(&v.0.as_slice());
+        v.0 = [CACHED_DIGEST_PREFIX, format!("{digest:016x}").as_bytes()].concat();
+    }
+}
+
+/// The digest of a data Secret's payload: the cache's digest, or of the bytes a GET returned.
+fn value_digest(s: &Secret) -> Option<u64> {
+    let v = s.data.as_ref()?.get("value")?.0.as_slice();
+    match v.strip_prefix(CACHED_DIGEST_PREFIX) {
+        Some(hex) => u64::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok(),
+        None => Some(capwin_runtime::hash_of(&v)),
+    }
 }
 
 /// A labelled Secret as the cache holds it, once the Secret watch has listed.
@@ -539,10 +564,9 @@ async fn produce(cfg: &WindowsKubeadmConfig, ctx: &Context) -> Result<Action, Er
     };
     ctx.metrics.payload_bytes.observe(payload.bytes.len() as f64);
 
-    let old_value =
-        existing.as_ref().and_then(|s| s.data.as_ref()).and_then(|d| d.get("value")).map(|v| v.0.as_slice());
+    let old_value = existing.as_ref().and_then(value_digest);
     let digest_changed = existing.as_ref().and_then(|s| s.annotations().get(INPUTS_ANNOTATION)) != Some(&digest);
-    if plan::should_write(old_value, &payload.bytes, provisioned)
+    if plan::should_write(old_value, capwin_runtime::hash_of(&payload.bytes.as_slice()), provisioned)
         || (token_changed && !provisioned)
         || existing.is_none()
     {
@@ -663,8 +687,9 @@ async fn after_join(
     })
     .ok()
     .map(|p| p.bytes);
-    let old_value = data.and_then(|d| d.get("value")).map(|v| v.0.as_slice());
-    if plan::scrub_after_join(has_token_key, old_value, rendered.as_deref()) {
+    let old_value = value_digest(existing);
+    let rendered_digest = rendered.as_ref().map(|r| capwin_runtime::hash_of(&r.as_slice()));
+    if plan::scrub_after_join(has_token_key, old_value, rendered_digest) {
         let mut patch = json!({"data": {TOKEN_KEY: null}});
         if let Some(v) = &rendered {
             patch["data"]["value"] = json!(ByteString(v.clone()));
@@ -994,11 +1019,12 @@ pub async fn run(ctx: Arc<Context>) {
             .collect::<Vec<_>>()
     };
     let forget = ctx.clone();
-    let owned = capwin_runtime::watch_into_with_deletes(
+    let owned = capwin_runtime::watch_into_with(
         owned,
         watcher::Config::default().labels(views::CLUSTER_NAME_LABEL),
         secret_writer,
         "Secret",
+        slim_secret,
         move |s: &Secret| {
             if s.annotations().contains_key(TOKEN_ID_ANNOTATION) {
                 let (ctx, s) = (forget.clone(), s.clone());
@@ -1009,7 +1035,14 @@ pub async fn run(ctx: Arc<Context>) {
     let output = controller
         .owns_stream(owned)
         .watches_stream_with(
-            capwin_runtime::watch_into(machines, wc.clone(), writers.machines, "Machine"),
+            capwin_runtime::watch_into_with(
+                machines,
+                wc.clone(),
+                writers.machines,
+                "Machine",
+                capwin_runtime::slim_machine,
+                |_| {},
+            ),
             delay.mapped(machine_to_config),
             views::capi_resource("Machine"),
         )
@@ -1021,4 +1054,42 @@ pub async fn run(ctx: Arc<Context>) {
         .reconcile_all_on(delay.resync(s.sync_period, store))
         .run(reconcile, error_policy, ctx.clone());
     capwin_runtime::drain("bootstrap", delay, output).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data_secret(value: &[u8], annotated: bool) -> Secret {
+        let mut s = Secret {
+            data: Some(BTreeMap::from([
+                ("value".to_string(), ByteString(value.to_vec())),
+                (TOKEN_KEY.to_string(), ByteString(b"abcdef.0123456789abcdef".to_vec())),
+            ])),
+            ..Default::default()
+        };
+        if annotated {
+            s.metadata.annotations = Some(BTreeMap::from([(INPUTS_ANNOTATION.to_string(), "d".to_string())]));
+        }
+        s
+    }
+
+    #[test]
+    fn the_cache_keeps_a_payload_digest_that_compares_like_the_bytes() {
+        let payload = vec![7u8; 40_000];
+        let fetched = data_secret(&payload, true);
+        let mut cached = fetched.clone();
+        slim_secret(&mut cached);
+        let kept = &cached.data.as_ref().unwrap()["value"].0;
+        assert!(kept.len() < 64, "the payload is not kept: {} bytes", kept.len());
+        assert_eq!(value_digest(&cached), value_digest(&fetched), "cached and fetched compare alike");
+        assert_eq!(value_digest(&fetched), Some(capwin_runtime::hash_of(&payload.as_slice())));
+        assert_ne!(value_digest(&cached), value_digest(&data_secret(&[8u8; 40_000], true)));
+        assert!(cached.data.as_ref().unwrap().contains_key(TOKEN_KEY), "other keys stay");
+
+        // Not a data Secret of this controller (a kubeconfig): kept whole.
+        let mut kubeconfig = data_secret(b"apiVersion: v1", false);
+        slim_secret(&mut kubeconfig);
+        assert_eq!(kubeconfig.data.unwrap()["value"].0, b"apiVersion: v1");
+    }
 }

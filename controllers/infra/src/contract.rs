@@ -4,72 +4,11 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ApiResource, DynamicObject, GroupVersionKind};
-use kube::{Client, Resource, ResourceExt};
+use kube::{Client, ResourceExt};
 
 use crate::cache::CapiCache;
+use crate::views::MachineView;
 use crate::{Error, blocked};
-
-/// The CAPI objects a machine hangs off.
-pub struct Owners {
-    pub machine: DynamicObject,
-    pub cluster: DynamicObject,
-    pub cluster_name: String,
-}
-
-/// The owning Machine (by owner reference) and its Cluster, from the watch caches; blocked
-/// until both exist (the Machine and Cluster watches wake the machine when they appear).
-pub async fn owners<K: Resource>(cache: &CapiCache, m: &K, kind: &str) -> Result<Owners, Error> {
-    let ns = m.meta().namespace.clone().unwrap_or_default();
-    let Some(owner) = m.meta().owner_references.iter().flatten().find(|o| o.kind == "Machine").cloned() else {
-        return Err(blocked("WaitingForMachineOwner", format!("no CAPI Machine owns this {kind} yet"), None));
-    };
-    let Some(machine) = cache.machine(&ns, &owner.name).await else {
-        return Err(blocked(
-            "WaitingForMachineOwner",
-            format!("Machine {} does not exist", owner.name),
-            Some(Duration::from_secs(30)),
-        ));
-    };
-    let cluster_name = machine.data["spec"]["clusterName"].as_str().unwrap_or_default().to_string();
-    let Some(cluster) = cache.cluster(&ns, &cluster_name).await else {
-        return Err(blocked(
-            "WaitingForCluster",
-            format!("Cluster {cluster_name} does not exist"),
-            Some(Duration::from_secs(30)),
-        ));
-    };
-    Ok(Owners { machine, cluster, cluster_name })
-}
-
-/// Paused: the object's `cluster.x-k8s.io/paused` annotation, or its Cluster's `spec.paused`
-/// (found through the owner Machine, from the caches; a machine whose Machine or Cluster is gone
-/// is not paused, so its deletion can go on).
-pub async fn paused<K: Resource>(cache: &CapiCache, m: &K) -> bool {
-    if m.meta().annotations.as_ref().is_some_and(|a| a.contains_key("cluster.x-k8s.io/paused")) {
-        return true;
-    }
-    let ns = m.meta().namespace.clone().unwrap_or_default();
-    let Some(owner) = m.meta().owner_references.iter().flatten().find(|o| o.kind == "Machine") else {
-        return false;
-    };
-    let Some(machine) = cache.machine(&ns, &owner.name).await else { return false };
-    let cluster = cache.cluster(&ns, machine.data["spec"]["clusterName"].as_str().unwrap_or_default()).await;
-    cluster.is_some_and(|c| c.data["spec"]["paused"] == true)
-}
-
-/// Blocked until the Cluster's infrastructure (CAPZ's `AzureCluster`, CAPA's `AWSCluster`) is
-/// provisioned: the network a machine goes into exists only then.
-pub fn require_cluster_infrastructure(cluster: &DynamicObject) -> Result<(), Error> {
-    if cluster.data["status"]["initialization"]["infrastructureProvisioned"] == true {
-        return Ok(());
-    }
-    Err(blocked(
-        "WaitingForClusterInfrastructure",
-        "the Cluster's infrastructure is not provisioned yet",
-        // The Cluster watch wakes the machine when it is; this is a safety net.
-        Some(Duration::from_secs(60)),
-    ))
-}
 
 /// Annotation the bootstrap controller puts on its data Secret: the Windows Server version the
 /// config names, so the image can be chosen without reading the config.
@@ -87,15 +26,15 @@ pub struct BootstrapData {
 /// GET, not the cache: the payload is read once, when the instance is made, and must be the
 /// bootstrap controller's latest write (a cache of every labelled Secret's payloads would also
 /// hold a thousand payloads in memory).
-pub async fn bootstrap_data(client: &Client, machine: &DynamicObject) -> Result<BootstrapData, Error> {
-    let Some(name) = machine.data["spec"]["bootstrap"]["dataSecretName"].as_str() else {
+pub async fn bootstrap_data(client: &Client, machine: &MachineView) -> Result<BootstrapData, Error> {
+    let Some(name) = machine.data_secret_name.as_deref() else {
         return Err(blocked(
             "WaitingForBootstrapData",
             "Machine.spec.bootstrap.dataSecretName is not set yet",
             Some(Duration::from_secs(30)),
         ));
     };
-    let secrets: Api<Secret> = Api::namespaced(client.clone(), &machine.namespace().unwrap_or_default());
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &machine.namespace);
     let secret = secrets.get_opt(name).await?;
     let windows_version = secret.as_ref().and_then(|s| s.annotations().get(WINDOWS_VERSION_ANNOTATION).cloned());
     let value = secret.and_then(|s| s.data).and_then(|d| d.get("value").map(|v| v.0.clone())).ok_or_else(|| {
@@ -107,30 +46,23 @@ pub async fn bootstrap_data(client: &Client, machine: &DynamicObject) -> Result<
 /// The Windows Server version the Machine's `WindowsKubeadmConfig` names (`2025` otherwise), for
 /// choosing the default image: from the data Secret's annotation, else (data written by an
 /// earlier version) from the config.
-pub async fn windows_year(client: &Client, machine: &DynamicObject, data: &BootstrapData) -> Result<String, Error> {
+pub async fn windows_year(client: &Client, machine: &MachineView, data: &BootstrapData) -> Result<String, Error> {
     if let Some(v) = &data.windows_version {
         return Ok(v.clone());
     }
-    let boot = &machine.data["spec"]["bootstrap"]["configRef"];
-    if boot["kind"] != "WindowsKubeadmConfig" {
+    let Some(boot) = machine.config_ref.as_ref().filter(|r| r.kind == "WindowsKubeadmConfig") else {
         return Ok("2025".into());
-    }
+    };
     let ar = ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("bootstrap.cluster.x-k8s.io", "v1alpha1", "WindowsKubeadmConfig"),
         "windowskubeadmconfigs",
     );
-    let configs: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), &machine.namespace().unwrap_or_default(), &ar);
+    let configs: Api<DynamicObject> = Api::namespaced_with(client.clone(), &machine.namespace, &ar);
     Ok(configs
-        .get_opt(boot["name"].as_str().unwrap_or_default())
+        .get_opt(&boot.name)
         .await?
         .and_then(|c| c.data["spec"]["windows"]["version"].as_str().map(String::from))
         .unwrap_or_else(|| "2025".into()))
-}
-
-/// Whether the Machine's Node exists (CAPI has set `status.nodeRef`).
-pub fn node_joined(machine: &DynamicObject) -> bool {
-    machine.data["status"]["nodeRef"].is_object()
 }
 
 /// An object of a kind the cache keeps (`CapiCache::reflect_kind`), else by GET (the kind is

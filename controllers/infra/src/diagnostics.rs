@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use capwin_api::common::{InfraMachineStatus, condition_reason, now_rfc3339, set_condition};
 use capwin_payload::serial::{self, Phase};
-use kube::api::DynamicObject;
 
 use crate::metrics::Metrics;
 
@@ -81,7 +80,7 @@ pub async fn follow<F, Fut>(
     metrics: &Metrics,
     cloud: capwin_payload::Cloud,
     port: Option<&str>,
-    machine: &DynamicObject,
+    node: Option<&str>,
     uid: &str,
     status: &mut InfraMachineStatus,
     generation: Option<i64>,
@@ -91,7 +90,7 @@ where
     F: FnOnce() -> Fut,
     Fut: Future<Output = Option<String>>,
 {
-    if let Some(node) = machine.data["status"]["nodeRef"]["name"].as_str().filter(|n| !n.is_empty()) {
+    if let Some(node) = node {
         slots.forget(uid);
         node_joined(status, node, generation);
         return (None, None);

@@ -1,11 +1,13 @@
 //! What capwin's two machine shims share, so each crate holds only its cloud:
 //!
 //! - [`Error`] and [`blocked`]: the one error type, where a blocking condition names its reason;
+//! - [`machine`]: the one machine reconciler (observe → plan → act) and the [`machine::MachineCloud`]
+//!   trait each cloud implements;
+//! - [`views`]: typed partial views of the CAPI Machine and Cluster;
 //! - [`cache`]: the Machines and Clusters the controllers watch, read instead of fetched;
-//! - [`contract`]: the CAPI v1beta2 infrastructure-machine contract edges (owner Machine and
-//!   Cluster, pause, bootstrap data, the Windows version the bootstrap config names);
-//! - [`status`]: writing `Ready` with an event on every reason change, and turning a finalizer
-//!   result into a requeue;
+//! - [`contract`]: the CAPI v1beta2 infrastructure-machine contract edges (bootstrap data, the
+//!   Windows version the bootstrap config names, cached reads of other kinds);
+//! - [`status`]: writing `Ready` with an event on every reason change;
 //! - [`diagnostics`]: reading the payload's serial-console lines into `NodeBootstrap`,
 //!   rate-limited per machine;
 //! - [`metrics`]: cloud calls, reconciles and diagnostics reads per controller.
@@ -13,8 +15,10 @@
 pub use capwin_runtime::cache;
 pub mod contract;
 pub mod diagnostics;
+pub mod machine;
 pub mod metrics;
 pub mod status;
+pub mod views;
 pub mod watch;
 
 use std::time::Duration;
@@ -27,12 +31,10 @@ pub enum Error {
     /// A named reason the machine cannot go on (a condition and an event), and when to look again.
     #[error("{reason}: {message}")]
     Blocked { reason: &'static str, message: String, retry: Option<Duration> },
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
 }
 
 pub fn blocked(reason: &'static str, message: impl Into<String>, retry: Option<Duration>) -> Error {
     Error::Blocked { reason, message: message.into(), retry }
 }
 pub use capwin_runtime::gate::EndpointGate;
-pub use capwin_runtime::{QueueMetrics, WriteMemo};
+pub use capwin_runtime::{Backoff, QueueMetrics, WriteMemo};

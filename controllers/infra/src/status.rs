@@ -1,8 +1,7 @@
-//! Writing a machine's status: `Ready` with an event whenever its reason changes, and the
-//! mapping of a finalizer result onto a condition and a requeue.
+//! Writing a machine's status: `Ready` with an event whenever its reason changes, `Paused`, and
+//! events; the one place a machine controller patches its status.
 
 use std::fmt::Debug;
-use std::sync::Arc;
 use std::time::Duration;
 
 use capwin_api::common::{InfraMachineStatus, condition_reason, now_rfc3339, set_condition};
@@ -15,7 +14,6 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::Error;
-use crate::metrics::Metrics;
 
 /// Condition type of a paused object (CAPI v1beta2 contract).
 pub const PAUSED: &str = "Paused";
@@ -116,71 +114,6 @@ impl Writer<'_> {
         }
         Ok(Action::requeue(Duration::from_secs(300)))
     }
-
-    /// One reconcile: the finalizer protocol around `f` (apply or cleanup), then [`Writer::finish`].
-    pub async fn reconcile<K, F, Fut>(
-        &self,
-        finalizer_name: &str,
-        obj: Arc<K>,
-        metrics: &Metrics,
-        f: F,
-    ) -> Result<Action, Error>
-    where
-        K: InfraMachine + Send + Sync + 'static,
-        F: FnOnce(kube::runtime::finalizer::Event<K>) -> Fut,
-        Fut: Future<Output = Result<Action, Error>>,
-    {
-        tracing::debug!(kind = K::kind(&()).as_ref(), name = %obj.name_any(), "reconciling");
-        let api: Api<K> = Api::namespaced(self.client.clone(), &obj.namespace().unwrap_or_default());
-        let result = kube::runtime::finalizer(&api, finalizer_name, obj.clone(), f).await;
-        self.finish(obj.as_ref(), metrics, result).await
-    }
-
-    /// Turns the finalizer's result into the reconcile's: a blocked apply or cleanup becomes a
-    /// `Ready=False` condition with its reason (and an event) and a requeue, never a hot loop.
-    async fn finish<K: InfraMachine>(
-        &self,
-        obj: &K,
-        metrics: &Metrics,
-        result: Result<Action, kube::runtime::finalizer::Error<Error>>,
-    ) -> Result<Action, Error> {
-        use kube::runtime::finalizer::Error as F;
-        match result {
-            Ok(a) => {
-                metrics.reconciled("ok");
-                Ok(a)
-            }
-            Err(F::ApplyFailed(Error::Blocked { reason, message, retry })) => {
-                metrics.reconciled("blocked");
-                metrics.blocked(reason);
-                if keeps_ready(obj.infra_status(), reason) {
-                    // A passing cloud hiccup on a running machine: say so in the log and look
-                    // again, but do not flip the Machine's InfrastructureReady.
-                    tracing::info!(name = %obj.name_any(), reason, message, "transient; Ready unchanged");
-                } else {
-                    self.record(obj, false, reason, &message, None).await?;
-                }
-                Ok(retry.map(Action::requeue).unwrap_or_else(Action::await_change))
-            }
-            Err(F::CleanupFailed(Error::Blocked { reason, message, retry })) => {
-                metrics.reconciled("blocked");
-                metrics.blocked(reason);
-                self.record(obj, false, reason, &message, None).await?;
-                Ok(Action::requeue(retry.unwrap_or(Duration::from_secs(10))))
-            }
-            Err(e) => {
-                metrics.reconciled("error");
-                Err(Error::Finalizer(Box::new(e)))
-            }
-        }
-    }
-}
-
-/// The error policy of both machine controllers: a Kubernetes API failure is logged and retried
-/// after 15 s (blocking conditions never get here: they are requeues).
-pub fn error_policy<K: InfraMachine>(obj: Arc<K>, err: &Error) -> Action {
-    tracing::warn!(kind = K::kind(&()).as_ref(), name = %obj.name_any(), error = %err, "reconcile failed");
-    Action::requeue(Duration::from_secs(15))
 }
 
 #[cfg(test)]

@@ -78,12 +78,13 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone + Default,
 {
-    without_errors(what, reflector(writer, watcher(api, config).default_backoff()).applied_objects())
+    let objects = watcher(api, config).modify(strip_managed_fields).default_backoff();
+    without_errors(what, reflector(writer, objects).applied_objects())
 }
 
 /// Like [`watch`], and every object also kept in `writer`'s store: a cache the reconcilers read
 /// instead of GETting what the controller already watches (as controller-runtime's informers
-/// serve `client.Get`).
+/// serve `client.Get`). The cache keeps no managed fields ([`strip_managed_fields`]).
 pub fn watch_into<K>(
     api: Api<K>,
     config: watcher::Config,
@@ -94,29 +95,49 @@ where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone,
 {
-    watch_into_with_deletes(api, config, writer, what, |_| {})
+    watch_into_with(api, config, writer, what, strip_managed_fields, |_| {})
 }
 
-/// Like [`watch_into`], and `on_delete` is told of every object the watch saw deleted (a
-/// delete event, not an object missing from a relist).
-pub fn watch_into_with_deletes<K, F>(
+/// Like [`watch_into`], with what the cache keeps of each object (`slim`: applied before it is
+/// stored or handed on, as controller-runtime's cache `DefaultTransform`), and `on_delete` told
+/// of every object the watch saw deleted (a delete event, not an object missing from a relist).
+pub fn watch_into_with<K, S, F>(
     api: Api<K>,
     config: watcher::Config,
     writer: Writer<K>,
     what: &'static str,
+    slim: S,
     on_delete: F,
 ) -> impl Stream<Item = Result<K, watcher::Error>> + Send + 'static
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone,
+    S: FnMut(&mut K) + Send + 'static,
     F: Fn(&K) + Send + 'static,
 {
-    let events = reflector(writer, watcher(api, config).default_backoff()).inspect(move |e| {
+    let events = reflector(writer, watcher(api, config).modify(slim).default_backoff()).inspect(move |e| {
         if let Ok(watcher::Event::Delete(o)) = e {
             on_delete(o);
         }
     });
     without_errors(what, events.touched_objects())
+}
+
+/// Managed fields are bookkeeping of server-side apply that no reconciler reads; on a real API
+/// server they are often the largest part of an object (controller-runtime's
+/// `TransformStripManagedFields`).
+pub fn strip_managed_fields<K: Resource>(o: &mut K) {
+    o.meta_mut().managed_fields = None;
+}
+
+/// What the controllers keep of a CAPI `Machine`: metadata (no managed fields), spec, and of its
+/// status only `nodeRef` and `initialization` (CAPI rewrites the rest, conditions and
+/// addresses, all the time; a thousand Machines' conditions would be most of the cache).
+pub fn slim_machine(m: &mut kube::api::DynamicObject) {
+    strip_managed_fields(m);
+    if let Some(status) = m.data.get_mut("status").and_then(|s| s.as_object_mut()) {
+        status.retain(|k, _| k == "nodeRef" || k == "initialization");
+    }
 }
 
 /// What of an object's own changes warrants a reconcile: a new object (UID), a spec change
@@ -205,6 +226,52 @@ impl WriteMemo {
     /// Remembers a status written for `uid`.
     pub fn written(&self, uid: &str, status: &impl serde::Serialize) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).insert(uid.to_string(), (Self::hash(status), Instant::now()));
+    }
+}
+
+/// The one requeue rule for an object that is blocked or failing, for every controller: its
+/// consecutive blocks stretch the requeue the blocking reason asked for (or the error base) up
+/// to four times, and a reconcile that goes through resets it. Capped low on purpose: what a
+/// machine waits for is woken by a watch, and a cloud's trouble is paced by the endpoint's
+/// gate (`gate`), so a long per-object backoff would only leave the object behind when the
+/// trouble ends (issue 14: "not per machine towards 5 minutes").
+#[derive(Default)]
+pub struct Backoff(Mutex<HashMap<String, u32>>);
+
+impl Backoff {
+    /// The delay a Kubernetes API failure asks for (then stretched like any block).
+    pub const API_ERROR: std::time::Duration = std::time::Duration::from_secs(5);
+    /// Longest stretch of the asked-for delay.
+    pub const MAX_FACTOR: u32 = 4;
+
+    /// The delay for one more consecutive block of `key`.
+    pub fn next(&self, key: &str, asked: std::time::Duration) -> std::time::Duration {
+        let mut counts = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = counts.entry(key.to_string()).or_insert(0);
+        *n = (*n + 1).min(16);
+        asked.saturating_mul((1u32 << (*n - 1).min(2)).min(Self::MAX_FACTOR))
+    }
+
+    /// `key` went through: its next block starts from the asked-for delay again.
+    pub fn reset(&self, key: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+}
+
+#[cfg(test)]
+mod backoff_tests {
+    use super::Backoff;
+    use std::time::Duration;
+
+    #[test]
+    fn blocks_stretch_the_asked_delay_at_most_four_times_and_success_resets() {
+        let b = Backoff::default();
+        let s = Duration::from_secs;
+        let got: Vec<_> = (0..5).map(|_| b.next("a", s(5))).collect();
+        assert_eq!(got, [s(5), s(10), s(20), s(20), s(20)]);
+        assert_eq!(b.next("other", s(5)), s(5), "per key");
+        b.reset("a");
+        assert_eq!(b.next("a", s(30)), s(30));
     }
 }
 
