@@ -187,7 +187,7 @@ impl MachineCloud for Context {
     fn backoff(&self) -> &capwin_infra::Backoff {
         &self.backoff
     }
-    fn recorded(m: &AWSWindowsMachine) -> bool {
+    fn recorded(&self, m: &AWSWindowsMachine) -> bool {
         m.spec.instance_id.is_some()
     }
     async fn create(

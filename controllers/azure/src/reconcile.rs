@@ -329,7 +329,7 @@ impl MachineCloud for Context {
         &self.backoff
     }
     /// The VM's name is recorded and its create was accepted (`spec.providerID`).
-    fn recorded(m: &AzureWindowsMachine) -> bool {
+    fn recorded(&self, m: &AzureWindowsMachine) -> bool {
         m.annotations().contains_key(VM_ID_ANNOTATION) && m.spec.provider_id.is_some()
     }
     async fn create(

@@ -204,8 +204,8 @@ pub trait MachineCloud: Send + Sync + 'static {
     /// Consecutive blocks and failures per machine (the one requeue rule).
     fn backoff(&self) -> &capwin_runtime::Backoff;
     /// Whether the machine's cloud resource is recorded on the object (spec or metadata, which
-    /// `clusterctl move` keeps).
-    fn recorded(m: &Self::Machine) -> bool;
+    /// `clusterctl move` keeps), or by this process a moment ago (the cache may lag its write).
+    fn recorded(&self, m: &Self::Machine) -> bool;
     /// Makes the resource, idempotently; records it on the object as early as crash safety
     /// needs (the one write besides the status commit).
     fn create(
@@ -262,7 +262,7 @@ pub async fn observe<K: InfraMachine>(cache: &CapiCache, m: &K, finalizer: &str,
 pub async fn reconcile<C: MachineCloud>(obj: Arc<C::Machine>, cloud: Arc<C>) -> Result<Action, Error> {
     let m = obj.as_ref();
     tracing::debug!(kind = C::KIND, name = %m.name_any(), "reconciling");
-    let observed = observe(cloud.cache(), m, C::FINALIZER, C::recorded(m)).await;
+    let observed = observe(cloud.cache(), m, C::FINALIZER, cloud.recorded(m)).await;
     let plan = plan(&observed, C::KIND);
     let owners = match observed.owners {
         OwnerLookup::Found(o) => Some(*o),
