@@ -403,18 +403,40 @@ pub async fn get_path<A: Arm>(arm: &A, target: &str) -> Result<Option<Value>, Ar
     }
 }
 
+/// What a PUT ARM accepted: the resource as answered, the operation to follow (if any), and
+/// ARM's advised interval before looking again.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Accepted {
+    pub body: Value,
+    pub op: Operation,
+    pub retry_after: Option<Duration>,
+}
+
+impl Accepted {
+    /// A PUT whose answer already carries a terminal `provisioningState: Succeeded` is done,
+    /// whatever operation header came with it: azure-sdk-for-go's Azure-AsyncOperation poller
+    /// (`azcore/internal/pollers/async`, `New`) reads the initial body's provisioning state and
+    /// polls only while it is not terminal. NRP answers a NIC create this way.
+    pub fn from_put_reply(r: Reply) -> Self {
+        let state = r.body["properties"]["provisioningState"].as_str().unwrap_or_default();
+        let op = if state.eq_ignore_ascii_case("succeeded") { Operation::Done } else { Operation::from_reply(&r) };
+        Self { op, retry_after: r.retry_after, body: r.body }
+    }
+}
+
 /// PUT (create or update); with `create_only`, `If-None-Match: *` makes ARM refuse to touch an
-/// existing resource (412).
+/// existing resource (412) where the resource provider implements it (Compute documents it for
+/// virtual machines; NRP documents no such header for network interfaces, so a NIC is looked up
+/// before it is created, as CAPZ does).
 pub async fn put<A: Arm>(
     arm: &A,
     id: &str,
     api_version: &str,
     body: &Value,
     create_only: bool,
-) -> Result<(Value, Operation), ArmError> {
+) -> Result<Accepted, ArmError> {
     let r = arm.call(Method::Put, &format!("{id}?api-version={api_version}"), Some(body), create_only).await?;
-    let op = Operation::from_reply(&r);
-    Ok((r.body, op))
+    Ok(Accepted::from_put_reply(r))
 }
 
 /// DELETE; `None` when the resource was already gone (204, or a 404 saying the resource or its
@@ -599,6 +621,24 @@ mod tests {
         };
         let arm = Script(Mutex::new(vec![Err(gone)]), Mutex::default());
         assert_eq!(delete(&arm, "/x", "1").await, Ok(None));
+    }
+
+    #[test]
+    fn a_put_answered_with_a_terminal_state_is_not_polled() {
+        let r = |state: &str| Reply {
+            status: 201,
+            body: serde_json::json!({"properties": {"provisioningState": state}}),
+            async_operation: Some("https://a/op".into()),
+            retry_after: Some(Duration::from_secs(10)),
+            ..Default::default()
+        };
+        let nic = Accepted::from_put_reply(r("Succeeded"));
+        assert_eq!(nic.op, Operation::Done, "NRP's usual NIC answer");
+        let vm = Accepted::from_put_reply(r("Creating"));
+        assert_eq!(vm.op, Operation::AsyncOperation("https://a/op".into()));
+        assert_eq!(vm.retry_after, Some(Duration::from_secs(10)));
+        let no_body = Accepted::from_put_reply(Reply { body: Value::Null, ..r("") });
+        assert_eq!(no_body.op, Operation::AsyncOperation("https://a/op".into()), "no state: follow the header");
     }
 
     #[tokio::test]

@@ -162,6 +162,31 @@ pub fn vm_name(machine_name: &str, machine_uid: &str, attempt: u32) -> String {
     format!("{prefix}-{suffix}")
 }
 
+/// How many deterministic names a machine tries before giving up.
+pub const VM_NAME_CANDIDATES: u32 = 16;
+
+/// The candidate after `current` for a machine whose `current` name turned out to be taken
+/// (a VM or NIC of that name that is not this machine's). A name that is not among the
+/// machine's candidates (recorded before a `clusterctl move` changed the UID) starts over at
+/// the first. `None` when every candidate has been tried.
+pub fn next_vm_name(machine_name: &str, machine_uid: &str, current: &str) -> Option<String> {
+    let next = (0..VM_NAME_CANDIDATES)
+        .position(|a| vm_name(machine_name, machine_uid, a) == current)
+        .map_or(0, |i| i as u32 + 1);
+    (next < VM_NAME_CANDIDATES).then(|| vm_name(machine_name, machine_uid, next))
+}
+
+/// How long to wait before reading a VM whose create ARM accepted: ARM's `Retry-After` when it
+/// gave one (at least a second: a 0 from a stand-in must not spin), else `fallback`. At most a
+/// minute, so a long advice does not hide a finished VM for long.
+pub fn creating_interval(
+    retry_after: Option<std::time::Duration>,
+    fallback: std::time::Duration,
+) -> std::time::Duration {
+    use std::time::Duration;
+    retry_after.unwrap_or(fallback).clamp(Duration::from_secs(1), Duration::from_secs(60))
+}
+
 /// Tags on every resource capwin creates: ownership by cluster and machine, plus the user's.
 pub fn tags(
     cluster: &str,
@@ -572,6 +597,25 @@ mod tests {
         }
         assert_eq!(vm_name("m", "u", 0), vm_name("m", "u", 0));
         assert_ne!(vm_name("m", "u", 0), vm_name("m", "u", 1));
+    }
+
+    #[test]
+    fn a_taken_name_moves_to_the_next_candidate_never_back_to_the_first() {
+        let c = |a| vm_name("m", "u", a);
+        assert_eq!(next_vm_name("m", "u", &c(0)).as_deref(), Some(c(1).as_str()));
+        assert_eq!(next_vm_name("m", "u", &c(7)).as_deref(), Some(c(8).as_str()));
+        assert_eq!(next_vm_name("m", "u", &c(VM_NAME_CANDIDATES - 1)), None, "all tried");
+        assert_eq!(next_vm_name("m", "u", "from-before-a-move").as_deref(), Some(c(0).as_str()));
+    }
+
+    #[test]
+    fn creating_vms_are_read_at_arms_advice() {
+        use std::time::Duration;
+        let ten = Duration::from_secs(10);
+        assert_eq!(creating_interval(None, ten), ten);
+        assert_eq!(creating_interval(Some(Duration::from_secs(15)), ten), Duration::from_secs(15));
+        assert_eq!(creating_interval(Some(Duration::ZERO), ten), Duration::from_secs(1));
+        assert_eq!(creating_interval(Some(Duration::from_secs(3600)), ten), Duration::from_secs(60));
     }
 
     #[test]

@@ -5,13 +5,18 @@
 //! and OS disk and verifies each is gone.
 //!
 //! Idempotency: the VM name is chosen once and kept in an annotation (metadata survives
-//! `clusterctl move`) before anything is created; the NIC is created only when a GET finds none;
+//! `clusterctl move`) before anything is created; the NIC is created only when a GET finds none
+//! (a NIC of that name that is not this machine's moves the machine to its next candidate name);
 //! the VM is created with `If-None-Match: *`, so a manager killed at any point converges on the
-//! one VM it started, and a VM of that name that is not this machine's is never touched.
+//! one VM it started, and a VM of that name that is not this machine's is never touched (its
+//! 412 moves the machine to its next candidate name, recorded before anything else is made).
 //!
-//! Long-running operations are followed through `Azure-AsyncOperation` / `Location` for a short
-//! budget inside the reconcile; after that the reconcile requeues and reads the VM's
-//! `provisioningState`, which ARM keeps authoritative, so no worker is held for minutes.
+//! Cloud reads per create: the image and subnet probes are answered from a per-credential cache
+//! shared by the fleet ([`ProbeCache`]); the VM name is recorded without a look-up; a NIC create
+//! answered `Succeeded` is not polled; the VM create is not polled in the reconcile: the VM's
+//! `provisioningState`, which ARM keeps authoritative, is read at ARM's advised interval
+//! (`Retry-After`), and the NIC's private IP comes from the NIC's create answer. No worker is
+//! held for minutes; deletions still follow their operations for a short budget.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -87,6 +92,28 @@ pub struct Context {
     serial_reads: Slots,
     /// When each machine's VM was last read (by machine UID), for [`vm_read_due`].
     vm_reads: Slots,
+    /// Image and subnet existence per (ARM client, path), shared by every machine.
+    probes: ProbeCache,
+    /// VMs this manager created or adopted (by machine UID) until they leave `Creating`.
+    created: Mutex<HashMap<String, CreatedVm>>,
+}
+
+/// What the create path knows about a VM it just created or adopted, kept in memory until the
+/// VM is no longer being created (a restarted manager reads the VM instead: nothing here is
+/// needed for correctness).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct CreatedVm {
+    /// The VM's ARM ID (the machine's `vm-id` annotation when it was recorded).
+    vm_id: String,
+    /// Not read before this (ARM's advice after the PUT, then the interval after each read).
+    next_read: Instant,
+    /// How often a VM still `Creating` is read.
+    interval: Duration,
+    /// When ARM accepted this manager's create (`None` for an adopted VM).
+    accepted: Option<Instant>,
+    /// The NIC's private IP from the NIC's create answer or look-up, so the first report of a
+    /// running VM needs no NIC read.
+    ip: Option<String>,
 }
 
 impl Context {
@@ -111,7 +138,13 @@ impl Context {
             identities: Mutex::default(),
             serial_reads: Slots::default(),
             vm_reads: Slots::default(),
+            probes: ProbeCache::default(),
+            created: Mutex::default(),
         })
+    }
+
+    fn created(&self) -> std::sync::MutexGuard<'_, HashMap<String, CreatedVm>> {
+        self.created.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// The ARM calls made through every client, by operation.
@@ -125,8 +158,8 @@ impl Context {
         all
     }
 
-    fn own_client(&self) -> Result<ArmClient, Error> {
-        self.own.clone().map_err(|e| {
+    fn own_client(&self) -> Result<(String, ArmClient), Error> {
+        self.own.clone().map(|c| (OWN_CLIENT.to_string(), c)).map_err(|e| {
             blocked(
                 "CredentialsUnavailable",
                 format!("the manager's Azure credential: {e}"),
@@ -136,8 +169,13 @@ impl Context {
     }
 
     /// The ARM client for a machine: its `identityRef`, else its `AzureCluster`'s, else the
-    /// manager's own. An identity is usable only from the namespaces it allows.
-    async fn arm_for(&self, m: &AzureWindowsMachine, azure_cluster: Option<&Value>) -> Result<ArmClient, Error> {
+    /// manager's own. An identity is usable only from the namespaces it allows. The key names
+    /// the credential (the identity and the versions of it and its Secret) for [`ProbeCache`].
+    async fn arm_for(
+        &self,
+        m: &AzureWindowsMachine,
+        azure_cluster: Option<&Value>,
+    ) -> Result<(String, ArmClient), Error> {
         let ns = m.namespace().unwrap_or_default();
         let (name, id_ns, field) = match (&m.spec.identity_ref, azure_cluster.map(|a| &a["spec"]["identityRef"])) {
             (Some(r), _) => (r.name.clone(), r.namespace.clone().unwrap_or_else(|| ns.clone()), "spec.identityRef"),
@@ -213,10 +251,11 @@ impl Context {
             }
         };
         let key = format!("{id_ns}/{name}");
+        let keyed = |c: ArmClient| (format!("{key}@{version}"), c);
         if let Some((v, c)) = self.identities.lock().unwrap_or_else(|p| p.into_inner()).get(&key)
             && *v == version
         {
-            return Ok(c.clone());
+            return Ok(keyed(c.clone()));
         }
         let client = build_client(&self.settings, &source, &self.metrics).map_err(|e| {
             blocked("InvalidIdentity", format!("AzureClusterIdentity {key}: {e}"), Some(Duration::from_secs(60)))
@@ -225,10 +264,10 @@ impl Context {
         // none of its call counts) is silently replaced.
         let mut identities = self.identities.lock().unwrap_or_else(|p| p.into_inner());
         match identities.get(&key) {
-            Some((v, existing)) if *v == version => Ok(existing.clone()),
+            Some((v, existing)) if *v == version => Ok(keyed(existing.clone())),
             _ => {
-                identities.insert(key, (version, client.clone()));
-                Ok(client)
+                identities.insert(key.clone(), (version.clone(), client.clone()));
+                Ok(keyed(client))
             }
         }
     }
@@ -240,6 +279,82 @@ impl Context {
             normal_reasons: &["VMCreating", "Deleting"],
             written: &self.written,
         }
+    }
+}
+
+/// The [`ProbeCache`] key of the manager's own credential.
+const OWN_CLIENT: &str = "manager";
+/// How long an image or subnet that exists is believed to (the AWS controller's AMI look-up
+/// keeps its answer as long; CAPZ keeps resource SKUs per credential and location for a day,
+/// `azure/services/resourceskus/cache.go`). A create that ARM refuses for that reason forgets it.
+pub const PROBE_FOUND_TTL: Duration = Duration::from_secs(300);
+/// How long an image or subnet that does not exist is believed not to: well under the blocked
+/// retry of `ImageNotFound` (300 s) and `SubnetNotFound` (120 s), so a fix is seen on the next
+/// retry, while a fleet failing at once asks once.
+pub const PROBE_MISSING_TTL: Duration = Duration::from_secs(15);
+/// How often a VM in `Creating` is read when ARM gave no `Retry-After` with its create.
+const CREATING_REQUEUE: Duration = Duration::from_secs(10);
+
+/// Answers to existence probes (the image, the subnet) per (ARM client key, ARM path), so a
+/// fleet of machines in one cluster asks once per [`PROBE_FOUND_TTL`]. One probe per key is in
+/// flight at a time; the machines that wait for it use its answer.
+#[derive(Default)]
+pub struct ProbeCache {
+    answers: Mutex<HashMap<ProbeKey, (Instant, bool)>>,
+    flights: Mutex<HashMap<ProbeKey, Flight>>,
+}
+
+/// (ARM client key, ARM path).
+type ProbeKey = (String, String);
+/// Held while one probe of a key is asked.
+type Flight = Arc<tokio::sync::Mutex<()>>;
+
+impl ProbeCache {
+    /// The cached answer, while fresh.
+    pub fn get(&self, client: &str, path: &str, now: Instant) -> Option<bool> {
+        let answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        answers.get(&(client.to_string(), path.to_string())).and_then(|(at, found)| {
+            let ttl = if *found { PROBE_FOUND_TTL } else { PROBE_MISSING_TTL };
+            (now.saturating_duration_since(*at) < ttl).then_some(*found)
+        })
+    }
+
+    pub fn put(&self, client: &str, path: &str, found: bool, now: Instant) {
+        let mut answers = self.answers.lock().unwrap_or_else(|p| p.into_inner());
+        answers.retain(|_, (at, f)| {
+            now.saturating_duration_since(*at) < if *f { PROBE_FOUND_TTL } else { PROBE_MISSING_TTL }
+        });
+        answers.insert((client.to_string(), path.to_string()), (now, found));
+    }
+
+    /// ARM refused a create for what the answer said exists: ask again next time.
+    pub fn forget(&self, client: &str, path: &str) {
+        self.answers.lock().unwrap_or_else(|p| p.into_inner()).remove(&(client.to_string(), path.to_string()));
+    }
+
+    /// The cached answer, else `ask`'s (cached). Errors are not cached.
+    async fn probe<F, Fut>(&self, client: &str, path: &str, ask: F) -> Result<bool, ArmError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<bool, ArmError>>,
+    {
+        if let Some(found) = self.get(client, path, Instant::now()) {
+            return Ok(found);
+        }
+        let flight = self
+            .flights
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry((client.to_string(), path.to_string()))
+            .or_default()
+            .clone();
+        let _one = flight.lock().await;
+        if let Some(found) = self.get(client, path, Instant::now()) {
+            return Ok(found);
+        }
+        let found = ask().await?;
+        self.put(client, path, found, Instant::now());
+        Ok(found)
     }
 }
 
@@ -328,9 +443,11 @@ impl MachineCloud for Context {
     fn backoff(&self) -> &capwin_infra::Backoff {
         &self.backoff
     }
-    /// The VM's name is recorded and its create was accepted (`spec.providerID`).
+    /// The VM's name is recorded and its create was accepted (`spec.providerID`, or this manager
+    /// recorded it a moment ago and the cached object does not show it yet).
     fn recorded(&self, m: &AzureWindowsMachine) -> bool {
-        m.annotations().contains_key(VM_ID_ANNOTATION) && m.spec.provider_id.is_some()
+        let Some(id) = m.annotations().get(VM_ID_ANNOTATION) else { return false };
+        m.spec.provider_id.is_some() || self.created().get(&m.uid().unwrap_or_default()).is_some_and(|c| c.vm_id == *id)
     }
     async fn create(
         &self,
@@ -347,7 +464,7 @@ impl MachineCloud for Context {
         draft: &mut InfraMachineStatus,
     ) -> Result<Report, Error> {
         let azure_cluster = azure_cluster_of(self, &m.namespace().unwrap_or_default(), &owners.cluster).await?;
-        let arm = self.arm_for(m, azure_cluster.as_ref()).await?;
+        let (_, arm) = self.arm_for(m, azure_cluster.as_ref()).await?;
         let vm_id = m.annotations().get(VM_ID_ANNOTATION).cloned().unwrap_or_default();
         report(m, self, &arm, owners, &vm_id, draft).await
     }
@@ -401,12 +518,21 @@ async fn apply(
         .map_err(|e| blocked("InvalidAzureCluster", e.0, Some(Duration::from_secs(60))))?;
     let zone =
         model::zone(o.machine.failure_domain.as_deref()).map_err(|e| blocked("InvalidFailureDomain", e, None))?;
-    let arm = ctx.arm_for(m, Some(azure_cluster)).await?;
+    let (who, arm) = ctx.arm_for(m, Some(azure_cluster)).await?;
     let windows_year = contract::windows_year(&ctx.client, &o.machine, &data).await?;
     let k8s_version = o.machine.version.as_str();
     let image = model::image(m.spec.image.as_ref(), &placement, &windows_year, k8s_version);
-    let found = arm::get_path(arm.as_ref(), &image.probe).await.map_err(arm_error)?;
-    if found.is_none() || found.as_ref().is_some_and(|v| v.as_array().is_some_and(Vec::is_empty)) {
+    // The image and the subnet are the cluster's, not the machine's: asked once per credential
+    // and TTL for the whole fleet.
+    let image_found = ctx
+        .probes
+        .probe(&who, &image.probe, || async {
+            let found = arm::get_path(arm.as_ref(), &image.probe).await?;
+            Ok(found.is_some_and(|v| !v.as_array().is_some_and(Vec::is_empty)))
+        })
+        .await
+        .map_err(arm_error)?;
+    if !image_found {
         return Err(blocked(
             "ImageNotFound",
             format!("spec.image: {} does not exist in {}", image.describe, placement.location),
@@ -414,7 +540,12 @@ async fn apply(
         ));
     }
     let subnet_id = model::resources(&placement, "probe").subnet;
-    if arm::get(arm.as_ref(), &subnet_id, api::NETWORK).await.map_err(arm_error)?.is_none() {
+    let subnet_found = ctx
+        .probes
+        .probe(&who, &subnet_id, || async { Ok(arm::get(arm.as_ref(), &subnet_id, api::NETWORK).await?.is_some()) })
+        .await
+        .map_err(arm_error)?;
+    if !subnet_found {
         let field = if m.spec.network.subnet_name.is_some() {
             "spec.network.subnetName"
         } else {
@@ -429,7 +560,7 @@ async fn apply(
 
     let vm_name = match vm_id.as_deref().and_then(|id| id.rsplit('/').next()) {
         Some(n) => n.to_string(),
-        None => choose_vm_name(m, ctx, &arm, &placement, diagnostics::port_annotation(payload)).await?,
+        None => choose_vm_name(m, ctx, &placement, diagnostics::port_annotation(payload)).await?,
     };
     let res = model::resources(&placement, &vm_name);
     let tags = model::tags(&o.cluster.name, &ns, &m.name_any(), &m.spec.additional_tags);
@@ -448,36 +579,54 @@ async fn apply(
         admin_password: &password,
     };
 
-    if arm::get(arm.as_ref(), &res.nic, api::NETWORK).await.map_err(arm_error)?.is_none() {
-        let (_, op) =
-            arm::put(arm.as_ref(), &res.nic, api::NETWORK, &model::nic_body(&inputs), false).await.map_err(|e| {
-                let reason = create_failure_reason(&e);
-                blocked(reason, format!("creating NIC {}: {e}", res.nic), Some(Duration::from_secs(60)))
-            })?;
-        if let OperationStatus::Failed { code, message } =
-            arm::wait(arm.as_ref(), &op, LRO_BUDGET).await.map_err(arm_error)?
-        {
-            return Err(blocked(
-                "NICCreateFailed",
-                format!("NIC {}: {code}: {message}", res.nic),
-                Some(Duration::from_secs(60)),
-            ));
+    // The NIC is looked up before it is created (CAPZ's `async.Service.CreateResource` GETs
+    // before its PUT too): NRP documents no `If-None-Match` for network interfaces, so only the
+    // look-up guarantees a NIC that is not this machine's is never overwritten. Its answer (or
+    // the create's) carries the private IP, kept for the first report.
+    let ip = match arm::get(arm.as_ref(), &res.nic, api::NETWORK).await.map_err(arm_error)? {
+        Some(nic) if model::owned_by(&nic, &ns, &m.name_any()) => model::private_ip(&nic),
+        Some(_) => return name_taken(m, ctx, &placement, &vm_name, "a NIC").await,
+        None => {
+            // `If-None-Match` anyway: where the provider honours it, a NIC made between the
+            // look-up and here is refused (412) and looked up again on the next pass.
+            let created = match arm::put(arm.as_ref(), &res.nic, api::NETWORK, &model::nic_body(&inputs), true).await {
+                Ok(a) => a,
+                Err(e) if e.status == 412 => return Ok(Created { requeue: Duration::from_secs(1), notes: Vec::new() }),
+                Err(e) => {
+                    let reason = create_failure_reason(&e);
+                    if reason == "SubnetNotFound" {
+                        ctx.probes.forget(&who, &subnet_id);
+                    }
+                    return Err(blocked(
+                        reason,
+                        format!("creating NIC {}: {e}", res.nic),
+                        Some(Duration::from_secs(60)),
+                    ));
+                }
+            };
+            // NRP usually answers a NIC create with `provisioningState: Succeeded`: nothing to
+            // follow then (see `arm::Accepted`).
+            if let OperationStatus::Failed { code, message } =
+                arm::wait(arm.as_ref(), &created.op, LRO_BUDGET).await.map_err(arm_error)?
+            {
+                return Err(blocked(
+                    "NICCreateFailed",
+                    format!("NIC {}: {code}: {message}", res.nic),
+                    Some(Duration::from_secs(60)),
+                ));
+            }
+            model::private_ip(&created.body)
         }
-    }
+    };
     let created = match arm::put(arm.as_ref(), &res.vm, api::COMPUTE, &model::vm_body(&inputs), true).await {
-        Ok((_, op)) => Some(op),
+        Ok(a) => Some(a),
         Err(e) if e.status == 412 => {
             // A VM of this name exists: ours from an interrupted reconcile, or someone else's.
             let existing = arm::get(arm.as_ref(), &res.vm, api::COMPUTE).await.map_err(arm_error)?;
             if !existing.as_ref().is_some_and(|v| model::owned_by(v, &ns, &m.name_any())) {
                 // Our NIC for that name goes too, or it would outlive the only record of it.
                 delete_if_owned(&arm, &res.nic, api::NETWORK, &ns, &m.name_any()).await?;
-                forget_vm_name(m, ctx).await?;
-                return Err(blocked(
-                    "VMNameTaken",
-                    format!("a VM named {vm_name} that is not this machine's exists; choosing another name"),
-                    Some(Duration::from_secs(1)),
-                ));
+                return name_taken(m, ctx, &placement, &vm_name, "a VM").await;
             }
             None
         }
@@ -485,6 +634,9 @@ async fn apply(
         Err(e) => {
             // Nothing half-created stays behind: the NIC goes with the refused VM.
             let reason = create_failure_reason(&e);
+            if reason == "ImageNotFound" {
+                ctx.probes.forget(&who, &image.probe);
+            }
             if let Err(d) = arm::delete(arm.as_ref(), &res.nic, api::NETWORK).await {
                 tracing::warn!(machine = %m.name_any(), error = %d, "could not delete the NIC of a refused VM");
             }
@@ -503,61 +655,81 @@ async fn apply(
         &Patch::Merge(json!({"spec": {"providerID": model::provider_id(&placement, &vm_name)}})),
     )
     .await?;
+    // The create is not followed here: the VM's own `provisioningState`, which ARM keeps
+    // authoritative, is read at ARM's advised interval (`Retry-After`), as CAPZ requeues a
+    // not-done operation after `max(Retry-After, 15 s)` (`azure/services/async/async.go`)
+    // instead of holding a worker. An adopted VM is read at once.
+    let now = Instant::now();
     let mut notes = Vec::new();
-    if let Some(op) = created {
-        let note = format!("creating VM {vm_name} ({}, {})", m.spec.vm_size, image.describe);
-        notes.push(Note::normal("VMCreating", note, "Create"));
-        // Follow the operation briefly; the next reconcile reads the VM either way.
-        if let Err(e) = arm::wait(arm.as_ref(), &op, LRO_BUDGET).await {
-            tracing::debug!(machine = %m.name_any(), error = %e, "operation poll failed; reading the VM next");
+    let (next_read, interval) = match &created {
+        Some(a) => {
+            let note = format!("creating VM {vm_name} ({}, {})", m.spec.vm_size, image.describe);
+            notes.push(Note::normal("VMCreating", note, "Create"));
+            let wait = model::creating_interval(a.retry_after, CREATING_REQUEUE);
+            (now + wait, wait)
         }
-    }
-    // Soon, but not before the watch has likely delivered the providerID patch (a stale cached
-    // object would walk the create path again: harmless, a 412 and an adoption, but calls).
-    Ok(Created { requeue: Duration::from_secs(1), notes })
+        None => (now, CREATING_REQUEUE),
+    };
+    let accepted = created.is_some().then_some(now);
+    ctx.created()
+        .insert(m.uid().unwrap_or_default(), CreatedVm { vm_id: res.vm.clone(), next_read, interval, accepted, ip });
+    Ok(Created { requeue: next_read.saturating_duration_since(now).max(Duration::from_secs(1)), notes })
 }
 
-/// Picks the first free name among the machine's deterministic candidates and records it.
+/// Records the machine's first deterministic VM name before anything is created. No look-up:
+/// the NIC look-up and the VM's `If-None-Match: *` create find a name that is taken, and
+/// [`name_taken`] moves on to the next candidate.
 async fn choose_vm_name(
     m: &AzureWindowsMachine,
     ctx: &Context,
-    arm: &ArmClient,
     p: &Placement,
     serial_port: Option<String>,
 ) -> Result<String, Error> {
-    let ns = m.namespace().unwrap_or_default();
-    let uid = m.uid().unwrap_or_default();
-    for attempt in 0..16 {
-        let name = model::vm_name(&m.name_any(), &uid, attempt);
-        let id = model::resources(p, &name).vm;
-        let existing = arm::get(arm.as_ref(), &id, api::COMPUTE).await.map_err(arm_error)?;
-        if existing.as_ref().is_none_or(|v| model::owned_by(v, &ns, &m.name_any())) {
-            let api_: Api<AzureWindowsMachine> = Api::namespaced(ctx.client.clone(), &ns);
-            api_.patch(
-                &m.name_any(),
-                &PatchParams::default(),
-                &Patch::Merge(json!({"metadata": {"annotations": {
-                    VM_ID_ANNOTATION: id,
-                    diagnostics::SERIAL_PORT_ANNOTATION: serial_port,
-                }}})),
-            )
-            .await?;
-            return Ok(name);
-        }
-    }
+    let name = model::vm_name(&m.name_any(), &m.uid().unwrap_or_default(), 0);
+    record_vm_name(m, ctx, &model::resources(p, &name).vm, Some(serial_port)).await?;
+    Ok(name)
+}
+
+/// The recorded name is taken by a VM or NIC that is not this machine's (and nothing of this
+/// machine's is left under it): records the next candidate, so the next pass tries that one.
+async fn name_taken<T>(
+    m: &AzureWindowsMachine,
+    ctx: &Context,
+    p: &Placement,
+    current: &str,
+    what: &str,
+) -> Result<T, Error> {
+    let Some(next) = model::next_vm_name(&m.name_any(), &m.uid().unwrap_or_default(), current) else {
+        return Err(blocked(
+            "VMNameTaken",
+            format!("{} candidate VM names are all taken in the resource group", model::VM_NAME_CANDIDATES),
+            Some(Duration::from_secs(300)),
+        ));
+    };
+    record_vm_name(m, ctx, &model::resources(p, &next).vm, None).await?;
     Err(blocked(
         "VMNameTaken",
-        "16 candidate VM names are all taken in the resource group",
-        Some(Duration::from_secs(300)),
+        format!("{what} named {current} that is not this machine's exists; choosing {next}"),
+        Some(Duration::from_secs(1)),
     ))
 }
 
-async fn forget_vm_name(m: &AzureWindowsMachine, ctx: &Context) -> Result<(), Error> {
+/// Writes the `vm-id` annotation (and, when given, the serial port the payload writes to).
+async fn record_vm_name(
+    m: &AzureWindowsMachine,
+    ctx: &Context,
+    vm_id: &str,
+    serial_port: Option<Option<String>>,
+) -> Result<(), Error> {
+    let mut annotations = json!({VM_ID_ANNOTATION: vm_id});
+    if let Some(port) = serial_port {
+        annotations[diagnostics::SERIAL_PORT_ANNOTATION] = json!(port);
+    }
     let api_: Api<AzureWindowsMachine> = Api::namespaced(ctx.client.clone(), &m.namespace().unwrap_or_default());
     api_.patch(
         &m.name_any(),
         &PatchParams::default(),
-        &Patch::Merge(json!({"metadata": {"annotations": {VM_ID_ANNOTATION: null}}})),
+        &Patch::Merge(json!({"metadata": {"annotations": annotations}})),
     )
     .await?;
     Ok(())
@@ -577,11 +749,21 @@ async fn report(
         s.conditions.iter().any(|c| c.r#type == "Ready" && c.status == ConditionStatus::True && c.reason == "VMRunning")
     });
     let steady = running && owners.machine.joined();
-    if !ctx.vm_reads.take(&m.uid().unwrap_or_default(), Instant::now(), |last, now| vm_read_due(last, now, steady)) {
+    let uid = m.uid().unwrap_or_default();
+    // A VM being created is read at ARM's advised interval, whatever wakes the reconcile.
+    let now = Instant::now();
+    if let Some(c) = ctx.created().get(&uid)
+        && c.next_read > now
+    {
+        return Ok(Report::NotRead { requeue: c.next_read - now });
+    }
+    if !ctx.vm_reads.take(&uid, now, |last, now| vm_read_due(last, now, steady)) {
         return Ok(Report::NotRead { requeue: STEADY_READ_INTERVAL });
     }
+    let mut created_ip = None;
     let target = format!("{vm_id}?api-version={}&$expand=instanceView", api::COMPUTE);
     let Some(vm) = arm::get_path(arm.as_ref(), &target).await.map_err(arm_error)? else {
+        ctx.created().remove(&uid);
         status.instance_state = Some("Deleted".into());
         let message =
             format!("VM {name} no longer exists; it is not recreated (Machines are immutable): delete the Machine");
@@ -589,8 +771,32 @@ async fn report(
         return Ok(Report::Read { ready: false, reason: "VMDeleted", message, requeue, notes: Vec::new() });
     };
     let reading = model::read_vm(&vm);
+    // Still being created: read again after the create's interval; otherwise the create's
+    // memory is done with (its IP is taken below).
+    let creating = {
+        let mut created = ctx.created();
+        match (&reading, created.get_mut(&uid)) {
+            (VmReading::Creating, Some(c)) => {
+                let now = Instant::now();
+                c.next_read = now + c.interval;
+                // The create's event said so; the condition follows if the VM is still being
+                // created after [`LRO_BUDGET`], as before (when the reconcile followed the
+                // operation that long, then recorded `VMCreating`).
+                if c.accepted.is_some_and(|at| now.saturating_duration_since(at) < LRO_BUDGET) {
+                    return Ok(Report::NotRead { requeue: c.interval });
+                }
+                c.interval
+            }
+            (VmReading::Creating, None) => CREATING_REQUEUE,
+            _ => {
+                let ip = created.remove(&uid).and_then(|c| c.ip);
+                created_ip = ip;
+                CREATING_REQUEUE
+            }
+        }
+    };
     let (ready, reason, message, requeue) = match &reading {
-        VmReading::Creating => (false, "VMCreating", format!("VM {name} is being created"), Duration::from_secs(10)),
+        VmReading::Creating => (false, "VMCreating", format!("VM {name} is being created"), creating),
         VmReading::Running => (true, "VMRunning", format!("VM {name} is running"), Duration::from_secs(600)),
         VmReading::Stopped(s) => (false, "VMStopped", format!("VM {name} is {s}"), Duration::from_secs(60)),
         VmReading::Deleting => {
@@ -608,10 +814,21 @@ async fn report(
     let mut notes = Vec::new();
     if reading == VmReading::Running {
         if status.addresses.is_empty() {
-            let nic_id = vm["properties"]["networkProfile"]["networkInterfaces"][0]["id"].as_str().unwrap_or_default();
-            let nic = arm::get(arm.as_ref(), nic_id, api::NETWORK).await.map_err(arm_error)?;
+            // Read once: from the NIC's create answer when this manager made it, else the NIC.
+            let ip = match created_ip {
+                Some(ip) => Some(ip),
+                None => {
+                    let nic_id =
+                        vm["properties"]["networkProfile"]["networkInterfaces"][0]["id"].as_str().unwrap_or_default();
+                    arm::get(arm.as_ref(), nic_id, api::NETWORK)
+                        .await
+                        .map_err(arm_error)?
+                        .as_ref()
+                        .and_then(model::private_ip)
+                }
+            };
             let mut addresses = Vec::new();
-            if let Some(ip) = nic.as_ref().and_then(model::private_ip) {
+            if let Some(ip) = ip {
                 addresses.push(MachineAddress { r#type: MachineAddressType::InternalIP, address: ip });
             }
             let computer = vm["properties"]["osProfile"]["computerName"].as_str().unwrap_or(name).to_ascii_lowercase();
@@ -668,6 +885,7 @@ async fn read_serial_log(m: &AzureWindowsMachine, arm: &ArmClient, vm_id: &str) 
 /// Deletes the VM, then the NIC and the OS disk, verifying each is gone.
 async fn cleanup(m: &AzureWindowsMachine, ctx: &Context, owners: Option<&Owners>) -> Result<Deletion, Error> {
     ctx.serial_reads.forget(&m.uid().unwrap_or_default());
+    ctx.created().remove(&m.uid().unwrap_or_default());
     // No name chosen: nothing was ever created for this machine.
     let Some(vm_id) = m.annotations().get(VM_ID_ANNOTATION).cloned() else { return Ok(Deletion::Gone) };
     // The Machine or Cluster may be gone already (then the machine's own identityRef or the
@@ -677,7 +895,7 @@ async fn cleanup(m: &AzureWindowsMachine, ctx: &Context, owners: Option<&Owners>
         Some(o) => azure_cluster_of(ctx, &m.namespace().unwrap_or_default(), &o.cluster).await?,
         None => None,
     };
-    let arm = ctx.arm_for(m, azure_cluster.as_ref()).await?;
+    let (_, arm) = ctx.arm_for(m, azure_cluster.as_ref()).await?;
     let ns = m.namespace().unwrap_or_default();
     let (prefix, name) = vm_id.rsplit_once("/providers/Microsoft.Compute/virtualMachines/").unwrap_or((&vm_id, ""));
     let nic = format!("{prefix}/providers/Microsoft.Network/networkInterfaces/{name}-nic");
@@ -885,6 +1103,47 @@ mod tests {
         assert!(vm_read_due(None, t0, true));
         assert!(!vm_read_due(Some(t0), t0 + Duration::from_secs(299), true));
         assert!(vm_read_due(Some(t0), t0 + STEADY_READ_INTERVAL, true));
+    }
+
+    #[test]
+    fn probes_are_kept_per_credential_found_for_minutes_missing_for_seconds() {
+        let cache = ProbeCache::default();
+        let t0 = Instant::now();
+        assert_eq!(cache.get("manager", "/img", t0), None);
+        cache.put("manager", "/img", true, t0);
+        cache.put("manager", "/subnet", false, t0);
+        assert_eq!(cache.get("manager", "/img", t0 + Duration::from_secs(299)), Some(true));
+        assert_eq!(cache.get("manager", "/img", t0 + PROBE_FOUND_TTL), None, "stale after the TTL");
+        assert_eq!(cache.get("ns/team@1/2", "/img", t0), None, "another credential may see another subscription");
+        assert_eq!(cache.get("manager", "/subnet", t0 + Duration::from_secs(14)), Some(false));
+        assert_eq!(
+            cache.get("manager", "/subnet", t0 + PROBE_MISSING_TTL),
+            None,
+            "a fixed subnet is seen on the next blocked retry"
+        );
+        const { assert!(PROBE_MISSING_TTL.as_secs() < 120, "shorter than SubnetNotFound's retry") };
+        cache.forget("manager", "/img");
+        assert_eq!(cache.get("manager", "/img", t0), None, "a refused create forgets the answer");
+    }
+
+    #[tokio::test]
+    async fn one_probe_per_key_is_in_flight() {
+        let cache = Arc::new(ProbeCache::default());
+        let asked = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let ask = |asked: Arc<std::sync::atomic::AtomicU32>| async move {
+            asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            Ok(true)
+        };
+        let (a, b) = tokio::join!(
+            cache.probe("manager", "/img", || ask(asked.clone())),
+            cache.probe("manager", "/img", || ask(asked.clone()))
+        );
+        assert_eq!((a, b), (Ok(true), Ok(true)));
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1, "the second waited for the first's answer");
+        let e = ArmError { operation: "GET x".into(), status: 503, code: "HTTP503".into(), message: String::new() };
+        assert!(cache.probe("manager", "/other", || async { Err(e.clone()) }).await.is_err());
+        assert_eq!(cache.get("manager", "/other", Instant::now()), None, "errors are not cached");
     }
 
     #[test]

@@ -769,10 +769,7 @@ async fn scale(args: ScaleArgs) -> anyhow::Result<()> {
         ]),
         api: create,
         cloud_calls_per_machine: per(cloud_calls.values().sum(), n),
-        create_calls_per_machine: per(
-            cloud_calls.iter().filter(|(op, _)| is_create_call(op)).map(|(_, n)| n).sum(),
-            n,
-        ),
+        create_calls_per_machine: per(cloud_calls.iter().filter(|(op, _)| is_create_call(op)).map(|(_, n)| n).sum(), n),
         cloud_calls,
         steady_api: steady,
         steady_cloud_calls: calls_between(&cloud1, &cloud2),

@@ -238,8 +238,9 @@ impl Env {
             .args(args)
             .env(
                 "RUST_LOG",
-                std::env::var("CAPWIN_E2E_LOG")
-                    .unwrap_or_else(|_| "info,capwin_bootstrap=debug,capwin_infra=debug,capwin_aws=debug,capwin_azure=debug".into()),
+                std::env::var("CAPWIN_E2E_LOG").unwrap_or_else(|_| {
+                    "info,capwin_bootstrap=debug,capwin_infra=debug,capwin_aws=debug,capwin_azure=debug".into()
+                }),
             )
             .envs(self.manager_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::from(log.try_clone()?))

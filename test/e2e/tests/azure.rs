@@ -257,7 +257,6 @@ async fn throttling_and_server_errors_are_survived() {
         {"method": "GET", "path": "/virtualMachines/[^/]+$", "times": 3, "status": 429, "retryAfter": 1},
         {"method": "PUT", "path": "/networkInterfaces/", "times": 2, "status": 500},
         {"method": "PUT", "path": "/virtualMachines/[^/]+$", "times": 1, "status": 503},
-        {"method": "GET", "path": "/operations/", "times": 2, "status": 429, "retryAfter": 1},
         {"method": "POST", "path": "/oauth2/v2.0/token", "times": 1, "status": 503},
     ]);
     env.arm("POST", "faults", Some(faults)).unwrap();
@@ -286,6 +285,15 @@ async fn throttling_and_server_errors_are_survived() {
         .await
         .unwrap();
     assert_eq!(condition(&paused, "Ready").unwrap().1, "VMRunning", "a pause does not touch Ready");
+    // Operations are followed on deletion (a create is read back through the VM instead):
+    // throttled polls of the delete's operation are survived too.
+    env.arm("DELETE", "faults", None).unwrap();
+    env.arm(
+        "POST",
+        "faults",
+        Some(json!({"method": "GET", "path": "/operations/", "times": 2, "status": 429, "retryAfter": 1})),
+    )
+    .unwrap();
     machines.delete("azthrottle-0", &Default::default()).await.unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(owned(&env, VM, "azthrottle-0").len(), 1, "nothing is deleted while paused");
@@ -296,6 +304,10 @@ async fn throttling_and_server_errors_are_survived() {
     .await
     .unwrap();
     assert!(owned(&env, VM, "azthrottle-0").is_empty(), "deleted once unpaused");
+    let armed = env.arm("GET", "faults", None).unwrap();
+    for f in armed["faults"].as_array().unwrap() {
+        assert!(f["hits"].as_u64().unwrap_or(0) >= 1, "fault never hit, so nothing was tested: {f}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
