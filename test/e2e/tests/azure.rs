@@ -381,7 +381,10 @@ async fn bad_input_gives_a_named_condition_and_nothing_half_created() {
         I,
         "v1alpha1",
         "AzureWindowsMachine",
-        json!({"metadata": {"name": "azbig-0", "ownerReferences": [owner]}, "spec": machine_spec()}),
+        // Labelled as CAPI's Machine controller labels infrastructure machines: the Cluster watch
+        // wakes the machine by it when the Cluster's infrastructure is provisioned.
+        json!({"metadata": {"name": "azbig-0", "ownerReferences": [owner], "labels": {"cluster.x-k8s.io/cluster-name": "azbig"}},
+            "spec": machine_spec()}),
     )
     .await
     .unwrap();
