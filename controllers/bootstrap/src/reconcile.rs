@@ -197,7 +197,7 @@ pub async fn reconcile(cfg: Arc<WindowsKubeadmConfig>, ctx: Arc<Context>) -> Res
                 .get_or_create(&ResultLabels { controller: "bootstrap".into(), result: "blocked".into() })
                 .inc();
             return Ok(match b.retry {
-                Some(d) => Action::requeue(ctx.failures.next(&key, d)),
+                Some(d) => Action::requeue(ctx.failures.after_block(&key, b.reason, d)),
                 None => Action::await_change(),
             });
         }

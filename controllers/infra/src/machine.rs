@@ -343,10 +343,7 @@ async fn settle<C: MachineCloud>(cloud: &C, m: &C::Machine, result: Result<Actio
             }
             let deleting = m.meta().deletion_timestamp.is_some();
             Ok(match retry {
-                // Waiting for an input: its watch wakes the machine, the retry is the safety
-                // net and already the cap that fits the input; it is not stretched.
-                Some(r) if reason.starts_with("WaitingFor") => Action::requeue(r),
-                Some(r) => Action::requeue(cloud.backoff().next(&key, r)),
+                Some(r) => Action::requeue(cloud.backoff().after_block(&key, reason, r)),
                 // A deletion always looks again.
                 None if deleting => Action::requeue(Duration::from_secs(10)),
                 None => Action::await_change(),

@@ -252,6 +252,13 @@ impl Backoff {
         asked.saturating_mul((1u32 << (*n - 1).min(2)).min(Self::MAX_FACTOR))
     }
 
+    /// The delay for one more block of `key` by `reason`. Waiting for an input (`WaitingFor…`)
+    /// is not stretched: the input's watch wakes the object and the asked-for delay is already
+    /// the safety net's cap that fits the input.
+    pub fn after_block(&self, key: &str, reason: &str, asked: std::time::Duration) -> std::time::Duration {
+        if reason.starts_with("WaitingFor") { asked } else { self.next(key, asked) }
+    }
+
     /// `key` went through: its next block starts from the asked-for delay again.
     pub fn reset(&self, key: &str) {
         self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
@@ -272,6 +279,11 @@ mod backoff_tests {
         assert_eq!(b.next("other", s(5)), s(5), "per key");
         b.reset("a");
         assert_eq!(b.next("a", s(30)), s(30));
+        for _ in 0..3 {
+            assert_eq!(b.after_block("w", "WaitingForBootstrapData", s(30)), s(30), "inputs are not stretched");
+        }
+        assert_eq!(b.after_block("w", "Throttled", s(20)), s(20));
+        assert_eq!(b.after_block("w", "Throttled", s(20)), s(40));
     }
 }
 
