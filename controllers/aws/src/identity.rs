@@ -45,7 +45,7 @@ use aws_credential_types::Credentials;
 use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider, future};
 use aws_sdk_sts::error::ProvideErrorMetadata;
-use capwin_infra::{Error, blocked};
+use capwin_infra::Error;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ApiResource, GroupVersionKind};
@@ -165,34 +165,20 @@ impl Plan {
     }
 }
 
-/// Why a cluster's identity cannot be used: a condition reason and a message naming the field.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Blocked {
-    pub reason: &'static str,
-    pub message: String,
-}
+/// Why a cluster's identity cannot be used: the shared blocked type, a reason and a message
+/// naming the field, and a retry that fits the reason.
+pub use capwin_infra::Blocked;
 
-impl Blocked {
-    fn new(reason: &'static str, message: String) -> Self {
-        Self { reason, message }
-    }
-
-    /// How soon to look again.
-    pub fn retry(&self) -> Duration {
-        match self.reason {
-            "IdentityNotSupported" => Duration::from_secs(300),
-            "InvalidIdentity" => Duration::from_secs(60),
-            "IdentityNotAllowed" => Duration::from_secs(20),
-            _ => Duration::from_secs(30),
-        }
-    }
-}
-
-impl From<Blocked> for Error {
-    fn from(b: Blocked) -> Self {
-        let retry = b.retry();
-        blocked(b.reason, b.message, Some(retry))
-    }
+/// A blocked identity, retried as its reason fits: an unsupported kind rarely changes, a
+/// namespace may be allowed any moment.
+fn identity_blocked(reason: &'static str, message: String) -> Blocked {
+    let retry = match reason {
+        "IdentityNotSupported" => Duration::from_secs(300),
+        "InvalidIdentity" => Duration::from_secs(60),
+        "IdentityNotAllowed" => Duration::from_secs(20),
+        _ => Duration::from_secs(30),
+    };
+    Blocked::new(reason, message, Some(retry))
 }
 
 /// Identity objects (JSON, as read) by reference.
@@ -263,7 +249,7 @@ pub fn namespace_permitted(
 fn role_spec(name: &str, spec: &Value) -> Result<RoleSpec, Blocked> {
     let s = |k: &str| spec[k].as_str().filter(|v| !v.is_empty()).map(String::from);
     let role_arn = s("roleARN")
-        .ok_or_else(|| Blocked::new("InvalidIdentity", format!("{ROLE_KIND} {name}: spec.roleARN is not set")))?;
+        .ok_or_else(|| identity_blocked("InvalidIdentity", format!("{ROLE_KIND} {name}: spec.roleARN is not set")))?;
     let duration = spec["durationSeconds"].as_i64().filter(|d| *d > 0).map(|d| d as i32);
     Ok(RoleSpec {
         identity: name.to_string(),
@@ -301,7 +287,7 @@ pub fn plan(
     for _ in 0..MAX_CHAIN {
         let (kind, name) = (current.kind.clone(), current.name.clone());
         if resource(&kind).is_none() {
-            return Err(Blocked::new(
+            return Err(identity_blocked(
                 "IdentityNotSupported",
                 format!(
                     "{field}: kind {kind} is not an AWS identity ({CONTROLLER_KIND}, {ROLE_KIND} or {STATIC_KIND})"
@@ -309,19 +295,20 @@ pub fn plan(
             ));
         }
         if kind == CONTROLLER_KIND && name != CONTROLLER_NAME {
-            return Err(Blocked::new(
+            return Err(identity_blocked(
                 "InvalidIdentity",
                 format!("{field}: {CONTROLLER_KIND} is a singleton named {CONTROLLER_NAME}, not {name}"),
             ));
         }
         let Some(obj) = objects.get(&current) else {
-            return Err(Blocked::new("IdentityNotFound", format!("{field}: {current} does not exist")));
+            return Err(identity_blocked("IdentityNotFound", format!("{field}: {current} does not exist")));
         };
         let spec = &obj["spec"];
-        let permitted = namespace_permitted(&spec["allowedNamespaces"], namespace, labels)
-            .map_err(|e| Blocked::new("InvalidIdentity", format!("{current}: spec.allowedNamespaces.selector: {e}")))?;
+        let permitted = namespace_permitted(&spec["allowedNamespaces"], namespace, labels).map_err(|e| {
+            identity_blocked("InvalidIdentity", format!("{current}: spec.allowedNamespaces.selector: {e}"))
+        })?;
         if !permitted {
-            return Err(Blocked::new(
+            return Err(identity_blocked(
                 "IdentityNotAllowed",
                 format!("{field}: namespace {namespace} may not use {current} (see its spec.allowedNamespaces)"),
             ));
@@ -331,10 +318,9 @@ pub fn plan(
         let source = match kind.as_str() {
             CONTROLLER_KIND => Some(Source::Controller),
             STATIC_KIND => {
-                let secret = spec["secretRef"]
-                    .as_str()
-                    .filter(|s| !s.is_empty())
-                    .ok_or_else(|| Blocked::new("InvalidIdentity", format!("{current}: spec.secretRef is not set")))?;
+                let secret = spec["secretRef"].as_str().filter(|s| !s.is_empty()).ok_or_else(|| {
+                    identity_blocked("InvalidIdentity", format!("{current}: spec.secretRef is not set"))
+                })?;
                 Some(Source::Static { identity: name.clone(), secret: secret.to_string() })
             }
             _ => {
@@ -354,7 +340,7 @@ pub fn plan(
             return Ok(Plan { source, roles, chain });
         }
     }
-    Err(Blocked::new(
+    Err(identity_blocked(
         "InvalidIdentity",
         format!("{field}: the sourceIdentityRef chain from {top} is longer than {MAX_CHAIN} identities (a cycle?)"),
     ))
@@ -602,7 +588,7 @@ impl Identities {
             Source::Static { identity, secret } => {
                 let secrets: Api<Secret> = Api::namespaced(self.client.clone(), &self.secret_namespace);
                 let Some(s) = secrets.get_opt(secret).await? else {
-                    return Err(Blocked::new(
+                    return Err(identity_blocked(
                         "IdentitySecretNotFound",
                         format!("{STATIC_KIND} {identity}: Secret {}/{secret} does not exist", self.secret_namespace),
                     )
@@ -610,7 +596,7 @@ impl Identities {
                 };
                 version.push_str(&format!("+secret@{}", s.resource_version().unwrap_or_default()));
                 Some(static_credentials(&s).ok_or_else(|| {
-                    Blocked::new(
+                    identity_blocked(
                         "InvalidIdentity",
                         format!(
                             "{STATIC_KIND} {identity}: Secret {}/{secret} needs the keys AccessKeyID and SecretAccessKey",
@@ -634,7 +620,7 @@ impl Identities {
             && let Err(e) = p.provide_credentials().await
         {
             let detail = std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_else(|| e.to_string());
-            return Err(Blocked::new("AssumeRoleFailed", format!("AWSCluster spec.identityRef: {detail}")).into());
+            return Err(identity_blocked("AssumeRoleFailed", format!("AWSCluster spec.identityRef: {detail}")).into());
         }
         let built = crate::reconcile::ec2_client(
             SdkEc2::with_provider(&self.region, None, provider).await,
@@ -663,7 +649,7 @@ impl Identities {
         let gvk =
             |g: &str, v: &str, k: &str, p: &str| ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(g, v, k), p);
         let Some(c) = cache.cluster(namespace, cluster).await else {
-            return Err(Blocked::new(
+            return Err(identity_blocked(
                 "ClusterNotFound",
                 format!("Cluster {namespace}/{cluster} (whose AWSCluster names the AWS identity) does not exist"),
             )
@@ -676,7 +662,7 @@ impl Identities {
         let name = infra["name"].as_str().unwrap_or_default();
         let ar = gvk(GROUP, VERSION, "AWSCluster", "awsclusters");
         let Some(a) = cached_or_get(cache, &self.client, &ar, Some(namespace), name).await? else {
-            return Err(Blocked::new(
+            return Err(identity_blocked(
                 "ClusterNotFound",
                 format!("AWSCluster {namespace}/{name} (Cluster {cluster} spec.infrastructureRef) does not exist"),
             )

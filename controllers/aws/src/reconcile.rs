@@ -554,7 +554,7 @@ pub async fn reconcile_template(t: Arc<AWSWindowsMachineTemplate>, ctx: Arc<Cont
     let mut requeue = Duration::from_secs(3600);
     let looked_up = match ctx.ec2_for_template(&t).await {
         Ok(ec2) => ec2.instance_type(instance_type).await,
-        Err(Error::Blocked { reason, message, retry }) => {
+        Err(Error::Blocked(capwin_infra::Blocked { reason, message, retry })) => {
             requeue = retry.unwrap_or(requeue);
             Err(crate::ec2::Ec2Error { operation: "DescribeInstanceTypes", code: reason.into(), message })
         }

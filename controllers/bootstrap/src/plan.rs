@@ -11,21 +11,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use crate::views::{ClusterView, MachineView};
 use crate::{conditions, token};
 
-/// Why the reconciler cannot produce data yet, as a condition reason and message. The message
-/// never carries a token, password or key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Blocked {
-    pub reason: &'static str,
-    pub message: String,
-    /// When to look again; `None` waits for a watch event (the thing it waits for has one).
-    pub retry: Option<Duration>,
-}
-
-impl Blocked {
-    pub fn new(reason: &'static str, message: impl Into<String>, retry: Option<Duration>) -> Self {
-        Self { reason, message: message.into(), retry }
-    }
-}
+/// Why the reconciler cannot produce data yet: the one blocked type of every controller.
+pub use capwin_runtime::Blocked;
 
 /// What the gates found when the config may proceed.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -28,13 +28,20 @@ use std::time::Duration;
 pub enum Error {
     #[error("Kubernetes API: {0}")]
     Kube(#[from] kube::Error),
-    /// A named reason the machine cannot go on (a condition and an event), and when to look again.
-    #[error("{reason}: {message}")]
-    Blocked { reason: &'static str, message: String, retry: Option<Duration> },
+    /// A named reason the machine cannot go on (a condition and an event), and when to look
+    /// again: the blocked type every controller shares.
+    #[error("{0}")]
+    Blocked(Blocked),
+}
+
+impl From<Blocked> for Error {
+    fn from(b: Blocked) -> Self {
+        Error::Blocked(b)
+    }
 }
 
 pub fn blocked(reason: &'static str, message: impl Into<String>, retry: Option<Duration>) -> Error {
-    Error::Blocked { reason, message: message.into(), retry }
+    Error::Blocked(Blocked::new(reason, message, retry))
 }
 pub use capwin_runtime::gate::EndpointGate;
-pub use capwin_runtime::{Backoff, QueueMetrics, WriteMemo};
+pub use capwin_runtime::{Backoff, Blocked, QueueMetrics, WriteMemo};

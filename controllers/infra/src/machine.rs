@@ -32,7 +32,7 @@ use crate::contract::{self, BootstrapData};
 use crate::metrics::Metrics;
 use crate::status::{InfraMachine, Writer, keeps_ready};
 use crate::views::{ClusterView, MachineView};
-use crate::{Error, blocked};
+use crate::{Blocked, Error, blocked};
 
 /// The CAPI objects a machine hangs off, as the controllers read them.
 #[derive(Clone, Debug, PartialEq)]
@@ -331,7 +331,7 @@ async fn settle<C: MachineCloud>(cloud: &C, m: &C::Machine, result: Result<Actio
             cloud.backoff().reset(&key);
             Ok(a)
         }
-        Err(Error::Blocked { reason, message, retry }) => {
+        Err(Error::Blocked(Blocked { reason, message, retry })) => {
             metrics.reconciled("blocked");
             metrics.blocked(reason);
             if keeps_ready(m.infra_status(), reason) && m.meta().deletion_timestamp.is_none() {

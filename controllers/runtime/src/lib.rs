@@ -229,6 +229,29 @@ impl WriteMemo {
     }
 }
 
+/// Why an object cannot go on, for every controller: a condition reason, a message naming the
+/// field or the input (never a token, password or key), and when to look again (`None`: when a
+/// watch event says the input changed). It becomes `Ready=False` with the reason, a Warning
+/// event when it is trouble, and a requeue by [`Backoff::after_block`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Blocked {
+    pub reason: &'static str,
+    pub message: String,
+    pub retry: Option<std::time::Duration>,
+}
+
+impl Blocked {
+    pub fn new(reason: &'static str, message: impl Into<String>, retry: Option<std::time::Duration>) -> Self {
+        Self { reason, message: message.into(), retry }
+    }
+}
+
+impl std::fmt::Display for Blocked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.reason, self.message)
+    }
+}
+
 /// The one requeue rule for an object that is blocked or failing, for every controller: its
 /// consecutive blocks stretch the requeue the blocking reason asked for (or the error base) up
 /// to four times, and a reconcile that goes through resets it. Capped low on purpose: what a
