@@ -623,7 +623,10 @@ pub fn commit(o: &Observed, outcome: &Outcome, now: SystemTime, ttl: Duration) -
                     conditions::set(c, "DataSecretAvailable", false, b.reason, &b.message, generation, &now);
                 }
             }
-            let warn = !paused && before.as_deref() != Some(b.reason);
+            // Waiting for an input is the normal course of a create (the condition says it),
+            // not trouble: no event, as the machine controllers do.
+            let waiting = b.reason.starts_with("WaitingFor");
+            let warn = !paused && !waiting && before.as_deref() != Some(b.reason);
             Commit { status, warn, requeue: Requeue::Blocked(b.clone()) }
         }
         Outcome::Ready { joined } => {
@@ -885,7 +888,7 @@ mod tests {
             assert!(asked.is_empty());
             assert_eq!(d.commit.requeue, Requeue::Blocked(Blocked { reason, retry, message: d.commit_message() }));
             assert_eq!((d.token.clone(), d.data.clone()), (TokenStep::Keep, DataStep::Keep));
-            assert!(d.commit.warn, "a new reason is told in an event");
+            assert_eq!(d.commit.warn, !reason.starts_with("WaitingFor"), "trouble is told in an event, waiting is not");
             let s = &d.commit.status;
             assert_eq!(conditions::reason(&s.conditions, "DataSecretAvailable"), Some(reason), "no data yet");
             assert_eq!(conditions::reason(&s.conditions, "Paused"), Some("NotPaused"));
@@ -1121,9 +1124,11 @@ mod tests {
         let b = Blocked::new("MissingCASecret", "Secret c-ca does not exist", Some(Duration::from_secs(15)));
         let first = commit(&o, &Outcome::Blocked(b.clone()), now(), TTL);
         assert!(first.warn);
-        let again = Observed { status: Some(first.status.clone()), ..o };
+        let again = Observed { status: Some(first.status.clone()), ..fresh() };
         let second = commit(&again, &Outcome::Blocked(b), now() + TTL, TTL);
         assert!(!second.warn, "the same reason again: no event");
         assert_eq!(second.status, first.status, "nor a status write: times of unchanged conditions are kept");
+        let waiting = Blocked::new("WaitingForControlPlaneInitialized", "not yet", Some(Duration::from_secs(15)));
+        assert!(!commit(&o, &Outcome::Blocked(waiting), now(), TTL).warn, "waiting for an input is no trouble");
     }
 }
