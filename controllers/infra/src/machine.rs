@@ -20,7 +20,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use capwin_api::common::InfraMachineStatus;
+use capwin_api::common::{InfraMachineStatus, condition_reason};
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -29,6 +29,7 @@ use serde_json::json;
 
 use crate::cache::CapiCache;
 use crate::contract::{self, BootstrapData};
+use crate::diagnostics::{self, NODE_BOOTSTRAP};
 use crate::metrics::Metrics;
 use crate::status::{InfraMachine, Writer, keeps_ready};
 use crate::views::{ClusterView, MachineView};
@@ -293,7 +294,17 @@ async fn act<C: MachineCloud>(cloud: &C, m: &C::Machine, plan: Plan, owners: Opt
         (Step::Report, Some(owners)) => {
             let mut draft = m.infra_status().cloned().unwrap_or_default();
             match cloud.report(m, &owners, &mut draft).await? {
-                Report::NotRead { requeue } => Ok(Action::requeue(requeue)),
+                Report::NotRead { requeue } => {
+                    // Not read this time, but the Node joined since the last read: say so now
+                    // (no cloud call needed), not at the next steady read minutes later.
+                    if let Some(node) = owners.machine.node_name.as_deref()
+                        && condition_reason(&draft.conditions, NODE_BOOTSTRAP) != Some("NodeJoined")
+                    {
+                        diagnostics::node_joined(&mut draft, node, m.meta().generation);
+                        writer.commit(m, &draft).await?;
+                    }
+                    Ok(Action::requeue(requeue))
+                }
                 Report::Read { ready, reason, message, requeue, notes } => {
                     writer.record(m, ready, reason, &message, Some(draft)).await?;
                     publish(&writer, m, notes).await;

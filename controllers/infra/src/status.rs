@@ -75,17 +75,24 @@ impl Writer<'_> {
         set_condition(&mut status.conditions, "Ready", ready, reason, message, m.meta().generation, &now_rfc3339());
         // Recording means reconciling, which means not paused.
         set_condition(&mut status.conditions, PAUSED, false, "NotPaused", "", m.meta().generation, &now_rfc3339());
-        let uid = m.uid().unwrap_or_default();
-        if m.infra_status() != Some(&status) && !self.written.already_written(&uid, &status) {
-            let api: Api<K> = Api::namespaced(self.client.clone(), &m.namespace().unwrap_or_default());
-            api.patch_status(&m.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await?;
-            self.written.written(&uid, &status);
-        }
+        self.commit(m, &status).await?;
         // Waiting for an input (bootstrap data, the cluster's infrastructure) is the normal
         // course of a create, not trouble: the condition says it, no event.
         let waiting = reason.starts_with("WaitingFor");
         if before.as_deref() != Some(reason) && !ready && !waiting && !self.normal_reasons.contains(&reason) {
             self.event(m, EventType::Warning, reason, message, "Reconcile").await;
+        }
+        Ok(())
+    }
+
+    /// Patches the status when it differs from the object's and from the last one written (the
+    /// cache may lag this controller's own write): the one status write of a reconcile.
+    pub async fn commit<K: InfraMachine>(&self, m: &K, status: &InfraMachineStatus) -> Result<(), Error> {
+        let uid = m.uid().unwrap_or_default();
+        if m.infra_status() != Some(status) && !self.written.already_written(&uid, status) {
+            let api: Api<K> = Api::namespaced(self.client.clone(), &m.namespace().unwrap_or_default());
+            api.patch_status(&m.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await?;
+            self.written.written(&uid, status);
         }
         Ok(())
     }
