@@ -308,14 +308,7 @@ pub async fn run(ctx: Arc<Context>) {
     let output = controller
         .owns_stream(owned)
         .watches_stream_with(
-            capwin_runtime::watch_into_with(
-                machines,
-                wc.clone(),
-                writers.machines,
-                "Machine",
-                capwin_runtime::slim_machine,
-                |_| {},
-            ),
+            capwin_runtime::watch_machines_into(machines, wc.clone(), writers.machines),
             delay.mapped(machine_to_config),
             views::capi_resource("Machine"),
         )

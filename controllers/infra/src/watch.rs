@@ -201,14 +201,7 @@ pub async fn run_controllers<K, T, C, R, RF, E, TR, TF>(
     let output = Controller::for_stream(own, store.clone())
         .with_config(kube::runtime::controller::Config::default().concurrency(settings.concurrency))
         .watches_stream_with(
-            capwin_runtime::watch_into_with(
-                machines,
-                wc.clone(),
-                writers.machines,
-                "Machine",
-                capwin_runtime::slim_machine,
-                |_| {},
-            ),
+            capwin_runtime::watch_machines_into(machines, wc.clone(), writers.machines),
             delay.mapped(machines_to(kind)),
             capi("Machine"),
         )

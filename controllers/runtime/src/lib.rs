@@ -130,6 +130,16 @@ pub fn strip_managed_fields<K: Resource>(o: &mut K) {
     o.meta_mut().managed_fields = None;
 }
 
+/// CAPI Machines into the controller's cache, slimmed ([`slim_machine`]): the Machine watch of
+/// every controller.
+pub fn watch_machines_into(
+    api: Api<kube::api::DynamicObject>,
+    config: watcher::Config,
+    writer: Writer<kube::api::DynamicObject>,
+) -> impl Stream<Item = Result<kube::api::DynamicObject, watcher::Error>> + Send + 'static {
+    watch_into_with(api, config, writer, "Machine", slim_machine, |_| {})
+}
+
 /// What the controllers keep of a CAPI `Machine`: metadata (no managed fields), spec, and of its
 /// status only `nodeRef` and `initialization` (CAPI rewrites the rest, conditions and
 /// addresses, all the time; a thousand Machines' conditions would be most of the cache).
